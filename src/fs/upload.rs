@@ -1,0 +1,604 @@
+//! Uploader: turns a stream of writes into parts uploaded in the background by a
+//! bounded worker pool under a shared memory budget; finish = CompleteMultipartUpload.
+//! Never reports success for bytes the store has not acknowledged.
+
+use crate::protocol::rules::{self, part_size_for, streaming_part_size};
+use crate::protocol::{hex, md5};
+use crate::store::{CompletedPart, ObjectStore, StoreError};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// Sizes and bounds of the uploader.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadConfig {
+    /// Preferred part size; grows where 10,000 parts would not cover the object.
+    pub part_size: u64,
+    /// Bytes of part buffers held at once, across all uploads.
+    pub memory: u64,
+    /// Parts uploading at once.
+    pub concurrency: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            part_size: 8 << 20,
+            memory: 64 << 20,
+            concurrency: 8,
+        }
+    }
+}
+
+/// A byte budget: takers wait while it is spent.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: u64) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit: limit.max(1),
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Bytes currently held.
+    pub fn used(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until `n` bytes fit (a request larger than the whole budget waits
+    /// until nothing else is held, so it still makes progress).
+    fn take(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + n > self.limit {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += n;
+    }
+
+    fn give_back(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+}
+
+/// Budget held by one part buffer; given back when dropped.
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<MemoryBudget>,
+    bytes: u64,
+}
+
+impl Reservation {
+    fn grow(&mut self, n: u64) {
+        self.budget.take(n);
+        self.bytes += n;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The shared pool that uploads parts for every `ObjectUpload`.
+pub struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    cfg: UploadConfig,
+    budget: Arc<MemoryBudget>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Uploader {
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: UploadConfig) -> Arc<Uploader> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..cfg.concurrency.max(1))
+            .map(|i| {
+                let rx = Arc::clone(&rx);
+                std::thread::Builder::new()
+                    .name(format!("upload-{i}"))
+                    .spawn(move || loop {
+                        let job = {
+                            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            guard.recv()
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    })
+            })
+            .filter_map(|r| match r {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    log::error!("cannot start an upload worker: {e}");
+                    None
+                }
+            })
+            .collect();
+        Arc::new(Uploader {
+            store,
+            budget: MemoryBudget::new(cfg.memory),
+            cfg,
+            jobs: Mutex::new(Some(tx)),
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// The budget every part buffer draws from.
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Begins writing `key`. With `size` known, parts are sized for it; without,
+    /// they grow with the part number so 10,000 parts cover over 5 TiB.
+    pub fn begin(self: &Arc<Self>, key: &str, size: Option<u64>) -> ObjectUpload {
+        ObjectUpload {
+            uploader: Arc::clone(self),
+            key: key.to_string(),
+            fixed_part_size: size.map(|s| part_size_for(self.cfg.part_size, Some(s))),
+            fixed_size: size,
+            upload_id: None,
+            buf: Vec::new(),
+            reservation: None,
+            next_part: 1,
+            written: 0,
+            state: Arc::new(PartsState::default()),
+            finished: false,
+        }
+    }
+
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let guard = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(tx) => tx
+                .send(job)
+                .map_err(|_| StoreError::Invalid("uploader has stopped".into())),
+            None => Err(StoreError::Invalid("uploader has stopped".into())),
+        }
+    }
+
+    /// Stops the workers after the queued parts are done.
+    pub fn shutdown(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Results of one upload's parts, shared with the workers.
+#[derive(Default)]
+struct PartsState {
+    inner: Mutex<PartsInner>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PartsInner {
+    done: BTreeMap<u32, String>,
+    outstanding: usize,
+    error: Option<StoreError>,
+}
+
+impl PartsState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PartsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn first_error(&self) -> Option<StoreError> {
+        self.lock().error.clone()
+    }
+
+    fn wait_idle(&self) {
+        let mut g = self.lock();
+        while g.outstanding > 0 {
+            g = self.changed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// One object being written. Dropped without `finish`, it aborts: no half-written
+/// object ever appears, and no upload is left open.
+pub struct ObjectUpload {
+    uploader: Arc<Uploader>,
+    key: String,
+    fixed_part_size: Option<u64>,
+    fixed_size: Option<u64>,
+    upload_id: Option<String>,
+    buf: Vec<u8>,
+    reservation: Option<Reservation>,
+    next_part: u32,
+    written: u64,
+    state: Arc<PartsState>,
+    finished: bool,
+}
+
+impl ObjectUpload {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The multipart upload id, once the first part has gone out.
+    pub fn upload_id(&self) -> Option<&str> {
+        self.upload_id.as_deref()
+    }
+
+    fn part_size(&self, n: u32) -> u64 {
+        self.fixed_part_size
+            .unwrap_or_else(|| streaming_part_size(self.uploader.cfg.part_size, n))
+    }
+
+    /// Appends bytes. Full parts go to the workers; this waits only when the
+    /// memory budget is spent. Fails as soon as any earlier part has failed.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        if let Some(e) = self.state.first_error() {
+            return Err(e);
+        }
+        if self.written + data.len() as u64 > rules::MAX_OBJECT_SIZE {
+            return Err(StoreError::Invalid(format!(
+                "{:?}: objects cannot exceed {} bytes",
+                self.key,
+                rules::MAX_OBJECT_SIZE
+            )));
+        }
+        while !data.is_empty() {
+            let part_size = self.part_size(self.next_part) as usize;
+            // A full buffer goes out only once more bytes arrive, so a file of
+            // exactly one part still becomes a single PutObject.
+            if self.buf.len() >= part_size {
+                self.send_part()?;
+                continue;
+            }
+            if self.reservation.is_none() {
+                // The whole part is reserved up front: a writer waiting for budget
+                // then holds none, so writers can never wait on each other.
+                let want = match self.fixed_size {
+                    Some(total) => {
+                        (total.saturating_sub(self.written) as usize).clamp(1, part_size)
+                    }
+                    None => part_size,
+                };
+                let mut r = Reservation {
+                    budget: Arc::clone(&self.uploader.budget),
+                    bytes: 0,
+                };
+                r.grow(want as u64);
+                self.reservation = Some(r);
+                self.buf = Vec::with_capacity(want);
+            }
+            let n = data.len().min(part_size - self.buf.len());
+            if let Some(r) = self.reservation.as_mut() {
+                // Only when more arrives than a known size promised.
+                let beyond = (self.buf.len() + n) as u64;
+                if beyond > r.bytes {
+                    r.grow(beyond - r.bytes);
+                }
+            }
+            self.buf.extend_from_slice(&data[..n]);
+            self.written += n as u64;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    fn ensure_initiated(&mut self) -> Result<String, StoreError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let id = self.uploader.store.initiate(&self.key)?;
+        log::debug!("{:?}: multipart upload {id} initiated", self.key);
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Hands the current buffer to a worker as the next part.
+    fn send_part(&mut self) -> Result<(), StoreError> {
+        let upload_id = self.ensure_initiated()?;
+        let data = Bytes::from(std::mem::take(&mut self.buf));
+        let reservation = self.reservation.take();
+        let part_number = self.next_part;
+        if part_number > rules::MAX_PARTS {
+            return Err(StoreError::Invalid(format!(
+                "{:?}: more than {} parts",
+                self.key,
+                rules::MAX_PARTS
+            )));
+        }
+        self.next_part += 1;
+        self.state.lock().outstanding += 1;
+        let state = Arc::clone(&self.state);
+        let store = Arc::clone(&self.uploader.store);
+        let key = self.key.clone();
+        let job: Job = Box::new(move || {
+            let digest = md5(&data);
+            let result = store.upload_part(&key, &upload_id, part_number, data, digest);
+            drop(reservation);
+            let mut g = state.lock();
+            match result {
+                Ok(_) => {
+                    g.done.insert(part_number, hex(&digest));
+                }
+                Err(e) => {
+                    log::error!(
+                        "UploadPart {key:?} part {part_number} failed (upload {upload_id}, request id {}): {e}",
+                        e.request_id()
+                    );
+                    g.error.get_or_insert(e);
+                }
+            }
+            g.outstanding -= 1;
+            state.changed.notify_all();
+        });
+        if let Err(e) = self.uploader.submit(job) {
+            let mut g = self.state.lock();
+            g.outstanding -= 1;
+            g.error.get_or_insert(e.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Waits for every part and completes the object (or puts it in one request
+    /// when it never filled a part). Returns the object's ETag. On failure the
+    /// upload is aborted and the error returned.
+    pub fn finish(mut self) -> Result<String, StoreError> {
+        self.finished = true;
+        let result = self.finish_inner();
+        if result.is_err() {
+            self.abort_upload();
+        }
+        result
+    }
+
+    fn finish_inner(&mut self) -> Result<String, StoreError> {
+        if let Some(e) = self.state.first_error() {
+            return Err(e);
+        }
+        let store = Arc::clone(&self.uploader.store);
+        if self.upload_id.is_none() {
+            if self.buf.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "{:?}: the coffer cannot hold empty objects (ObjectEmpty)",
+                    self.key
+                )));
+            }
+            let data = Bytes::from(std::mem::take(&mut self.buf));
+            let result = store.put(&self.key, data);
+            self.reservation = None;
+            return result;
+        }
+        if !self.buf.is_empty() {
+            self.send_part()?;
+        }
+        self.state.wait_idle();
+        let (parts, error) = {
+            let g = self.state.lock();
+            let parts: Vec<CompletedPart> = g
+                .done
+                .iter()
+                .map(|(n, etag)| CompletedPart {
+                    part_number: *n,
+                    etag: etag.clone(),
+                })
+                .collect();
+            (parts, g.error.clone())
+        };
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let expected = self.next_part - 1;
+        if parts.len() as u32 != expected {
+            return Err(StoreError::Invalid(format!(
+                "{:?}: {} of {expected} parts uploaded",
+                self.key,
+                parts.len()
+            )));
+        }
+        let id = self.upload_id.clone().unwrap_or_default();
+        let etag = store.complete(&self.key, &id, &parts, self.written)?;
+        // Completed: nothing to abort any more.
+        self.upload_id = None;
+        Ok(etag)
+    }
+
+    /// Abandons the object: waits for in-flight parts, then aborts the upload.
+    pub fn abort(mut self) {
+        self.finished = true;
+        self.abort_upload();
+    }
+
+    fn abort_upload(&mut self) {
+        self.buf = Vec::new();
+        self.reservation = None;
+        self.state.wait_idle();
+        if let Some(id) = self.upload_id.take() {
+            match self.uploader.store.abort(&self.key, &id) {
+                Ok(()) => log::info!("{:?}: upload {id} aborted", self.key),
+                Err(e) => log::error!(
+                    "{:?}: cannot abort upload {id} (request id {}): {e}; `cofferfs uploads abort` removes it",
+                    self.key,
+                    e.request_id()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for ObjectUpload {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abort_upload();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    const MIB: u64 = 1 << 20;
+
+    fn uploader(store: &Arc<MemoryStore>, memory: u64, concurrency: usize) -> Arc<Uploader> {
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        Uploader::new(
+            dyn_store,
+            UploadConfig {
+                part_size: MIB,
+                memory,
+                concurrency,
+            },
+        )
+    }
+
+    fn bytes(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_file_smaller_than_a_part_is_one_put() {
+        let store = Arc::new(MemoryStore::new());
+        let up = uploader(&store, 8 * MIB, 2);
+        for len in [1, MIB as usize - 1, MIB as usize] {
+            let key = format!("k{len}");
+            let mut u = up.begin(&key, None);
+            u.write(&bytes(len)).unwrap();
+            u.finish().unwrap();
+            assert_eq!(store.object(&key).unwrap().as_ref(), bytes(len).as_slice());
+        }
+        assert_eq!(store.calls("PutObject"), 3);
+        assert_eq!(store.calls("InitiateMultipartUpload"), 0);
+    }
+
+    #[test]
+    fn a_larger_file_goes_up_in_parts_and_completes_in_order() {
+        let store = Arc::new(MemoryStore::new());
+        let up = uploader(&store, 4 * MIB, 3);
+        let data = bytes(5 * MIB as usize + 17);
+        let mut u = up.begin("big", None);
+        for chunk in data.chunks(100_000) {
+            u.write(chunk).unwrap();
+        }
+        let etag = u.finish().unwrap();
+        assert!(etag.ends_with("-6"), "{etag}");
+        assert_eq!(store.object("big").unwrap().as_ref(), data.as_slice());
+        assert_eq!(store.calls("UploadPart"), 6);
+        assert_eq!(store.open_uploads(), 0);
+    }
+
+    #[test]
+    fn a_failed_part_fails_finish_and_aborts_the_upload() {
+        let store = Arc::new(MemoryStore::new());
+        store.fail_parts.lock().unwrap().push(2);
+        let up = uploader(&store, 8 * MIB, 2);
+        let mut u = up.begin("bad", None);
+        let _ = u.write(&bytes(3 * MIB as usize));
+        assert!(u.finish().is_err());
+        assert!(store.object("bad").is_none());
+        assert_eq!(store.open_uploads(), 0);
+        assert_eq!(store.calls("AbortMultipartUpload"), 1);
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_not_faked() {
+        let store = Arc::new(MemoryStore::new());
+        let up = uploader(&store, 8 * MIB, 2);
+        let e = up.begin("empty", None).finish().unwrap_err();
+        assert!(e.to_string().contains("ObjectEmpty"));
+        assert_eq!(store.calls("PutObject"), 0);
+    }
+
+    #[test]
+    fn dropping_an_unfinished_upload_aborts_it() {
+        let store = Arc::new(MemoryStore::new());
+        let up = uploader(&store, 8 * MIB, 2);
+        let mut u = up.begin("dropped", None);
+        u.write(&bytes(2 * MIB as usize + 1)).unwrap();
+        drop(u);
+        assert_eq!(store.open_uploads(), 0);
+        assert!(store.object("dropped").is_none());
+    }
+
+    #[test]
+    fn buffered_bytes_never_exceed_the_memory_budget() {
+        let store = Arc::new(MemoryStore::new());
+        store
+            .part_delay_ms
+            .store(20, std::sync::atomic::Ordering::Relaxed);
+        let up = uploader(&store, 3 * MIB, 4);
+        let budget = Arc::clone(up.budget());
+        let peak = Arc::new(AtomicPeak::default());
+        let watcher = {
+            let (budget, peak) = (Arc::clone(&budget), Arc::clone(&peak));
+            std::thread::spawn(move || {
+                for _ in 0..400 {
+                    peak.see(budget.used());
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        std::thread::scope(|s| {
+            for w in 0..3 {
+                let up = Arc::clone(&up);
+                s.spawn(move || {
+                    let mut u = up.begin(&format!("w{w}"), None);
+                    for _ in 0..40 {
+                        u.write(&bytes(256 * 1024)).unwrap();
+                    }
+                    u.finish().unwrap();
+                });
+            }
+        });
+        let _ = watcher.join();
+        assert!(peak.get() <= 3 * MIB, "peak {} over budget", peak.get());
+        assert_eq!(budget.used(), 0);
+        for w in 0..3 {
+            assert_eq!(
+                store.object(&format!("w{w}")).unwrap().len(),
+                10 * MIB as usize
+            );
+        }
+    }
+
+    #[derive(Default)]
+    struct AtomicPeak(std::sync::atomic::AtomicU64);
+    impl AtomicPeak {
+        fn see(&self, v: u64) {
+            self.0.fetch_max(v, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn get(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+}

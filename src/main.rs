@@ -1,0 +1,263 @@
+//! The `cofferfs` command line: parses arguments and calls into the library.
+//! Nothing else lives here.
+
+// Errors travel once, to the one line printed at exit; their size does not matter.
+#![allow(clippy::result_large_err)]
+
+use clap::{Args, Parser, Subcommand};
+use cofferfs::commands::{self, parse_size, split_path, CommandError, Target};
+use cofferfs::fs::upload::UploadConfig;
+use cofferfs::protocol::sign::Credentials;
+use cofferfs::server::ServeConfig;
+use cofferfs::store::ObjectStore;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "cofferfs",
+    version,
+    about = "Mount a Tencent Cloud Data Coffer Service coffer as a local directory"
+)]
+struct Cli {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// Service URL for every operation (e.g. http://127.0.0.1:9000 for `cofferfs serve`).
+    #[arg(
+        long,
+        global = true,
+        env = "COFFERFS_ENDPOINT",
+        conflicts_with = "region"
+    )]
+    endpoint: Option<String>,
+    /// Region of the real service (e.g. ap-tianjin).
+    #[arg(long, global = true, env = "COFFERFS_REGION")]
+    region: Option<String>,
+    /// File with secret_id/secret_key (mode 600); default: TENCENTCLOUD_SECRET_ID/_KEY.
+    #[arg(long, global = true)]
+    credentials: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TransferArgs {
+    /// Preferred part (or range) size.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    part_size: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+#[derive(Subcommand)]
+enum UploadsCommand {
+    /// List open multipart uploads.
+    List {
+        coffer: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only uploads started longer ago than this (e.g. 1h, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+    },
+    /// Abort open multipart uploads (their parts are discarded).
+    Abort {
+        coffer: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload FILE as COFFER/KEY (multipart, parts in parallel).
+    Put {
+        file: PathBuf,
+        /// COFFER/KEY
+        dest: String,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Download COFFER/KEY into FILE (parallel ranged GETs).
+    Get {
+        /// COFFER/KEY
+        src: String,
+        file: PathBuf,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// List objects: size, time, ETag, key.
+    Ls {
+        /// COFFER or COFFER/PREFIX
+        path: String,
+    },
+    /// Show one object.
+    Stat {
+        /// COFFER/KEY
+        path: String,
+    },
+    /// Open multipart uploads.
+    Uploads {
+        #[command(subcommand)]
+        command: UploadsCommand,
+    },
+    /// Run a CDCS-compatible server on local disk.
+    Serve {
+        /// Directory for data and metadata.
+        #[arg(long)]
+        root: PathBuf,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Create this coffer (NAME-APPID) at start if missing; repeatable.
+        #[arg(long = "coffer")]
+        coffers: Vec<String>,
+        /// Interval of keep-alive spaces while CompleteMultipartUpload merges.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        keepalive_interval: Duration,
+        /// Fault injection for tests, e.g. "UploadPart:503:0.2,CompleteMultipartUpload:reset:0.1".
+        #[arg(long, default_value = "")]
+        faults: String,
+        /// Seed of the fault injector.
+        #[arg(long, default_value_t = 0)]
+        fault_seed: u64,
+        /// Length of one lifecycle day (for tests).
+        #[arg(long, default_value = "86400s", value_parser = humantime::parse_duration, hide = true)]
+        lifecycle_day: Duration,
+    },
+}
+
+fn target(t: &TargetArgs) -> Target {
+    Target {
+        endpoint: t.endpoint.clone(),
+        region: t.region.clone(),
+        credentials_file: t.credentials.clone(),
+    }
+}
+
+fn store(t: &TargetArgs, coffer: &str) -> Result<Arc<dyn ObjectStore>, CommandError> {
+    Ok(Arc::new(target(t).client(coffer)?))
+}
+
+fn run(cli: Cli) -> Result<(), CommandError> {
+    let progress = std::io::stderr().is_terminal();
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Put {
+            file,
+            dest,
+            transfer,
+        } => {
+            let (coffer, key) = split_path(&dest, true)?;
+            let cfg = UploadConfig {
+                part_size: transfer.part_size,
+                concurrency: transfer.concurrency.max(1),
+                memory: transfer.part_size * (transfer.concurrency.max(1) as u64 + 1),
+            };
+            let r = commands::put(store(&cli.target, &coffer)?, &file, &key, cfg, progress)?;
+            log::info!(
+                "put {} bytes in {:?} ({:.1} MB/s)",
+                r.bytes,
+                r.elapsed,
+                r.mb_per_s()
+            );
+        }
+        Command::Get {
+            src,
+            file,
+            transfer,
+        } => {
+            let (coffer, key) = split_path(&src, true)?;
+            let r = commands::get(
+                store(&cli.target, &coffer)?,
+                &key,
+                &file,
+                transfer.part_size,
+                transfer.concurrency,
+                progress,
+            )?;
+            log::info!(
+                "got {} bytes in {:?} ({:.1} MB/s)",
+                r.bytes,
+                r.elapsed,
+                r.mb_per_s()
+            );
+        }
+        Command::Ls { path } => {
+            let (coffer, prefix) = split_path(&path, false)?;
+            commands::ls(store(&cli.target, &coffer)?.as_ref(), &prefix, &mut out)?;
+        }
+        Command::Stat { path } => {
+            let (coffer, key) = split_path(&path, true)?;
+            commands::stat(store(&cli.target, &coffer)?.as_ref(), &key, &mut out)?;
+        }
+        Command::Uploads { command } => match command {
+            UploadsCommand::List {
+                coffer,
+                prefix,
+                older_than,
+            } => {
+                commands::uploads_list(
+                    store(&cli.target, &coffer)?.as_ref(),
+                    &prefix,
+                    older_than,
+                    &mut out,
+                )?;
+            }
+            UploadsCommand::Abort {
+                coffer,
+                prefix,
+                older_than,
+            } => {
+                commands::uploads_abort(
+                    store(&cli.target, &coffer)?.as_ref(),
+                    &prefix,
+                    older_than,
+                    &mut out,
+                )?;
+            }
+        },
+        Command::Serve {
+            root,
+            listen,
+            coffers,
+            keepalive_interval,
+            faults,
+            fault_seed,
+            lifecycle_day,
+        } => cofferfs::server::run(ServeConfig {
+            root,
+            listen,
+            coffers,
+            keepalive_interval,
+            faults,
+            fault_seed,
+            credentials: Credentials::from_env(),
+            lifecycle_day,
+        })
+        .map_err(|e| CommandError::Usage(e.to_string()))?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cofferfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
