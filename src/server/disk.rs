@@ -1,0 +1,754 @@
+//! The server's storage: object and part bytes in files named by random ids, and
+//! metadata in redb, so every commit is one transaction. Keys are data, never paths.
+
+use crate::protocol::ErrorCode;
+use crate::protocol::{hex, multipart_etag, rules};
+use md5::{Digest, Md5};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const COFFERS: TableDefinition<&str, &[u8]> = TableDefinition::new("coffers");
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("parts");
+const COMPLETED: TableDefinition<&str, &str> = TableDefinition::new("completed");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CofferRec {
+    pub created: u64,
+    pub location: String,
+    pub lifecycle: Option<String>,
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectRec {
+    pub size: u64,
+    pub etag: String,
+    pub mtime: u64,
+    pub content_type: String,
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadRec {
+    pub coffer: String,
+    pub key: String,
+    pub initiated: u64,
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartRec {
+    pub size: u64,
+    pub md5: String,
+    pub file: String,
+    pub mtime: u64,
+}
+
+/// A failure: a protocol error code, or a local I/O or database problem (500).
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{0}")]
+    Code(ErrorCode, String),
+    #[error("storage: {0}")]
+    Io(String),
+}
+
+impl DiskError {
+    pub fn code(c: ErrorCode, msg: impl Into<String>) -> DiskError {
+        DiskError::Code(c, msg.into())
+    }
+}
+
+macro_rules! io {
+    ($e:expr) => {
+        $e.map_err(|e| DiskError::Io(e.to_string()))
+    };
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn obj_key(coffer: &str, key: &str) -> String {
+    format!("{coffer}/{key}")
+}
+
+fn part_key(upload: &str, n: u32) -> String {
+    format!("{upload}/{n:05}")
+}
+
+fn random_id() -> String {
+    hex(&rand::random::<[u8; 16]>())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, DiskError> {
+    io!(serde_json::to_vec(v))
+}
+
+fn from_json<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, DiskError> {
+    io!(serde_json::from_slice(b))
+}
+
+/// The server's whole state on disk.
+pub struct Disk {
+    root: PathBuf,
+    db: Database,
+    /// Keys with a PutObject streaming in (one writer per key).
+    putting: Mutex<HashSet<String>>,
+    /// Uploads whose Complete is merging.
+    merging: Mutex<HashSet<String>>,
+}
+
+/// A file being written under `tmp/`, moved into place by `commit_*`.
+pub struct Incoming {
+    file: std::fs::File,
+    path: PathBuf,
+    hasher: Md5,
+    pub size: u64,
+}
+
+impl Incoming {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        io!(self.file.write_all(data))
+    }
+
+    fn finish(mut self, dest_dir: &Path) -> Result<(String, [u8; 16]), DiskError> {
+        io!(self.file.sync_all())?;
+        let name = random_id();
+        io!(std::fs::rename(&self.path, dest_dir.join(&name)))?;
+        io!(std::fs::File::open(dest_dir).and_then(|d| d.sync_all()))?;
+        let digest: [u8; 16] = std::mem::take(&mut self.hasher).finalize().into();
+        Ok((name, digest))
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // Only an abandoned temp file is still at `path`; a finished one was renamed.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Disk {
+    /// Opens (or creates) the store at `root`, clearing what a crash left behind.
+    pub fn open(root: &Path) -> Result<Disk, DiskError> {
+        for d in ["data", "parts", "tmp"] {
+            io!(std::fs::create_dir_all(root.join(d)))?;
+        }
+        let db = io!(Database::create(root.join("meta.redb")))?;
+        {
+            let tx = io!(db.begin_write())?;
+            io!(tx.open_table(COFFERS))?;
+            io!(tx.open_table(OBJECTS))?;
+            io!(tx.open_table(UPLOADS))?;
+            io!(tx.open_table(PARTS))?;
+            io!(tx.open_table(COMPLETED))?;
+            io!(tx.commit())?;
+        }
+        let disk = Disk {
+            root: root.to_path_buf(),
+            db,
+            putting: Mutex::new(HashSet::new()),
+            merging: Mutex::new(HashSet::new()),
+        };
+        disk.sweep()?;
+        Ok(disk)
+    }
+
+    /// Removes temp files and data/part files no record references.
+    fn sweep(&self) -> Result<(), DiskError> {
+        for e in io!(std::fs::read_dir(self.root.join("tmp")))?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let tx = io!(self.db.begin_read())?;
+        let mut live = HashSet::new();
+        for item in io!(io!(tx.open_table(OBJECTS))?.iter())? {
+            let (_, v) = io!(item)?;
+            live.insert(from_json::<ObjectRec>(v.value())?.file);
+        }
+        for item in io!(io!(tx.open_table(PARTS))?.iter())? {
+            let (_, v) = io!(item)?;
+            live.insert(from_json::<PartRec>(v.value())?.file);
+        }
+        for dir in ["data", "parts"] {
+            for e in io!(std::fs::read_dir(self.root.join(dir)))?.flatten() {
+                if !live.contains(&e.file_name().to_string_lossy().to_string()) {
+                    log::info!("removing unreferenced {}", e.path().display());
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn data_path(&self, rec: &ObjectRec) -> PathBuf {
+        self.root.join("data").join(&rec.file)
+    }
+
+    pub fn incoming(&self) -> Result<Incoming, DiskError> {
+        let path = self.root.join("tmp").join(random_id());
+        Ok(Incoming {
+            file: io!(std::fs::File::create(&path))?,
+            path,
+            hasher: Md5::new(),
+            size: 0,
+        })
+    }
+
+    // ---- coffers ----
+
+    pub fn coffer(&self, name: &str) -> Result<Option<CofferRec>, DiskError> {
+        let tx = io!(self.db.begin_read())?;
+        let t = io!(tx.open_table(COFFERS))?;
+        match io!(t.get(name))? {
+            Some(v) => Ok(Some(from_json(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn coffers(&self) -> Result<Vec<(String, CofferRec)>, DiskError> {
+        let tx = io!(self.db.begin_read())?;
+        let t = io!(tx.open_table(COFFERS))?;
+        let mut out = Vec::new();
+        for item in io!(t.iter())? {
+            let (k, v) = io!(item)?;
+            out.push((k.value().to_string(), from_json(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn create_coffer(&self, name: &str, location: &str) -> Result<(), DiskError> {
+        let tx = io!(self.db.begin_write())?;
+        {
+            let mut t = io!(tx.open_table(COFFERS))?;
+            if io!(t.get(name))?.is_some() {
+                return Err(DiskError::code(ErrorCode::CofferAlreadyExists, name));
+            }
+            let rec = CofferRec {
+                created: now(),
+                location: location.to_string(),
+                lifecycle: None,
+                policy: None,
+            };
+            io!(t.insert(name, to_json(&rec)?.as_slice()))?;
+        }
+        io!(tx.commit())
+    }
+
+    pub fn update_coffer(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut CofferRec),
+    ) -> Result<(), DiskError> {
+        let tx = io!(self.db.begin_write())?;
+        {
+            let mut t = io!(tx.open_table(COFFERS))?;
+            let mut rec: CofferRec = match io!(t.get(name))? {
+                Some(v) => from_json(v.value())?,
+                None => return Err(DiskError::code(ErrorCode::NoSuchCoffer, name)),
+            };
+            f(&mut rec);
+            io!(t.insert(name, to_json(&rec)?.as_slice()))?;
+        }
+        io!(tx.commit())
+    }
+
+    pub fn delete_coffer(&self, name: &str) -> Result<(), DiskError> {
+        let prefix = format!("{name}/");
+        if !self.list(name, "", "", 1)?.0.is_empty() || self.uploads(name).map(|u| !u.is_empty())? {
+            return Err(DiskError::code(ErrorCode::CofferNotEmpty, name));
+        }
+        let _ = prefix;
+        let tx = io!(self.db.begin_write())?;
+        {
+            let mut t = io!(tx.open_table(COFFERS))?;
+            if io!(t.remove(name))?.is_none() {
+                return Err(DiskError::code(ErrorCode::NoSuchCoffer, name));
+            }
+        }
+        io!(tx.commit())
+    }
+
+    // ---- objects ----
+
+    pub fn object(&self, coffer: &str, key: &str) -> Result<Option<ObjectRec>, DiskError> {
+        let tx = io!(self.db.begin_read())?;
+        let t = io!(tx.open_table(OBJECTS))?;
+        match io!(t.get(obj_key(coffer, key).as_str()))? {
+            Some(v) => Ok(Some(from_json(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keys after `marker` starting with `prefix`, at most `max`; and whether more follow.
+    pub fn list(
+        &self,
+        coffer: &str,
+        prefix: &str,
+        marker: &str,
+        max: usize,
+    ) -> Result<(Vec<(String, ObjectRec)>, bool), DiskError> {
+        let tx = io!(self.db.begin_read())?;
+        let t = io!(tx.open_table(OBJECTS))?;
+        let base = format!("{coffer}/");
+        let start = if marker.is_empty() || marker < prefix {
+            format!("{base}{prefix}")
+        } else {
+            format!("{base}{marker}")
+        };
+        let mut out = Vec::new();
+        for item in io!(t.range(start.as_str()..))? {
+            let (k, v) = io!(item)?;
+            let Some(key) = k.value().strip_prefix(&base) else {
+                break;
+            };
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if !marker.is_empty() && key <= marker {
+                continue;
+            }
+            if out.len() == max {
+                return Ok((out, true));
+            }
+            out.push((key.to_string(), from_json(v.value())?));
+        }
+        Ok((out, false))
+    }
+
+    fn check_free(
+        &self,
+        coffer: &str,
+        key: &str,
+        tx: &redb::WriteTransaction,
+    ) -> Result<(), DiskError> {
+        let objects = io!(tx.open_table(OBJECTS))?;
+        if io!(objects.get(obj_key(coffer, key).as_str()))?.is_some() {
+            return Err(DiskError::code(ErrorCode::ObjectAlreadyExists, key));
+        }
+        Ok(())
+    }
+
+    fn upload_of(&self, coffer: &str, key: &str) -> Result<Option<String>, DiskError> {
+        Ok(self
+            .uploads(coffer)?
+            .into_iter()
+            .find(|(_, u)| u.key == key)
+            .map(|(id, _)| id))
+    }
+
+    /// Claims `key` for a PutObject streaming in; refused when taken.
+    pub fn begin_put(&self, coffer: &str, key: &str) -> Result<(), DiskError> {
+        if self.object(coffer, key)?.is_some() {
+            return Err(DiskError::code(ErrorCode::ObjectAlreadyExists, key));
+        }
+        if self.upload_of(coffer, key)?.is_some() {
+            return Err(DiskError::code(ErrorCode::ObjectAlreadyUploading, key));
+        }
+        let mut p = self.putting.lock().unwrap_or_else(|e| e.into_inner());
+        if !p.insert(obj_key(coffer, key)) {
+            return Err(DiskError::code(ErrorCode::ObjectAlreadyUploading, key));
+        }
+        Ok(())
+    }
+
+    pub fn end_put(&self, coffer: &str, key: &str) {
+        self.putting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&obj_key(coffer, key));
+    }
+
+    /// Makes a fully received PutObject the object at `key`.
+    pub fn commit_put(
+        &self,
+        coffer: &str,
+        key: &str,
+        inc: Incoming,
+        content_type: &str,
+        expect_md5: Option<[u8; 16]>,
+    ) -> Result<ObjectRec, DiskError> {
+        let size = inc.size;
+        let (file, digest) = inc.finish(&self.root.join("data"))?;
+        let cleanup = |e: DiskError| {
+            let _ = std::fs::remove_file(self.root.join("data").join(&file));
+            e
+        };
+        if expect_md5.is_some_and(|m| m != digest) {
+            return Err(cleanup(DiskError::code(
+                ErrorCode::BadDigest,
+                "Content-MD5 mismatch",
+            )));
+        }
+        let rec = ObjectRec {
+            size,
+            etag: format!("\"{}\"", hex(&digest)),
+            mtime: now(),
+            content_type: content_type.to_string(),
+            file: file.clone(),
+        };
+        let result = (|| {
+            let tx = io!(self.db.begin_write())?;
+            self.check_free(coffer, key, &tx)?;
+            {
+                let mut t = io!(tx.open_table(OBJECTS))?;
+                io!(t.insert(obj_key(coffer, key).as_str(), to_json(&rec)?.as_slice()))?;
+            }
+            io!(tx.commit())
+        })();
+        result.map_err(cleanup)?;
+        Ok(rec)
+    }
+
+    // ---- multipart ----
+
+    pub fn initiate(
+        &self,
+        coffer: &str,
+        key: &str,
+        content_type: &str,
+    ) -> Result<String, DiskError> {
+        let id = random_id();
+        let tx = io!(self.db.begin_write())?;
+        self.check_free(coffer, key, &tx)?;
+        {
+            let mut t = io!(tx.open_table(UPLOADS))?;
+            for item in io!(t.iter())? {
+                let (_, v) = io!(item)?;
+                let u: UploadRec = from_json(v.value())?;
+                if u.coffer == coffer && u.key == key {
+                    return Err(DiskError::code(ErrorCode::ObjectAlreadyUploading, key));
+                }
+            }
+            if self
+                .putting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&obj_key(coffer, key))
+            {
+                return Err(DiskError::code(ErrorCode::ObjectAlreadyUploading, key));
+            }
+            let rec = UploadRec {
+                coffer: coffer.to_string(),
+                key: key.to_string(),
+                initiated: now(),
+                content_type: content_type.to_string(),
+            };
+            io!(t.insert(id.as_str(), to_json(&rec)?.as_slice()))?;
+        }
+        io!(tx.commit())?;
+        Ok(id)
+    }
+
+    /// The open upload `id` of `coffer/key`, or NoSuchUpload.
+    pub fn upload(&self, coffer: &str, key: &str, id: &str) -> Result<UploadRec, DiskError> {
+        let tx = io!(self.db.begin_read())?;
+        let t = io!(tx.open_table(UPLOADS))?;
+        match io!(t.get(id))? {
+            Some(v) => {
+                let u: UploadRec = from_json(v.value())?;
+                if u.coffer == coffer && u.key == key {
+                    return Ok(u);
+                }
+                Err(DiskError::code(ErrorCode::NoSuchUpload, id))
+            }
+            None => Err(DiskError::code(ErrorCode::NoSuchUpload, id)),
+        }
+    }
+
+    /// Whether `id` completed into an object that still exists.
+    pub fn completed(&self, coffer: &str, key: &str, id: &str) -> Result<bool, DiskError> {
+        let done = {
+            let tx = io!(self.db.begin_read())?;
+            let t = io!(tx.open_table(COMPLETED))?;
+            let r = io!(t.get(id))?.map(|v| v.value().to_string());
+            r
+        };
+        Ok(done.as_deref() == Some(obj_key(coffer, key).as_str())
+            && self.object(coffer, key)?.is_some())
+    }
+
+    pub fn uploads(&self, coffer: &str) -> Result<Vec<(String, UploadRec)>, DiskError> {
+        let tx = io!(self.db.begin_read())?;
+        let t = io!(tx.open_table(UPLOADS))?;
+        let mut out = Vec::new();
+        for item in io!(t.iter())? {
+            let (k, v) = io!(item)?;
+            let u: UploadRec = from_json(v.value())?;
+            if u.coffer == coffer {
+                out.push((k.value().to_string(), u));
+            }
+        }
+        out.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+        Ok(out)
+    }
+
+    pub fn commit_part(
+        &self,
+        coffer: &str,
+        key: &str,
+        id: &str,
+        n: u32,
+        inc: Incoming,
+        expect_md5: Option<[u8; 16]>,
+    ) -> Result<PartRec, DiskError> {
+        let size = inc.size;
+        let (file, digest) = inc.finish(&self.root.join("parts"))?;
+        let remove = |f: &str| {
+            let _ = std::fs::remove_file(self.root.join("parts").join(f));
+        };
+        if expect_md5.is_some_and(|m| m != digest) {
+            remove(&file);
+            return Err(DiskError::code(
+                ErrorCode::BadDigest,
+                "Content-MD5 mismatch",
+            ));
+        }
+        let rec = PartRec {
+            size,
+            md5: hex(&digest),
+            file: file.clone(),
+            mtime: now(),
+        };
+        let old = (|| {
+            self.upload(coffer, key, id)?;
+            let tx = io!(self.db.begin_write())?;
+            let old = {
+                let mut t = io!(tx.open_table(PARTS))?;
+                let old = io!(t.insert(part_key(id, n).as_str(), to_json(&rec)?.as_slice()))?
+                    .map(|v| from_json::<PartRec>(v.value()));
+                old
+            };
+            // Re-check inside the transaction: an Abort may have raced this part.
+            {
+                let t = io!(tx.open_table(UPLOADS))?;
+                if io!(t.get(id))?.is_none() {
+                    return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
+                }
+            }
+            io!(tx.commit())?;
+            old.transpose()
+        })();
+        match old {
+            Ok(Some(prev)) => remove(&prev.file),
+            Ok(None) => {}
+            Err(e) => {
+                remove(&file);
+                return Err(e);
+            }
+        }
+        Ok(rec)
+    }
+
+    pub fn parts(&self, id: &str) -> Result<Vec<(u32, PartRec)>, DiskError> {
+        let tx = io!(self.db.begin_read())?;
+        let t = io!(tx.open_table(PARTS))?;
+        let start = format!("{id}/");
+        let mut out = Vec::new();
+        for item in io!(t.range(start.as_str()..))? {
+            let (k, v) = io!(item)?;
+            let Some(n) = k.value().strip_prefix(&start) else {
+                break;
+            };
+            out.push((n.parse().unwrap_or(0), from_json(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Validates a Complete request; returns the parts to merge, in order.
+    pub fn check_complete(
+        &self,
+        coffer: &str,
+        key: &str,
+        id: &str,
+        listed: &[(u32, String)],
+    ) -> Result<Vec<PartRec>, DiskError> {
+        if self.upload(coffer, key, id).is_err() {
+            if self.completed(coffer, key, id)? {
+                return Err(DiskError::code(ErrorCode::MultipartAlreadyCompleted, id));
+            }
+            return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
+        }
+        let stored: std::collections::HashMap<u32, PartRec> = self.parts(id)?.into_iter().collect();
+        let sizes: Vec<(u32, Option<u64>)> = listed
+            .iter()
+            .map(|(n, etag)| {
+                let p = stored.get(n).filter(|p| p.md5.eq_ignore_ascii_case(etag));
+                (*n, p.map(|p| p.size))
+            })
+            .collect();
+        rules::check_complete(&sizes)
+            .map_err(|c| DiskError::code(c, "parts do not form an object"))?;
+        Ok(listed
+            .iter()
+            .filter_map(|(n, _)| stored.get(n).cloned())
+            .collect())
+    }
+
+    /// Marks `id` merging; AlreadyLock when another Complete holds it.
+    pub fn lock_merge(&self, id: &str) -> Result<(), DiskError> {
+        if !self
+            .merging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string())
+        {
+            return Err(DiskError::code(ErrorCode::AlreadyLock, id));
+        }
+        Ok(())
+    }
+
+    pub fn unlock_merge(&self, id: &str) {
+        self.merging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Concatenates the parts into a new data file and commits the object in one
+    /// transaction. A crash before the commit leaves the upload as it was.
+    pub fn merge(
+        &self,
+        coffer: &str,
+        key: &str,
+        id: &str,
+        parts: &[PartRec],
+    ) -> Result<ObjectRec, DiskError> {
+        let up = self.upload(coffer, key, id)?;
+        let mut inc = self.incoming()?;
+        let mut buf = vec![0u8; 1 << 20];
+        for p in parts {
+            let mut f = io!(std::fs::File::open(self.root.join("parts").join(&p.file)))?;
+            loop {
+                let n = io!(std::io::Read::read(&mut f, &mut buf))?;
+                if n == 0 {
+                    break;
+                }
+                inc.write(&buf[..n])?;
+            }
+        }
+        let size = inc.size;
+        let (file, _) = inc.finish(&self.root.join("data"))?;
+        let digests: Vec<[u8; 16]> = parts
+            .iter()
+            .map(|p| {
+                let mut d = [0u8; 16];
+                for (i, b) in d.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(p.md5.get(2 * i..2 * i + 2).unwrap_or("00"), 16)
+                        .unwrap_or(0);
+                }
+                d
+            })
+            .collect();
+        let rec = ObjectRec {
+            size,
+            etag: multipart_etag(&digests),
+            mtime: now(),
+            content_type: up.content_type,
+            file: file.clone(),
+        };
+        let all_parts = self.parts(id)?;
+        let result = (|| {
+            let tx = io!(self.db.begin_write())?;
+            self.check_free(coffer, key, &tx)?;
+            {
+                let mut t = io!(tx.open_table(OBJECTS))?;
+                io!(t.insert(obj_key(coffer, key).as_str(), to_json(&rec)?.as_slice()))?;
+                let mut u = io!(tx.open_table(UPLOADS))?;
+                io!(u.remove(id))?;
+                let mut p = io!(tx.open_table(PARTS))?;
+                for (n, _) in &all_parts {
+                    io!(p.remove(part_key(id, *n).as_str()))?;
+                }
+                let mut c = io!(tx.open_table(COMPLETED))?;
+                io!(c.insert(id, obj_key(coffer, key).as_str()))?;
+            }
+            io!(tx.commit())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(self.root.join("data").join(&file));
+            return Err(e);
+        }
+        for (_, p) in all_parts {
+            let _ = std::fs::remove_file(self.root.join("parts").join(p.file));
+        }
+        Ok(rec)
+    }
+
+    pub fn abort(&self, coffer: &str, key: &str, id: &str) -> Result<(), DiskError> {
+        self.upload(coffer, key, id)?;
+        let parts = self.parts(id)?;
+        let tx = io!(self.db.begin_write())?;
+        {
+            let mut u = io!(tx.open_table(UPLOADS))?;
+            io!(u.remove(id))?;
+            let mut p = io!(tx.open_table(PARTS))?;
+            for (n, _) in &parts {
+                io!(p.remove(part_key(id, *n).as_str()))?;
+            }
+        }
+        io!(tx.commit())?;
+        for (_, p) in parts {
+            let _ = std::fs::remove_file(self.root.join("parts").join(p.file));
+        }
+        Ok(())
+    }
+
+    /// Removes objects older than their coffer's lifecycle allows.
+    pub fn expire(&self, day_secs: u64) -> Result<usize, DiskError> {
+        let mut expired = Vec::new();
+        for (name, c) in self.coffers()? {
+            let Some(days) = c
+                .lifecycle
+                .as_deref()
+                .and_then(|l| {
+                    serde_json::from_str::<crate::protocol::types::LifecycleConfig>(l).ok()
+                })
+                .and_then(|l| {
+                    l.rule
+                        .iter()
+                        .map(|r| r.expiration.days)
+                        .filter(|d| *d > 0)
+                        .min()
+                })
+            else {
+                continue;
+            };
+            let cutoff = now().saturating_sub(days as u64 * day_secs);
+            let (objs, _) = self.list(&name, "", "", usize::MAX)?;
+            for (k, o) in objs {
+                if o.mtime <= cutoff {
+                    expired.push((obj_key(&name, &k), o.file));
+                }
+            }
+        }
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let tx = io!(self.db.begin_write())?;
+        {
+            let mut t = io!(tx.open_table(OBJECTS))?;
+            for (k, _) in &expired {
+                io!(t.remove(k.as_str()))?;
+            }
+        }
+        io!(tx.commit())?;
+        for (k, f) in &expired {
+            log::info!("lifecycle expired {k}");
+            let _ = std::fs::remove_file(self.root.join("data").join(f));
+        }
+        Ok(expired.len())
+    }
+}
