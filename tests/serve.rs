@@ -1,0 +1,244 @@
+//! `cofferfs serve` itself, over raw HTTP: strictness the client never exercises
+//! (raw keys, forged signatures), crash safety, lifecycle expiry, test endpoints.
+
+mod common;
+
+use bytes::Bytes;
+use cofferfs::protocol::sign::{self, Signable};
+use cofferfs::store::ObjectStore;
+use common::{client, random_bytes, Server, COFFER};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+fn code_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()["Code"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn keys_over_850_bytes_are_refused_by_the_server_itself() {
+    let server = Server::start(&[]);
+    let put = |key: &str| {
+        let r = http()
+            .put(format!("{}/{COFFER}/{key}", server.endpoint))
+            .body("x")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (status, body) = put(&"k".repeat(851));
+    assert_eq!((status, code_of(&body).as_str()), (400, "InvalidObjectKey"));
+    let (status, _) = put(&"k".repeat(850));
+    assert_eq!(status, 200);
+    let (status, body) = put("%0Acontrol");
+    assert_eq!((status, code_of(&body).as_str()), (400, "InvalidObjectKey"));
+}
+
+#[test]
+fn head_of_a_missing_object_is_404_without_a_body_and_there_is_no_delete() {
+    let server = Server::start(&[]);
+    let r = http()
+        .head(format!("{}/{COFFER}/missing", server.endpoint))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.headers().contains_key("x-cdcs-request-id"));
+    assert!(r.bytes().unwrap().is_empty());
+    let r = http()
+        .delete(format!("{}/{COFFER}/missing", server.endpoint))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let r = http()
+        .get(format!("{}/nosuch-1/x", server.endpoint))
+        .send()
+        .unwrap();
+    assert_eq!(code_of(&r.text().unwrap()), "CofferNotFound");
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn forged_expired_and_tampered_signatures_are_auth_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [
+        ("TENCENTCLOUD_SECRET_ID", "AKIDserve"),
+        ("TENCENTCLOUD_SECRET_KEY", "serve-secret"),
+    ];
+    let server = Server::start_at(&tmp.path().join("root"), &[], &env);
+    let host = server.endpoint.trim_start_matches("http://").to_string();
+    let signed_get = |secret: &str, signed_path: &str, sent_path: &str, start: i64, end: i64| {
+        let headers = vec![("host".to_string(), host.clone())];
+        let auth = sign::authorization(
+            "AKIDserve",
+            secret,
+            start,
+            end,
+            &Signable {
+                method: "GET",
+                path: signed_path,
+                params: &[],
+                headers: &headers,
+            },
+        );
+        let r = http()
+            .get(format!("{}{sent_path}", server.endpoint))
+            .header("authorization", auth)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let path = format!("/{COFFER}");
+    let t = now();
+    let (status, _) = signed_get("serve-secret", &path, &path, t - 10, t + 600);
+    assert_eq!(status, 200, "a good signature lists the coffer");
+    let (status, body) = signed_get("wrong-secret", &path, &path, t - 10, t + 600);
+    assert_eq!((status, code_of(&body).as_str()), (401, "AuthFailed"));
+    let (status, body) = signed_get("serve-secret", &path, &path, t - 7200, t - 3600);
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (401, "AuthFailed"),
+        "expired"
+    );
+    let (status, body) = signed_get("serve-secret", &path, "/other-1", t - 10, t + 600);
+    assert_eq!(
+        (status, code_of(&body).as_str()),
+        (401, "AuthFailed"),
+        "tampered path"
+    );
+    let r = http()
+        .get(format!("{}{path}", server.endpoint))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "unsigned");
+}
+
+#[test]
+fn kill_during_a_merge_leaves_no_object_or_the_whole_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let data = random_bytes(3 << 20, 77);
+    let mut earlier = None;
+    for attempt in 0..3u64 {
+        let mut server = Server::start_at(
+            &root,
+            &[
+                "--keepalive-interval",
+                "50ms",
+                "--faults",
+                "CompleteMultipartUpload:slow=2s:1",
+            ],
+            &[],
+        );
+        let c = client(&server.endpoint);
+        if earlier.is_none() {
+            c.put("acknowledged", Bytes::from_static(b"kept")).unwrap();
+            earlier = Some(());
+        }
+        let key = format!("merge{attempt}");
+        let id = c.initiate(&key).unwrap();
+        let mut parts = Vec::new();
+        for (i, chunk) in data.chunks(1 << 20).enumerate() {
+            let n = i as u32 + 1;
+            let md5 = cofferfs::protocol::md5(chunk);
+            let etag = c
+                .upload_part(&key, &id, n, Bytes::copy_from_slice(chunk), md5)
+                .unwrap();
+            parts.push(cofferfs::store::CompletedPart {
+                part_number: n,
+                etag,
+            });
+        }
+        let endpoint = server.endpoint.clone();
+        let completer = std::thread::spawn(move || {
+            let c = client(&endpoint);
+            let _ = c.complete(&key, &id, &parts, 3 << 20);
+        });
+        std::thread::sleep(Duration::from_millis(500 + attempt * 900));
+        server.kill9();
+        let _ = completer.join();
+
+        let server = Server::start_at(&root, &[], &[]);
+        let c = client(&server.endpoint);
+        let key = format!("merge{attempt}");
+        match c.head(&key).unwrap() {
+            None => {}
+            Some(meta) => {
+                assert_eq!(meta.size, data.len() as u64, "never a torn object");
+                assert!(c.get(&key, None).unwrap().data.as_ref() == data.as_slice());
+            }
+        }
+        assert_eq!(c.get("acknowledged", None).unwrap().data.as_ref(), b"kept");
+    }
+}
+
+#[test]
+fn lifecycle_expiry_removes_old_objects() {
+    let server = Server::start(&["--lifecycle-day", "1s"]);
+    let c = client(&server.endpoint);
+    c.put("old", Bytes::from_static(b"bye")).unwrap();
+    let body = br#"{"Rule":[{"Expiration":{"Days":1}}]}"#;
+    let md5 = cofferfs::protocol::content_md5(&cofferfs::protocol::md5(body));
+    let r = http()
+        .put(format!("{}/{COFFER}?lifecycle", server.endpoint))
+        .header("content-md5", md5)
+        .body(body.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while c.head("old").unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "object did not expire"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = http()
+        .put(format!("{}/{COFFER}?lifecycle", server.endpoint))
+        .body(body.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "Content-MD5 is required");
+}
+
+#[test]
+fn stats_count_requests_and_faults_switch_at_run_time() {
+    let server = Server::start(&[]);
+    let c = client(&server.endpoint);
+    c.put("s", Bytes::from_static(b"1")).unwrap();
+    let _ = c.head("s").unwrap();
+    assert_eq!(server.requests("PutObject"), 1);
+    assert_eq!(server.requests("HeadObject"), 1);
+    server.set_faults("HeadObject:503:1");
+    let r = http()
+        .head(format!("{}/{COFFER}/s", server.endpoint))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    server.set_faults("");
+    let r = http()
+        .head(format!("{}/{COFFER}/s", server.endpoint))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http()
+        .post(format!("{}/-/faults", server.endpoint))
+        .body("HeadObject:explode:1")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "a bad spec is refused");
+}
