@@ -717,7 +717,7 @@ async fn dispatch(
             }
         }
         "ListParts" => list_parts(state, call),
-        "CompleteMultipartUpload" => complete(state, kill, call, req, fault.clone()).await,
+        "CompleteMultipartUpload" => complete(state, kill, call, req, fault).await,
         "AbortMultipartUpload" => {
             let id = call.param("uploadId").unwrap_or("");
             match state.disk.abort(&call.coffer, call.key(), id) {
