@@ -40,6 +40,13 @@ fn keys_over_850_bytes_are_refused_by_the_server_itself() {
     assert_eq!(status, 200);
     let (status, body) = put("%0Acontrol");
     assert_eq!((status, code_of(&body).as_str()), (400, "InvalidObjectKey"));
+    let r = http()
+        .put(format!("{}/{COFFER}/empty", server.endpoint))
+        .body(Vec::new())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(code_of(&r.text().unwrap()), "ObjectEmpty");
 }
 
 #[test]
