@@ -178,15 +178,7 @@ pub fn get(
     progress: bool,
 ) -> Result<TransferReport, CommandError> {
     let started = Instant::now();
-    let meta = store.head(key)?.ok_or_else(|| StoreError::Service {
-        op: "HeadObject",
-        key: key.to_string(),
-        code: proto::ErrorCode::ObjectNotExists,
-        status: 404,
-        message: "no such object".into(),
-        request_id: String::new(),
-        trace_id: String::new(),
-    })?;
+    let meta = head_existing(store.as_ref(), key)?;
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -295,33 +287,38 @@ pub fn ls(
     Ok(count)
 }
 
+/// HEAD that treats a missing object as the error `ObjectNotExists`.
+fn head_existing(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<crate::store::ObjectMeta, StoreError> {
+    store.head(key)?.ok_or_else(|| StoreError::Service {
+        op: "HeadObject",
+        key: key.to_string(),
+        code: proto::ErrorCode::ObjectNotExists,
+        status: 404,
+        message: "no such object".into(),
+        request_id: String::new(),
+        trace_id: String::new(),
+    })
+}
+
 /// `cofferfs stat COFFER/KEY`.
 pub fn stat(
     store: &dyn ObjectStore,
     key: &str,
     out: &mut dyn std::io::Write,
 ) -> Result<(), CommandError> {
-    match store.head(key)? {
-        Some(m) => writeln!(
-            out,
-            "key: {}\nsize: {}\netag: {}\nlast-modified: {}",
-            m.key,
-            m.size,
-            m.etag,
-            show_time(m.last_modified)
-        )
-        .map_err(io_err(Path::new("stdout"))),
-        None => Err(StoreError::Service {
-            op: "HeadObject",
-            key: key.to_string(),
-            code: proto::ErrorCode::ObjectNotExists,
-            status: 404,
-            message: "no such object".into(),
-            request_id: String::new(),
-            trace_id: String::new(),
-        }
-        .into()),
-    }
+    let m = head_existing(store, key)?;
+    writeln!(
+        out,
+        "key: {}\nsize: {}\netag: {}\nlast-modified: {}",
+        m.key,
+        m.size,
+        m.etag,
+        show_time(m.last_modified)
+    )
+    .map_err(io_err(Path::new("stdout")))
 }
 
 /// Open uploads under `prefix` started more than `older_than` ago.
