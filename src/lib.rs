@@ -8,6 +8,7 @@
 pub mod client;
 pub mod commands;
 pub mod fs;
+pub mod mount;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -4,9 +4,11 @@
 // Errors travel once, to the one line printed at exit; their size does not matter.
 #![allow(clippy::result_large_err)]
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use cofferfs::commands::{self, parse_size, split_path, CommandError, Target};
 use cofferfs::fs::upload::UploadConfig;
+use cofferfs::fs::FsConfig;
+use cofferfs::mount::{self, MountConfig};
 use cofferfs::protocol::sign::Credentials;
 use cofferfs::server::ServeConfig;
 use cofferfs::store::ObjectStore;
@@ -79,8 +81,65 @@ enum UploadsCommand {
     },
 }
 
+#[derive(Args)]
+struct MountArgs {
+    /// The coffer (NAME-APPID).
+    coffer: String,
+    /// An existing, empty directory.
+    mountpoint: PathBuf,
+    /// Serve the coffer from DIR with an embedded `cofferfs serve` (no account needed).
+    #[arg(long, value_name = "DIR")]
+    local: Option<PathBuf>,
+    /// Stay attached; SIGINT/SIGTERM unmount.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Preferred part size (grows for very large files).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    part_size: u64,
+    /// Bytes of part buffers held at once across all open files; writers wait beyond it.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    upload_memory: u64,
+    /// Parts uploading at once.
+    #[arg(long, default_value_t = 8)]
+    upload_concurrency: usize,
+    /// Mount read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root).
+    #[arg(long)]
+    allow_other: bool,
+    /// Owner shown for every entry (default: the mounting user).
+    #[arg(long)]
+    uid: Option<u32>,
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Permission bits of files, in octal.
+    #[arg(long, default_value = "644", value_parser = mount::parse_mode)]
+    file_mode: u16,
+    /// Permission bits of directories, in octal.
+    #[arg(long, default_value = "755", value_parser = mount::parse_mode)]
+    dir_mode: u16,
+    /// How long listings and lookups are trusted before asking the coffer again.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    metadata_ttl: Duration,
+    /// Log here instead of stderr (detached mounts default to ~/.local/state/cofferfs/mount.log).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+    /// Threads serving FUSE requests.
+    #[arg(long, default_value_t = 8)]
+    fuse_threads: usize,
+    /// Attempts per request before an operation fails (the first included).
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Options in fstab form: endpoint=URL,part_size=16MiB,ro,allow_other,...
+    #[arg(short = 'o', value_name = "OPT,...")]
+    options: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Mount COFFER at MOUNTPOINT (detaches once the mount is live).
+    Mount(MountArgs),
     /// Upload FILE as COFFER/KEY (multipart, parts in parallel).
     Put {
         file: PathBuf,
@@ -150,10 +209,46 @@ fn store(t: &TargetArgs, coffer: &str) -> Result<Arc<dyn ObjectStore>, CommandEr
     Ok(Arc::new(target(t).client(coffer)?))
 }
 
+fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandError> {
+    let mut cfg = MountConfig {
+        coffer: m.coffer,
+        mountpoint: m.mountpoint,
+        target: target(t),
+        local: m.local,
+        foreground: m.foreground,
+        fs: FsConfig {
+            file_mode: m.file_mode,
+            dir_mode: m.dir_mode,
+            metadata_ttl: m.metadata_ttl,
+            read_only: m.read_only,
+            upload: UploadConfig {
+                part_size: m.part_size,
+                memory: m.upload_memory,
+                concurrency: m.upload_concurrency.max(1),
+            },
+            ..FsConfig::default()
+        },
+        allow_other: m.allow_other,
+        fuse_options: Vec::new(),
+        log_file: m.log_file,
+        fuse_threads: m.fuse_threads,
+        retries: m.retries,
+    };
+    if let Some(u) = m.uid {
+        cfg.fs.uid = u;
+    }
+    if let Some(g) = m.gid {
+        cfg.fs.gid = g;
+    }
+    cfg.apply_options(&m.options)?;
+    Ok(cfg)
+}
+
 fn run(cli: Cli) -> Result<(), CommandError> {
     let progress = std::io::stderr().is_terminal();
     let mut out = std::io::stdout().lock();
     match cli.command {
+        Command::Mount(m) => mount::mount(mount_config(&cli.target, m)?)?,
         Command::Put {
             file,
             dest,
@@ -251,9 +346,49 @@ fn run(cli: Cli) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// mount(8) runs `cofferfs COFFER MOUNTPOINT -o OPTIONS` for fstab entries of type
+/// `fuse.cofferfs`: that is the `mount` subcommand.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("-");
+    let known = Cli::command()
+        .get_subcommands()
+        .any(|c| c.get_name() == first)
+        || first == "help";
+    if !known && !first.starts_with('-') && args.len() >= 3 {
+        args.insert(1, "mount".into());
+    }
+    args
+}
+
+fn init_logging(log_file: Option<&std::path::Path>) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    if let Some(path) = log_file {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => {
+                b.target(env_logger::Target::Pipe(Box::new(f)));
+            }
+            Err(e) => eprintln!(
+                "cofferfs: log file {}: {e}; logging to stderr",
+                path.display()
+            ),
+        }
+    }
+    b.init();
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse_from(args());
+    let log_file = match &cli.command {
+        Command::Mount(m) if m.foreground => m.log_file.clone(),
+        _ => None,
+    };
+    init_logging(log_file.as_deref());
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cofferfs: {e}");

@@ -159,14 +159,27 @@ pub fn cli(args: &[&str], env: &[(&str, &str)], limit: Duration) -> CliOutput {
         .env_remove("TENCENTCLOUD_SECRET_ID")
         .env_remove("TENCENTCLOUD_SECRET_KEY")
         .env_remove("TENCENTCLOUD_SESSION_TOKEN")
-        .env_remove("COFFERFS_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("COFFERFS_ENDPOINT");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn cofferfs");
+    run_bounded(cmd, limit)
+}
+
+/// Runs a shell script (`bash -c`) with a bounded wait.
+pub fn sh(script: &str, limit: Duration) -> CliOutput {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script]);
+    run_bounded(cmd, limit)
+}
+
+/// Runs `cmd` to completion, collecting its output; kills it after `limit`.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> CliOutput {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().expect("spawn");
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
     let t_out = std::thread::spawn(move || {
@@ -187,7 +200,7 @@ pub fn cli(args: &[&str], env: &[(&str, &str)], limit: Duration) -> CliOutput {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("cofferfs {args:?} did not finish within {limit:?}");
+            panic!("{what} did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -195,6 +208,152 @@ pub fn cli(args: &[&str], env: &[(&str, &str)], limit: Duration) -> CliOutput {
         ok: status.success(),
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether something is mounted at `path` (from /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    cofferfs::mount::is_mounted(path)
+}
+
+/// A `cofferfs mount --foreground` of the test coffer on a fresh directory.
+/// Dropping it unmounts (`fusermount3 -u -z`) and stops the process, on every path.
+pub struct Mount {
+    child: Child,
+    /// The mountpoint.
+    pub dir: PathBuf,
+    /// The mount's log (stderr).
+    pub log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Mounts the coffer of `server` with extra `cofferfs mount` arguments.
+    pub fn start(server: &Server, extra: &[&str]) -> Mount {
+        Mount::start_with(&["--endpoint", &server.endpoint, COFFER], extra)
+    }
+
+    /// Mounts with `args` (target and coffer) before the mountpoint, `extra` after.
+    pub fn start_with(args: &[&str], extra: &[&str]) -> Mount {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).expect("mkdir mnt");
+        let log = tmp.path().join("mount.log");
+        let err = std::fs::File::create(&log).expect("log file");
+        // Quick failure for tests that inject permanent faults, unless they choose.
+        let retries: &[&str] = if extra.contains(&"--retries") {
+            &[]
+        } else {
+            &["--retries", "6"]
+        };
+        let child = Command::new(bin())
+            .arg("mount")
+            .args(args)
+            .arg(&dir)
+            .arg("--foreground")
+            .args(retries)
+            .args(extra)
+            .env_remove("TENCENTCLOUD_SECRET_ID")
+            .env_remove("TENCENTCLOUD_SECRET_KEY")
+            .env_remove("COFFERFS_ENDPOINT")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn cofferfs mount");
+        let mut m = Mount {
+            child,
+            dir,
+            log,
+            _tmp: tmp,
+        };
+        let live = wait_for(Duration::from_secs(30), || {
+            is_mounted(&m.dir) || matches!(m.child.try_wait(), Ok(Some(_)))
+        });
+        if !live || !is_mounted(&m.dir) {
+            panic!("mount did not come up within 30 s; log:\n{}", m.log_text());
+        }
+        m
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory of the mount process, in KiB.
+    pub fn vm_hwm_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Clean unmount: `fusermount3 -u`, then the process must exit 0 within 60 s.
+    pub fn unmount(mut self) {
+        let out = run_bounded(
+            {
+                let mut c = Command::new("fusermount3");
+                c.arg("-u").arg(&self.dir);
+                c
+            },
+            Duration::from_secs(30),
+        );
+        assert!(out.ok, "fusermount3 -u failed: {}", out.stderr);
+        let exited = wait_for(Duration::from_secs(60), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        assert!(exited, "mount process still running 60 s after unmount");
+        let status = self.child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "mount exited with {status}; log:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
     }
 }
 

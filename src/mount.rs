@@ -1,0 +1,552 @@
+//! `cofferfs mount`: checks the coffer, mounts `Fs` through FUSE, detaches once the
+//! mount is live, and unmounts cleanly on SIGINT/SIGTERM. No filesystem logic here.
+
+use crate::client::retry::RetryPolicy;
+use crate::client::CdcsClient;
+use crate::commands::{parse_size, CommandError, Target};
+use crate::fs::fuse::FuseFs;
+use crate::fs::{Fs, FsConfig};
+use crate::protocol::sign::Credentials;
+use crate::protocol::ErrorCode;
+use crate::server::{ServeConfig, ServerHandle};
+use crate::store::{ObjectStore, StoreError};
+use std::io::{BufRead, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Set in the detached child: its stdout carries one line, `ok` or `error: …`.
+const READY_ENV: &str = "COFFERFS_MOUNT_READY_PIPE";
+
+/// Everything a mount is started with.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub coffer: String,
+    pub mountpoint: PathBuf,
+    pub target: Target,
+    /// Serve the coffer from this directory with an embedded `cofferfs serve`.
+    pub local: Option<PathBuf>,
+    pub foreground: bool,
+    pub fs: FsConfig,
+    pub allow_other: bool,
+    /// FUSE options passed through to the kernel (`noatime`, `allow_root`, …).
+    pub fuse_options: Vec<String>,
+    pub log_file: Option<PathBuf>,
+    pub fuse_threads: usize,
+    /// Attempts per request (the first included); `None` keeps the default.
+    pub retries: Option<u32>,
+}
+
+/// Options that mount(8) and fstab add and that mean nothing here.
+const IGNORED: &[&str] = &[
+    "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "_netdev", "nofail",
+    "dev", "suid", "exec",
+];
+
+/// FUSE options handed to the kernel as they are.
+const PASSED: &[&str] = &[
+    "allow_root",
+    "noatime",
+    "atime",
+    "nodev",
+    "nosuid",
+    "noexec",
+    "sync",
+    "async",
+    "dirsync",
+    "default_permissions",
+];
+
+impl MountConfig {
+    /// Applies `-o a=b,c` options (the fstab form of the flags).
+    pub fn apply_options(&mut self, opts: &[String]) -> Result<(), CommandError> {
+        let bad = |o: &str, e: String| CommandError::Usage(format!("-o {o}: {e}"));
+        for o in opts.iter().flat_map(|s| s.split(',')).map(str::trim) {
+            if o.is_empty()
+                || IGNORED.contains(&o)
+                || o.starts_with("x-")
+                || o.starts_with("comment=")
+            {
+                continue;
+            }
+            let (k, v) = match o.split_once('=') {
+                Some((k, v)) => (k.replace('-', "_"), Some(v)),
+                None => (o.replace('-', "_"), None),
+            };
+            let need = || v.ok_or_else(|| bad(o, "needs a value".into()));
+            match k.as_str() {
+                "endpoint" => self.target.endpoint = Some(need()?.to_string()),
+                "region" => self.target.region = Some(need()?.to_string()),
+                "credentials" => self.target.credentials_file = Some(PathBuf::from(need()?)),
+                "local" => self.local = Some(PathBuf::from(need()?)),
+                "part_size" => {
+                    self.fs.upload.part_size = parse_size(need()?).map_err(|e| bad(o, e))?
+                }
+                "upload_memory" => {
+                    self.fs.upload.memory = parse_size(need()?).map_err(|e| bad(o, e))?
+                }
+                "upload_concurrency" => {
+                    self.fs.upload.concurrency = parse_num(need()?).map_err(|e| bad(o, e))? as usize
+                }
+                "uid" => self.fs.uid = parse_num(need()?).map_err(|e| bad(o, e))? as u32,
+                "gid" => self.fs.gid = parse_num(need()?).map_err(|e| bad(o, e))? as u32,
+                "file_mode" => self.fs.file_mode = parse_mode(need()?).map_err(|e| bad(o, e))?,
+                "dir_mode" => self.fs.dir_mode = parse_mode(need()?).map_err(|e| bad(o, e))?,
+                "metadata_ttl" => {
+                    self.fs.metadata_ttl =
+                        humantime::parse_duration(need()?).map_err(|e| bad(o, e.to_string()))?
+                }
+                "log_file" => self.log_file = Some(PathBuf::from(need()?)),
+                "retries" => self.retries = Some(parse_num(need()?).map_err(|e| bad(o, e))? as u32),
+                "ro" | "read_only" => self.fs.read_only = true,
+                "allow_other" => self.allow_other = true,
+                "fsname" | "subtype" => self.fuse_options.push(o.to_string()),
+                _ if v.is_none() && PASSED.contains(&k.as_str()) => {
+                    self.fuse_options.push(k.to_string())
+                }
+                _ => return Err(bad(o, "unknown option".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_num(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|_| format!("not a number: {s:?}"))
+}
+
+/// An octal permission such as `644` or `0755`.
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    match u16::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("not an octal mode: {s:?}")),
+    }
+}
+
+/// Mounts: detached by default (returns once the mount is live), or in the
+/// foreground until it is unmounted.
+pub fn mount(cfg: MountConfig) -> Result<(), CommandError> {
+    if cfg.foreground || std::env::var_os(READY_ENV).is_some() {
+        return run_foreground(cfg);
+    }
+    detach(&cfg)
+}
+
+/// Starts this same command again with `--foreground` in a new session and waits
+/// for its one-line verdict.
+fn detach(cfg: &MountConfig) -> Result<(), CommandError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CommandError::Usage(format!("cannot find own executable: {e}")))?;
+    let log = match &cfg.log_file {
+        Some(p) => p.clone(),
+        None => default_log_file(),
+    };
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let log_out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|source| CommandError::Io {
+            path: log.display().to_string(),
+            source,
+        })?;
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_out));
+    // SAFETY: setsid is async-signal-safe; the child leaves our terminal's session
+    // so a Ctrl-C there does not reach the mount.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CommandError::Usage(format!("cannot start the mount process: {e}")))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    match line.trim_end() {
+        "ok" => Ok(()),
+        l if l.starts_with("error: ") => {
+            let _ = child.wait();
+            Err(CommandError::Usage(l["error: ".len()..].to_string()))
+        }
+        _ => {
+            let status = child.wait();
+            Err(CommandError::Usage(format!(
+                "the mount process ended before the mount was live ({}); see {}",
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+                log.display()
+            )))
+        }
+    }
+}
+
+fn default_log_file() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("cofferfs").join("mount.log")
+}
+
+/// Tells a waiting parent (if any) how the start went.
+fn report_ready(result: &Result<(), CommandError>) {
+    if std::env::var_os(READY_ENV).is_none() {
+        return;
+    }
+    let line = match result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("error: {}", e.to_string().replace('\n', " ")),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    drop(out);
+    // From now on stdout goes nowhere: the parent has gone.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are valid; dup2 only replaces fd 1.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in this thread (and every thread started after),
+/// so one thread can wait for them with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn run_foreground(cfg: MountConfig) -> Result<(), CommandError> {
+    let signals = block_signals();
+    // Part buffers are megabytes each and freed on other threads. With glibc's
+    // sliding mmap threshold they would settle in per-thread arenas, and the
+    // freed ones stay resident there: the upload budget would bound the live
+    // buffers but not the process. A fixed threshold keeps them in mmap, given
+    // back to the kernel when freed.
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
+    let started = start(&cfg);
+    let (session, fs, server) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            report_ready(&Err(CommandError::Usage(e.to_string())));
+            return Err(e);
+        }
+    };
+    report_ready(&Ok(()));
+    log::info!(
+        "mounted coffer {} at {}",
+        cfg.coffer,
+        cfg.mountpoint.display()
+    );
+    let mut session = session;
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = cfg.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `signals` is a valid set; sigwait writes the signal number.
+            if unsafe { libc::sigwait(&signals, &mut sig) } != 0 {
+                return;
+            }
+            log::info!("signal {sig}: unmounting {}", mountpoint.display());
+            if let Err(e) = unmounter.unmount() {
+                log::warn!("unmount {}: {e}; detaching it lazily", mountpoint.display());
+                lazy_unmount(&mountpoint);
+            }
+        })
+        .map_err(|e| CommandError::Usage(format!("cannot start the signal thread: {e}")))?;
+    let result = session.run();
+    // Open uploads are finished (or aborted) before the process goes.
+    fs.shutdown();
+    if let Some(s) = server {
+        s.shutdown();
+    }
+    log::info!("unmounted {}", cfg.mountpoint.display());
+    result.map_err(|e| CommandError::Usage(format!("FUSE session ended: {e}")))
+}
+
+fn lazy_unmount(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return;
+        }
+    }
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(path)
+        .status();
+}
+
+type Started = (fuser::Session<FuseFs>, Arc<Fs>, Option<ServerHandle>);
+
+/// Everything up to a live mount: checks, the embedded server, the coffer probe.
+fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
+    check_mountpoint(&cfg.mountpoint)?;
+    let (client_cfg, server) = match &cfg.local {
+        Some(dir) => {
+            if cfg.target.endpoint.is_some() || cfg.target.region.is_some() {
+                return Err(CommandError::Usage(
+                    "--local serves the coffer itself: drop --endpoint/--region".into(),
+                ));
+            }
+            let creds = local_credentials();
+            let server = crate::server::start(ServeConfig {
+                root: dir.clone(),
+                listen: ([127, 0, 0, 1], 0).into(),
+                coffers: vec![cfg.coffer.clone()],
+                keepalive_interval: Duration::from_secs(1),
+                faults: String::new(),
+                fault_seed: 0,
+                credentials: Some(creds.clone()),
+                lifecycle_day: Duration::from_secs(86400),
+            })
+            .map_err(|e| CommandError::Usage(format!("--local {}: {e}", dir.display())))?;
+            let mut c =
+                crate::client::ClientConfig::endpoint(&format!("http://{}", server.addr()))?;
+            c.credentials = Some(creds);
+            (c, Some(server))
+        }
+        None => (cfg.target.client_config()?, None),
+    };
+    let mut client_cfg = client_cfg;
+    if let Some(n) = cfg.retries {
+        client_cfg.retry.max_attempts = n.max(1);
+    }
+    // The probe gives up quickly: a wrong endpoint should not take minutes to say so.
+    let mut probe_cfg = client_cfg.clone();
+    probe_cfg.retry = RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(200),
+        cap: Duration::from_secs(1),
+        total: Duration::from_secs(10),
+    };
+    let probe = CdcsClient::new(probe_cfg, &cfg.coffer)?;
+    check_coffer(&probe, &cfg.coffer)?;
+    let store: Arc<dyn ObjectStore> = Arc::new(CdcsClient::new(client_cfg, &cfg.coffer)?);
+    let fs = Arc::new(Fs::new(store, cfg.fs.clone()));
+    let mut options = vec![
+        fuser::MountOption::FSName(format!("cofferfs:{}", cfg.coffer)),
+        fuser::MountOption::Subtype("cofferfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if cfg.fs.read_only {
+        options.push(fuser::MountOption::RO);
+    }
+    options.extend(cfg.fuse_options.iter().filter_map(|o| fuse_option(o)));
+    let mut fuse_cfg = fuser::Config::default();
+    fuse_cfg.mount_options = options;
+    fuse_cfg.acl = if cfg.allow_other {
+        fuser::SessionACL::All
+    } else if cfg.fuse_options.iter().any(|o| o == "allow_root") {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    fuse_cfg.n_threads = Some(cfg.fuse_threads.max(1));
+    fuse_cfg.clone_fd = true;
+    let session = fuser::Session::new(FuseFs::new(Arc::clone(&fs)), &cfg.mountpoint, &fuse_cfg)
+        .map_err(|e| {
+            CommandError::Usage(format!("cannot mount at {}: {e}", cfg.mountpoint.display()))
+        })?;
+    Ok((session, fs, server))
+}
+
+/// A passed-through `-o` option as fuser spells it: flags are mount flags, not
+/// FUSE data options, and access options become the session's ACL.
+fn fuse_option(o: &str) -> Option<fuser::MountOption> {
+    use fuser::MountOption as M;
+    Some(match o {
+        "noatime" => M::NoAtime,
+        "atime" => M::Atime,
+        "nodev" => M::NoDev,
+        "nosuid" => M::NoSuid,
+        "noexec" => M::NoExec,
+        "sync" => M::Sync,
+        "async" => M::Async,
+        "dirsync" => M::DirSync,
+        "allow_root" | "default_permissions" => return None,
+        _ => match o.split_once('=') {
+            Some(("fsname", v)) => M::FSName(v.to_string()),
+            Some(("subtype", v)) => M::Subtype(v.to_string()),
+            _ => M::CUSTOM(o.to_string()),
+        },
+    })
+}
+
+fn local_credentials() -> Credentials {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut token = |n: usize| -> String {
+        (0..n)
+            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+            .collect()
+    };
+    Credentials {
+        secret_id: format!("AKIDlocal{}", token(24)),
+        secret_key: token(32),
+        session_token: None,
+    }
+}
+
+fn check_mountpoint(path: &Path) -> Result<(), CommandError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CommandError::Usage(format!("mountpoint {}: {e}", path.display())))?;
+    if !meta.is_dir() {
+        return Err(CommandError::Usage(format!(
+            "mountpoint {}: not a directory",
+            path.display()
+        )));
+    }
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if is_mounted(&canon) {
+        return Err(CommandError::Usage(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `path` is a mount point, from /proc/self/mountinfo.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape_mountinfo(m) == want)
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One listing request: the coffer exists, the credentials work, the endpoint answers.
+fn check_coffer(client: &CdcsClient, coffer: &str) -> Result<(), CommandError> {
+    match client.list("", "", 1) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let what = match e.code() {
+                Some(ErrorCode::CofferNotFound | ErrorCode::NoSuchCoffer) => {
+                    format!("coffer {coffer} not found")
+                }
+                Some(
+                    ErrorCode::AuthFailed
+                    | ErrorCode::ConsoleAuthFailed
+                    | ErrorCode::PolicyCheckFailed,
+                ) => "authentication failed: check the secret id and key".to_string(),
+                _ if matches!(root_cause(&e), StoreError::Transport { .. }) => {
+                    "endpoint unreachable".to_string()
+                }
+                _ => "the coffer cannot be listed".to_string(),
+            };
+            Err(CommandError::Usage(format!("{what} ({e})")))
+        }
+    }
+}
+
+fn root_cause(e: &StoreError) -> &StoreError {
+    match e {
+        StoreError::GaveUp { last, .. } => root_cause(last),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> MountConfig {
+        MountConfig {
+            coffer: "c-1".into(),
+            mountpoint: "/mnt".into(),
+            target: Target {
+                endpoint: None,
+                region: None,
+                credentials_file: None,
+            },
+            local: None,
+            foreground: false,
+            fs: FsConfig::default(),
+            allow_other: false,
+            fuse_options: vec![],
+            log_file: None,
+            fuse_threads: 4,
+            retries: None,
+        }
+    }
+
+    #[test]
+    fn fstab_options_set_the_same_things_as_flags() {
+        let mut c = cfg();
+        c.apply_options(&[
+            "rw,_netdev,endpoint=http://127.0.0.1:9000,part_size=16MiB".into(),
+            "upload-memory=128MiB,file_mode=0600,ro,noatime,x-systemd.automount".into(),
+        ])
+        .expect("options");
+        assert_eq!(c.target.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.fs.upload.part_size, 16 << 20);
+        assert_eq!(c.fs.upload.memory, 128 << 20);
+        assert_eq!(c.fs.file_mode, 0o600);
+        assert!(c.fs.read_only);
+        assert_eq!(c.fuse_options, ["noatime"]);
+    }
+
+    #[test]
+    fn unknown_or_valueless_options_are_refused() {
+        assert!(cfg().apply_options(&["bogus".into()]).is_err());
+        assert!(cfg().apply_options(&["endpoint".into()]).is_err());
+        assert!(cfg().apply_options(&["file_mode=999".into()]).is_err());
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}
