@@ -1,34 +1,41 @@
 #!/usr/bin/env bash
-# Throughput benchmark on this machine against one local `cofferfs serve`:
-# `cofferfs put` / `cofferfs get` of a 1 GiB file next to `openssl md5` and a
-# local `cp` (the ceilings), medians of 3 runs, plus peak RSS of put.
+# Throughput benchmark on this machine against one local `cofferfs serve`,
+# medians of 3 runs:
+#   writes: 1 GiB through the mount vs `cofferfs put` vs `cp` to local disk,
+#           1000 x 4 KiB files through the mount;
+#   reads:  `cofferfs get`; `openssl md5` as the CPU ceiling;
+#   memory: peak RSS (VmHWM) of `cofferfs put` and of the mount daemon.
 # Usage: scripts/bench.sh [SIZE_MIB]   (default 1024)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 size_mib=${1:-1024}
 runs=3
+small_files=1000
+ensure_deps
 cargo build --release --quiet
 bin=$PWD/target/release/cofferfs
 work=$(mktemp -d "${TMPDIR:-/tmp}/cofferfs-bench.XXXXXX")
 coffer=bench-1250000000
 cleanup() {
+    mountpoint -q "$work/mnt" 2>/dev/null && fusermount3 -u -z "$work/mnt"
+    [ -n "${mount_pid:-}" ] && kill "$mount_pid" 2>/dev/null && wait "$mount_pid" 2>/dev/null
     [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-"$bin" serve --root "$work/coffer" --listen 127.0.0.1:0 --coffer "$coffer" >"$work/serve.out" 2>"$work/serve.err" &
-server_pid=$!
-for _ in $(seq 100); do
-    grep -q '^listening on ' "$work/serve.out" 2>/dev/null && break
-    sleep 0.1
-done
-endpoint=$(sed -n 's/^listening on //p' "$work/serve.out")
-[ -n "$endpoint" ] || { echo "server did not start" >&2; cat "$work/serve.err" >&2; exit 1; }
+start_server "$bin" "$work/coffer" "$coffer"
 
 head -c $((size_mib * 1024 * 1024)) /dev/urandom >"$work/src.bin"
 bytes=$((size_mib * 1024 * 1024))
+mkdir -p "$work/small"
+for i in $(seq $small_files); do head -c 4096 /dev/urandom >"$work/small/f$i"; done
+
+mkdir -p "$work/mnt"
+"$bin" mount --endpoint "$endpoint" "$coffer" "$work/mnt" --foreground 2>"$work/mount.log" &
+mount_pid=$!
+wait_mounted "$work/mnt"
 
 # seconds for a command, wall clock
 timeit() {
@@ -40,11 +47,10 @@ timeit() {
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mbps() { echo "$bytes / $1 / 1000000" | bc -l | xargs printf '%.0f'; }
+ratio() { echo "$2 / $1" | bc -l | xargs printf '%.2f'; }
 
 declare -A med
 measure() {
-    local name=$1
-    shift
     local i
     for i in $(seq $runs); do
         timeit "$@" "$i"
@@ -55,11 +61,16 @@ put_run() { "$bin" --endpoint "$endpoint" put "$work/src.bin" "$coffer/put-$1"; 
 get_run() { "$bin" --endpoint "$endpoint" get "$coffer/put-1" "$work/got-$1.bin" && rm -f "$work/got-$1.bin"; }
 md5_run() { openssl md5 "$work/src.bin"; }
 cp_run() { cp "$work/src.bin" "$work/cp-$1.bin" && sync "$work/cp-$1.bin" && rm -f "$work/cp-$1.bin"; }
+mount_run() { cp "$work/src.bin" "$work/mnt/mount-$1.bin"; }
+small_run() { cp -r "$work/small" "$work/mnt/small-$1"; }
 
-med[md5]=$(measure md5 md5_run)
-med[cp]=$(measure cp cp_run)
-med[put]=$(measure put put_run)
-med[get]=$(measure get get_run)
+med[md5]=$(measure md5_run)
+med[cp]=$(measure cp_run)
+med[put]=$(measure put_run)
+med[mount]=$(measure mount_run)
+med[small]=$(measure small_run)
+med[get]=$(measure get_run)
+mount_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$mount_pid/status")
 
 # Peak RSS of one more put (GNU time is not always installed: read VmHWM instead).
 "$bin" --endpoint "$endpoint" put "$work/src.bin" "$coffer/rss" &
@@ -72,10 +83,15 @@ while kill -0 "$put_pid" 2>/dev/null; do
 done
 wait "$put_pid"
 
-printf '\n%s MiB, median of %d runs, %s\n' "$size_mib" "$runs" "$(nproc) cores"
-printf '%-28s %10s %8s\n' "what" "MB/s" "ratio"
-printf '%-28s %10s %8s\n' "openssl md5 (ceiling)" "$(mbps "${med[md5]}")" "1.00"
-printf '%-28s %10s %8s\n' "cp to local disk" "$(mbps "${med[cp]}")" "$(echo "${med[md5]} / ${med[cp]}" | bc -l | xargs printf '%.2f')"
-printf '%-28s %10s %8s\n' "cofferfs put" "$(mbps "${med[put]}")" "$(echo "${med[md5]} / ${med[put]}" | bc -l | xargs printf '%.2f')"
-printf '%-28s %10s %8s\n' "cofferfs get" "$(mbps "${med[get]}")" "$(echo "${med[md5]} / ${med[get]}" | bc -l | xargs printf '%.2f')"
-printf 'cofferfs put peak RSS (VmHWM): %d MiB\n' $((peak / 1024))
+printf '\n%s MiB file, %d x 4 KiB files, median of %d runs, %s cores, one local cofferfs serve\n' \
+    "$size_mib" "$small_files" "$runs" "$(nproc)"
+printf '%-34s %10s  %s\n' "what" "MB/s" "ratio"
+printf '%-34s %10s  %s\n' "openssl md5 (CPU ceiling)" "$(mbps "${med[md5]}")" ""
+printf '%-34s %10s  %s\n' "cp to local disk (+sync)" "$(mbps "${med[cp]}")" ""
+printf '%-34s %10s  %s\n' "cofferfs put" "$(mbps "${med[put]}")" "1.00 (baseline)"
+printf '%-34s %10s  %s\n' "cp into the mount" "$(mbps "${med[mount]}")" "$(ratio "${med[mount]}" "${med[put]}") x put (target >= 0.80)"
+printf '%-34s %10s  %s\n' "cofferfs get" "$(mbps "${med[get]}")" ""
+printf '%-34s %10s  %s\n' "$small_files x 4 KiB into the mount" \
+    "$(echo "$small_files / ${med[small]}" | bc -l | xargs printf '%.0f') files/s" ""
+printf 'peak RSS (VmHWM): cofferfs put %d MiB, mount daemon %d MiB (--upload-memory 64MiB)\n' \
+    $((peak / 1024)) $((mount_hwm / 1024))
