@@ -621,3 +621,89 @@ fn daemon_of(mnt: &Path) -> Option<u32> {
         is_mount.then_some(pid)
     })
 }
+
+#[test]
+fn fsync_stores_the_object_and_a_later_write_is_refused_not_lost() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &["--part-size", "1MiB"]);
+    let path = m.path("synced.bin");
+    // Python's os module gives plain open/write/fsync/close with their errnos.
+    let script = format!(
+        r#"
+import errno, os, sys
+fd = os.open({p:?}, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+os.write(fd, b"a" * (3 * 1024 * 1024 + 5))
+os.fsync(fd)
+print("synced", flush=True)
+try:
+    os.write(fd, b"more")
+    print("late write accepted")
+    sys.exit(1)
+except OSError as e:
+    print("late write:", errno.errorcode[e.errno])
+os.close(fd)
+"#,
+        p = path.display().to_string()
+    );
+    let out = common::run_bounded(
+        {
+            let mut c = Command::new("python3");
+            c.args(["-c", &script]);
+            c
+        },
+        LIMIT,
+    );
+    assert!(out.ok, "{}{}\n{}", out.stdout, out.stderr, m.log_text());
+    assert!(out.stdout.contains("late write: EPERM"), "{}", out.stdout);
+    assert_eq!(
+        stored(&server, "synced.bin").map(|d| d.len()),
+        Some(3 * MIB + 5)
+    );
+    // A file smaller than one part is a single PutObject, no multipart upload.
+    let initiates = server.requests("InitiateMultipartUpload");
+    std::fs::write(m.path("small"), random_bytes(100_000, 5)).expect("write small");
+    assert_eq!(server.requests("InitiateMultipartUpload"), initiates);
+    assert_eq!(server.requests("PutObject"), 1);
+}
+
+#[test]
+fn owner_modes_and_read_only_are_as_mounted() {
+    let server = Server::start(&[]);
+    client(&server.endpoint)
+        .put("d/f", b"data".to_vec().into())
+        .expect("put");
+    let m = Mount::start(
+        &server,
+        &[
+            "--read-only",
+            "--uid",
+            "1234",
+            "--gid",
+            "4321",
+            "--file-mode",
+            "0640",
+            "--dir-mode",
+            "0750",
+        ],
+    );
+    let out = sh(
+        &format!(
+            "stat -c '%u %g %a %F' {} {}",
+            q(&m.path("d")),
+            q(&m.path("d/f"))
+        ),
+        LIMIT,
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        ["1234 4321 750 directory", "1234 4321 640 regular file"]
+    );
+    let out = sh(&format!("echo x > {}", q(&m.path("new"))), LIMIT);
+    assert!(
+        !out.ok && out.stderr.contains("Read-only file system"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(m.path("d/f")).expect("read"), b"data");
+}
