@@ -248,7 +248,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
     let progress = std::io::stderr().is_terminal();
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Mount(m) => mount::mount(mount_config(&cli.target, m)?)?,
+        Command::Mount(m) => {
+            let cfg = mount_config(&cli.target, m)?;
+            // A foreground mount writes its own log file (flag or -o); a detached
+            // one's stderr is already the log file.
+            init_logging(cfg.log_file.as_deref().filter(|_| cfg.foreground));
+            mount::mount(cfg)?
+        }
         Command::Put {
             file,
             dest,
@@ -383,11 +389,9 @@ fn init_logging(log_file: Option<&std::path::Path>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(args());
-    let log_file = match &cli.command {
-        Command::Mount(m) if m.foreground => m.log_file.clone(),
-        _ => None,
-    };
-    init_logging(log_file.as_deref());
+    if !matches!(cli.command, Command::Mount(_)) {
+        init_logging(None);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
