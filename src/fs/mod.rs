@@ -4,6 +4,7 @@
 pub mod error;
 pub mod fuse;
 pub mod inode;
+pub mod journal;
 pub mod upload;
 pub mod write;
 
