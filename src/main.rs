@@ -105,6 +105,16 @@ struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
+    /// unlink and rmdir hide paths (their bytes stay in the coffer until its
+    /// lifecycle rule expires them); without it they fail with EPERM.
+    #[arg(long)]
+    allow_delete: bool,
+    /// Directory for staging files of appends and edits (cleaned up at unmount).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    cache_dir: PathBuf,
+    /// Bytes of staging files at once; beyond it writes fail with ENOSPC.
+    #[arg(long, default_value = "16GiB", value_parser = parse_size)]
+    staging_limit: u64,
     /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     allow_other: bool,
@@ -221,6 +231,9 @@ fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandErro
             dir_mode: m.dir_mode,
             metadata_ttl: m.metadata_ttl,
             read_only: m.read_only,
+            allow_delete: m.allow_delete,
+            cache_dir: m.cache_dir,
+            staging_limit: m.staging_limit,
             upload: UploadConfig {
                 part_size: m.part_size,
                 memory: m.upload_memory,

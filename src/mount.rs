@@ -101,6 +101,11 @@ impl MountConfig {
                 "log_file" => self.log_file = Some(PathBuf::from(need()?)),
                 "retries" => self.retries = Some(parse_num(need()?).map_err(|e| bad(o, e))? as u32),
                 "ro" | "read_only" => self.fs.read_only = true,
+                "allow_delete" => self.fs.allow_delete = true,
+                "cache_dir" => self.fs.cache_dir = PathBuf::from(need()?),
+                "staging_limit" => {
+                    self.fs.staging_limit = parse_size(need()?).map_err(|e| bad(o, e))?
+                }
                 "allow_other" => self.allow_other = true,
                 "fsname" | "subtype" => self.fuse_options.push(o.to_string()),
                 _ if v.is_none() && PASSED.contains(&k.as_str()) => {
@@ -350,7 +355,12 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
     let probe = CdcsClient::new(probe_cfg, &cfg.coffer)?;
     check_coffer(&probe, &cfg.coffer)?;
     let store: Arc<dyn ObjectStore> = Arc::new(CdcsClient::new(client_cfg, &cfg.coffer)?);
-    let fs = Arc::new(Fs::new(store, cfg.fs.clone()));
+    let fs = Fs::new(store, cfg.fs.clone()).map_err(|e| {
+        CommandError::Usage(format!(
+            "reading the coffer's metadata journal: {}",
+            e.message
+        ))
+    })?;
     let mut options = vec![
         fuser::MountOption::FSName(format!("cofferfs:{}", cfg.coffer)),
         fuser::MountOption::Subtype("cofferfs".into()),

@@ -5,7 +5,7 @@ use super::error::FsError;
 use super::inode::Kind;
 use super::{Attr, Fs, SetAttr, BLOCK_SIZE, STATFS_BLOCKS, STATFS_FILES};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
@@ -40,10 +40,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime: a.mtime,
         ctime: a.mtime,
         crtime: a.mtime,
-        kind: match a.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-        },
+        kind: file_type(a.kind),
         perm: a.perm,
         nlink: if a.kind == Kind::Dir { 2 } else { 1 },
         uid: a.uid,
@@ -52,6 +49,14 @@ fn file_attr(a: &Attr) -> FileAttr {
         // Tools size their buffers by st_blksize: ask for large writes.
         blksize: MAX_WRITE,
         flags: 0,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -84,6 +89,13 @@ impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(max) = config.set_max_write(MAX_WRITE) {
             let _ = config.set_max_write(max);
+        }
+        // open(O_TRUNC) arrives as one open, not a truncate to 0 then an open: an
+        // overwrite must never show an empty file in between.
+        if let Err(e) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            log::warn!(
+                "kernel lacks atomic O_TRUNC ({e:?}): overwrites pass through an empty file"
+            );
         }
         Ok(())
     }
@@ -130,8 +142,8 @@ impl Filesystem for FuseFs {
             gid,
             size,
             mtime: mtime.map(time),
-            atime: atime.is_some(),
         };
+        let _ = atime;
         match self.fs.setattr(ino.0, fh.map(|f| f.0), set) {
             Ok(a) => reply.attr(&ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(fail("setattr", &e)),
@@ -172,11 +184,20 @@ impl Filesystem for FuseFs {
         _req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
-        _target: &Path,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        let e = self.fs.unsupported("symlink", parent.0, link_name).err();
-        reply.error(fail("symlink", &e.unwrap_or_else(FsError::not_found)));
+        match self.fs.symlink(parent.0, link_name, target) {
+            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("symlink", &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(fail("readlink", &e)),
+        }
     }
 
     fn link(
@@ -212,10 +233,20 @@ impl Filesystem for FuseFs {
         name: &OsStr,
         newparent: INodeNo,
         newname: &OsStr,
-        _flags: RenameFlags,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.fs.rename(parent.0, name, newparent.0, newname) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        match self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, noreplace)
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("rename", &e)),
         }
@@ -347,11 +378,12 @@ impl Filesystem for FuseFs {
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate() {
-                    let kind = match e.kind {
-                        Kind::Dir => FileType::Directory,
-                        Kind::File => FileType::RegularFile,
-                    };
-                    if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
+                    if reply.add(
+                        INodeNo(e.ino),
+                        offset + i as u64 + 1,
+                        file_type(e.kind),
+                        &e.name,
+                    ) {
                         break;
                     }
                 }
@@ -381,8 +413,10 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directories hold nothing that is not already stored or only local.
-        reply.ok();
+        match self.fs.sync_metadata() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fsyncdir", &e)),
+        }
     }
 
     // No extended attributes: ENOSYS makes the kernel stop asking.

@@ -1,6 +1,7 @@
-//! The inode table: inode numbers ↔ (parent, name, key), kinds, sizes, and when the
-//! coffer last confirmed each entry. Pure bookkeeping: no network, no FUSE.
+//! The inode table: inode numbers ↔ (parent, name, path), kinds, sizes, attributes,
+//! and when the coffer last confirmed each entry. Pure bookkeeping: no network, no FUSE.
 
+use super::journal::{Attrs, Overlay, Shape};
 use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Instant, SystemTime};
@@ -14,17 +15,23 @@ pub const RESERVED: &str = ".cofferfs";
 pub enum Kind {
     File,
     Dir,
+    Symlink,
 }
 
 /// Where an entry's existence comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// An object in the coffer (or a directory implied by one).
-    Remote,
-    /// A file this mount is writing: not an object until its close succeeds.
+    /// In the view of the coffer: an object, a journal record, or implied by them.
+    Stored,
+    /// A file this mount is writing: not in the view until its close succeeds.
     Writing,
-    /// A directory made in this mount that holds no object yet.
-    Local,
+}
+
+/// Where a file's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Data {
+    pub key: String,
+    pub etag: String,
 }
 
 #[derive(Debug, Clone)]
@@ -32,18 +39,19 @@ pub struct Node {
     pub ino: u64,
     pub parent: u64,
     pub name: String,
-    /// The object key (files) or key prefix without the trailing `/` (dirs);
-    /// empty for the root.
-    pub key: String,
+    /// The path in the mount, without a leading `/`; empty for the root.
+    pub path: String,
     pub kind: Kind,
     pub origin: Origin,
     pub size: u64,
-    pub etag: Option<String>,
+    /// Files: the object holding the bytes (`None`: empty file, or being written).
+    pub data: Option<Data>,
+    /// Symlinks: the target.
+    pub target: Option<String>,
+    /// Recorded attributes; unset fields show the mount's defaults.
+    pub attrs: Attrs,
+    /// Shown when no mtime is recorded: the object's time, or creation here.
     pub mtime: SystemTime,
-    /// Permission bits set in this mount (create/mkdir); `None` uses the mount's.
-    pub perm: Option<u16>,
-    /// Owner set in this mount (chown); `None` uses the mount's.
-    pub owner: Option<(u32, u32)>,
     /// When the coffer last confirmed this entry (listing or HEAD).
     pub seen: Instant,
     /// Directories: when a listing last filled this subtree.
@@ -51,34 +59,102 @@ pub struct Node {
 }
 
 impl Node {
-    /// The key of a child called `name`.
-    pub fn child_key(&self, name: &str) -> String {
-        if self.key.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}/{name}", self.key)
-        }
+    /// The path of a child called `name`.
+    pub fn child_path(&self, name: &str) -> String {
+        join(&self.path, name)
     }
 
     /// The listing prefix of this directory's subtree.
     pub fn prefix(&self) -> String {
-        if self.key.is_empty() {
+        if self.path.is_empty() {
             String::new()
         } else {
-            format!("{}/", self.key)
+            format!("{}/", self.path)
         }
     }
 }
 
-/// What a new entry starts as.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// One entry of the view (objects ∪ journal), as a listing or lookup finds it.
 #[derive(Debug, Clone)]
-pub struct NewNode {
+pub struct ViewEntry {
     pub kind: Kind,
-    pub origin: Origin,
     pub size: u64,
-    pub etag: Option<String>,
+    pub data: Option<Data>,
+    pub target: Option<String>,
+    pub attrs: Attrs,
     pub mtime: SystemTime,
-    pub perm: Option<u16>,
+}
+
+impl ViewEntry {
+    pub fn dir(attrs: Attrs, mtime: SystemTime) -> ViewEntry {
+        ViewEntry {
+            kind: Kind::Dir,
+            size: 0,
+            data: None,
+            target: None,
+            attrs,
+            mtime,
+        }
+    }
+
+    /// An object shown at its own key.
+    pub fn object(meta: &ObjectMeta, attrs: Attrs) -> ViewEntry {
+        ViewEntry {
+            kind: Kind::File,
+            size: meta.size,
+            data: Some(Data {
+                key: meta.key.clone(),
+                etag: meta.etag.clone(),
+            }),
+            target: None,
+            attrs,
+            mtime: meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    /// What a journal entry shows; `None` for attributes alone.
+    pub fn from_journal(shape: &Shape, attrs: Attrs) -> Option<ViewEntry> {
+        let epoch = SystemTime::UNIX_EPOCH;
+        Some(match shape {
+            Shape::Dir => ViewEntry::dir(attrs, epoch),
+            Shape::Empty => ViewEntry {
+                kind: Kind::File,
+                size: 0,
+                data: None,
+                target: None,
+                attrs,
+                mtime: epoch,
+            },
+            Shape::Symlink(t) => ViewEntry {
+                kind: Kind::Symlink,
+                size: t.len() as u64,
+                data: None,
+                target: Some(t.clone()),
+                attrs,
+                mtime: epoch,
+            },
+            Shape::Object { key, size, etag } => ViewEntry {
+                kind: Kind::File,
+                size: *size,
+                data: Some(Data {
+                    key: key.clone(),
+                    etag: etag.clone(),
+                }),
+                target: None,
+                attrs,
+                mtime: epoch,
+            },
+            Shape::AttrsOnly => return None,
+        })
+    }
 }
 
 pub struct Table {
@@ -95,20 +171,19 @@ impl Default for Table {
 
 impl Table {
     pub fn new() -> Table {
-        let now = Instant::now();
         let root = Node {
             ino: ROOT,
             parent: ROOT,
             name: String::new(),
-            key: String::new(),
+            path: String::new(),
             kind: Kind::Dir,
-            origin: Origin::Remote,
+            origin: Origin::Stored,
             size: 0,
-            etag: None,
+            data: None,
+            target: None,
+            attrs: Attrs::default(),
             mtime: SystemTime::now(),
-            perm: None,
-            owner: None,
-            seen: now,
+            seen: Instant::now(),
             listed: None,
         };
         Table {
@@ -139,6 +214,21 @@ impl Table {
             .unwrap_or_default()
     }
 
+    /// Every entry beneath `dir` (not `dir` itself), parents before children.
+    pub fn subtree(&self, dir: u64) -> Vec<&Node> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for c in self.children(d) {
+                out.push(c);
+                if c.kind == Kind::Dir {
+                    stack.push(c.ino);
+                }
+            }
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -150,40 +240,46 @@ impl Table {
     /// Adds `parent/name`, or refreshes it when present. A file this mount is
     /// writing is never replaced by what the coffer says; a directory wins over
     /// a file of the same name (the file is shadowed, as in other S3 mounts).
-    pub fn upsert(&mut self, parent: u64, name: &str, new: NewNode, now: Instant) -> Option<u64> {
-        let parent_key = self.nodes.get(&parent)?.child_key(name);
+    pub fn upsert(
+        &mut self,
+        parent: u64,
+        name: &str,
+        new: ViewEntry,
+        origin: Origin,
+        now: Instant,
+    ) -> Option<u64> {
+        let path = self.nodes.get(&parent)?.child_path(name);
         if let Some(&ino) = self.children.get(&parent).and_then(|c| c.get(name)) {
             let node = self.nodes.get_mut(&ino)?;
-            if node.origin == Origin::Writing && new.origin == Origin::Remote {
+            node.seen = now;
+            if node.origin == Origin::Writing && origin == Origin::Stored {
                 return Some(ino);
             }
-            if node.kind == Kind::Dir && new.kind == Kind::File {
+            if node.kind == Kind::Dir && new.kind != Kind::Dir {
                 log::warn!(
-                    "object {:?} is hidden by the directory of the same name",
-                    node.key
+                    "{:?} is hidden by the directory of the same name",
+                    node.path
                 );
-                node.seen = now;
                 return Some(ino);
             }
-            if node.kind == Kind::File && new.kind == Kind::Dir && node.origin != Origin::Writing {
+            if node.kind != Kind::Dir && new.kind == Kind::Dir {
+                if node.origin != Origin::Stored {
+                    return Some(ino);
+                }
                 log::warn!(
-                    "object {:?} is hidden by the directory of the same name",
-                    node.key
+                    "{:?} is hidden by the directory of the same name",
+                    node.path
                 );
-                node.kind = Kind::Dir;
-                node.size = 0;
-                node.etag = None;
                 self.children.entry(ino).or_default();
             }
-            if node.kind == Kind::File {
-                node.size = new.size;
-                node.etag = new.etag;
-                node.mtime = new.mtime;
-            }
-            if !(node.origin == Origin::Local && new.origin == Origin::Local) {
-                node.origin = new.origin;
-            }
-            node.seen = now;
+            let node = self.nodes.get_mut(&ino)?;
+            node.kind = new.kind;
+            node.size = new.size;
+            node.data = new.data;
+            node.target = new.target;
+            node.attrs = new.attrs;
+            node.mtime = new.mtime;
+            node.origin = origin;
             return Some(ino);
         }
         let ino = self.next_ino;
@@ -197,14 +293,14 @@ impl Table {
                 ino,
                 parent,
                 name: name.to_string(),
-                key: parent_key,
+                path,
                 kind: new.kind,
-                origin: new.origin,
+                origin,
                 size: new.size,
-                etag: new.etag,
+                data: new.data,
+                target: new.target,
+                attrs: new.attrs,
                 mtime: new.mtime,
-                perm: new.perm,
-                owner: None,
                 seen: now,
                 listed: None,
             },
@@ -233,11 +329,53 @@ impl Table {
         }
     }
 
-    /// Marks `ino` and its ancestors as held by the coffer (an object now lies
-    /// beneath them).
-    pub fn mark_remote(&mut self, mut ino: u64, now: Instant) {
+    /// Moves `ino` to `parent/name` (replacing what was there), updating the paths
+    /// of everything beneath it.
+    pub fn rename(&mut self, ino: u64, parent: u64, name: &str) {
+        if let Some(&old) = self.children.get(&parent).and_then(|c| c.get(name)) {
+            if old != ino {
+                self.remove(old);
+            }
+        }
+        let Some(node) = self.nodes.get(&ino) else {
+            return;
+        };
+        let (old_parent, old_name) = (node.parent, node.name.clone());
+        if let Some(c) = self.children.get_mut(&old_parent) {
+            c.remove(&old_name);
+        }
+        let Some(parent_path) = self.nodes.get(&parent).map(|p| p.path.clone()) else {
+            return;
+        };
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.parent = parent;
+            n.name = name.to_string();
+        }
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_string(), ino);
+        self.repath(ino, &join(&parent_path, name));
+    }
+
+    fn repath(&mut self, ino: u64, path: &str) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.path = path.to_string();
+        }
+        let kids: Vec<(String, u64)> = self
+            .children
+            .get(&ino)
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        for (name, k) in kids {
+            self.repath(k, &join(path, &name));
+        }
+    }
+
+    /// Marks `ino` as in the view, with its ancestors.
+    pub fn mark_stored(&mut self, mut ino: u64, now: Instant) {
         while let Some(n) = self.nodes.get_mut(&ino) {
-            n.origin = Origin::Remote;
+            n.origin = Origin::Stored;
             n.seen = now;
             if ino == ROOT {
                 break;
@@ -254,10 +392,54 @@ impl Table {
             .is_some_and(|t| t.elapsed() < ttl)
     }
 
-    /// Fills the subtree of directory `dir` from a complete listing of its prefix:
-    /// adds what is new, refreshes what is there, drops coffer entries the listing
-    /// no longer shows, and marks every directory in it as listed.
-    pub fn apply_listing(&mut self, dir: u64, objects: &[ObjectMeta], now: Instant) {
+    /// Forgets every listing and confirmation: the next lookups ask again.
+    pub fn invalidate(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.listed = None;
+            n.seen = n
+                .seen
+                .checked_sub(std::time::Duration::from_secs(3600))
+                .unwrap_or(n.seen);
+        }
+    }
+
+    /// Adds an entry at `path` below `dir`, creating the directories between.
+    fn place(
+        &mut self,
+        dir: u64,
+        rel: &str,
+        entry: ViewEntry,
+        overlay: &Overlay,
+        now: Instant,
+    ) -> Option<u64> {
+        let parts: Vec<&str> = rel.split('/').collect();
+        let (leaf, dirs) = parts.split_last()?;
+        let mut at = dir;
+        for d in dirs {
+            let path = self.nodes.get(&at)?.child_path(d);
+            let attrs = overlay.attrs(&path).unwrap_or_default();
+            at = self.upsert(
+                at,
+                d,
+                ViewEntry::dir(attrs, entry.mtime),
+                Origin::Stored,
+                now,
+            )?;
+        }
+        self.upsert(at, leaf, entry, Origin::Stored, now)
+    }
+
+    /// Fills the subtree of directory `dir` from a complete listing of its prefix
+    /// merged with the journal's overlay: adds what is new, refreshes what is
+    /// there, drops entries the view no longer shows, and marks every directory
+    /// in it as listed.
+    pub fn apply_listing(
+        &mut self,
+        dir: u64,
+        objects: &[ObjectMeta],
+        overlay: &Overlay,
+        now: Instant,
+    ) {
         let Some(prefix) = self.nodes.get(&dir).map(Node::prefix) else {
             return;
         };
@@ -266,57 +448,67 @@ impl Table {
             let Some(rest) = obj.key.strip_prefix(&prefix) else {
                 continue;
             };
-            let parts: Vec<&str> = rest.split('/').collect();
-            // `a/` markers made by other tools mean only "directory a".
-            let (dirs, leaf) = match parts.split_last() {
-                Some((&"", dirs)) => (dirs, None),
-                Some((last, dirs)) => (dirs, Some(*last)),
-                None => continue,
-            };
-            if dirs.iter().chain(leaf.iter()).any(|p| !usable_name(p))
-                || (dir == ROOT && parts.first() == Some(&RESERVED))
+            if (dir == ROOT && rest.split('/').next() == Some(RESERVED))
+                || overlay.hides_object(&obj.key)
+                || overlay
+                    .get(&obj.key)
+                    .is_some_and(|e| e.shape != Shape::AttrsOnly)
             {
+                continue;
+            }
+            // `a/` markers made by other tools mean only "directory a".
+            let (rel, entry) = match rest.strip_suffix('/') {
+                Some(d) => (
+                    d,
+                    ViewEntry::dir(
+                        overlay
+                            .attrs(obj.key.trim_end_matches('/'))
+                            .unwrap_or_default(),
+                        SystemTime::UNIX_EPOCH,
+                    ),
+                ),
+                None => (
+                    rest,
+                    ViewEntry::object(obj, overlay.attrs(&obj.key).unwrap_or_default()),
+                ),
+            };
+            if !rel.split('/').all(usable_name) {
                 log::debug!("listing: key {:?} has no path in the mount", obj.key);
                 continue;
             }
-            let mut at = dir;
-            for d in dirs {
-                let new = NewNode {
-                    kind: Kind::Dir,
-                    origin: Origin::Remote,
-                    size: 0,
-                    etag: None,
-                    mtime: obj.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
-                    perm: None,
-                };
-                match self.upsert(at, d, new, now) {
-                    Some(i) => {
-                        seen.insert(i);
-                        at = i;
-                    }
-                    None => break,
-                }
+            if let Some(i) = self.place(dir, rel, entry, overlay, now) {
+                self.mark_seen(i, dir, &mut seen);
             }
-            if let Some(name) = leaf {
-                let new = NewNode {
-                    kind: Kind::File,
-                    origin: Origin::Remote,
-                    size: obj.size,
-                    etag: Some(obj.etag.clone()),
-                    mtime: obj.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
-                    perm: None,
-                };
-                if let Some(i) = self.upsert(at, name, new, now) {
-                    seen.insert(i);
+        }
+        for (path, e) in overlay.entries() {
+            let Some(rest) = path.strip_prefix(&prefix) else {
+                continue;
+            };
+            if rest.is_empty() || !rest.split('/').all(usable_name) {
+                continue;
+            }
+            if let Some(v) = ViewEntry::from_journal(&e.shape, e.attrs) {
+                if let Some(i) = self.place(dir, rest, v, overlay, now) {
+                    self.mark_seen(i, dir, &mut seen);
                 }
             }
         }
         self.prune(dir, &seen, now);
     }
 
-    /// Drops coffer-origin entries under `dir` that a listing did not show,
-    /// keeping what this mount made; marks directories as listed. Returns
-    /// whether `dir` itself must stay.
+    /// Records `ino` and its ancestors up to `top` as shown by a listing.
+    fn mark_seen(&self, mut ino: u64, top: u64, seen: &mut HashSet<u64>) {
+        while seen.insert(ino) && ino != top {
+            match self.nodes.get(&ino) {
+                Some(n) => ino = n.parent,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries under `dir` that a listing did not show, keeping files this
+    /// mount is writing; marks directories as listed. Returns whether `dir`
+    /// itself must stay.
     fn prune(&mut self, dir: u64, seen: &HashSet<u64>, now: Instant) -> bool {
         let kids: Vec<u64> = self
             .children
@@ -330,11 +522,8 @@ impl Table {
             };
             let (kind, origin) = (node.kind, node.origin);
             let keep = match kind {
-                Kind::Dir => {
-                    let below = self.prune(k, seen, now);
-                    below || origin != Origin::Remote || seen.contains(&k)
-                }
-                Kind::File => origin != Origin::Remote || seen.contains(&k),
+                Kind::Dir => self.prune(k, seen, now) || seen.contains(&k),
+                _ => origin == Origin::Writing || seen.contains(&k),
             };
             if keep {
                 keep_any = true;
@@ -357,6 +546,7 @@ pub fn usable_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::journal::Record;
 
     fn obj(key: &str, size: u64) -> ObjectMeta {
         ObjectMeta {
@@ -384,6 +574,7 @@ mod tests {
                 obj(".cofferfs/journal/1", 1),
                 obj("x//y", 1),
             ],
+            &Overlay::default(),
             now,
         );
         assert_eq!(names(&t, ROOT), ["a", "e"]);
@@ -391,29 +582,29 @@ mod tests {
         assert_eq!(names(&t, a), ["b", "d"]);
         let b = t.child(a, "b").expect("b");
         assert_eq!(b.kind, Kind::Dir);
-        assert_eq!(b.key, "a/b");
+        assert_eq!(b.path, "a/b");
         assert!(t.listed_within(b.ino, std::time::Duration::from_secs(5)));
         let c = t.child(b.ino, "c.txt").expect("c");
-        assert_eq!((c.size, c.key.as_str()), (3, "a/b/c.txt"));
+        assert_eq!((c.size, c.path.as_str()), (3, "a/b/c.txt"));
     }
 
     #[test]
-    fn a_new_listing_drops_vanished_objects_but_keeps_what_this_mount_made() {
+    fn a_new_listing_drops_vanished_objects_but_keeps_files_being_written() {
         let mut t = Table::new();
         let now = Instant::now();
-        t.apply_listing(ROOT, &[obj("gone", 1), obj("stays", 1)], now);
-        let new = |kind, origin| NewNode {
-            kind,
-            origin,
+        let none = Overlay::default();
+        t.apply_listing(ROOT, &[obj("gone", 1), obj("stays", 1)], &none, now);
+        let writing = ViewEntry {
+            kind: Kind::File,
             size: 0,
-            etag: None,
+            data: None,
+            target: None,
+            attrs: Attrs::default(),
             mtime: SystemTime::now(),
-            perm: None,
         };
-        t.upsert(ROOT, "writing", new(Kind::File, Origin::Writing), now);
-        t.upsert(ROOT, "made", new(Kind::Dir, Origin::Local), now);
-        t.apply_listing(ROOT, &[obj("stays", 1), obj("writing", 9)], now);
-        assert_eq!(names(&t, ROOT), ["made", "stays", "writing"]);
+        t.upsert(ROOT, "writing", writing, Origin::Writing, now);
+        t.apply_listing(ROOT, &[obj("stays", 1), obj("writing", 9)], &none, now);
+        assert_eq!(names(&t, ROOT), ["stays", "writing"]);
         // The listing never overrides a file being written.
         assert_eq!(t.child(ROOT, "writing").map(|n| n.size), Some(0));
     }
@@ -421,7 +612,67 @@ mod tests {
     #[test]
     fn a_directory_shadows_an_object_of_the_same_name() {
         let mut t = Table::new();
-        t.apply_listing(ROOT, &[obj("a", 1), obj("a/b", 2)], Instant::now());
+        let none = Overlay::default();
+        t.apply_listing(ROOT, &[obj("a", 1), obj("a/b", 2)], &none, Instant::now());
         assert_eq!(t.child(ROOT, "a").map(|n| n.kind), Some(Kind::Dir));
+    }
+
+    #[test]
+    fn the_journal_adds_renames_hides_and_attributes() {
+        let mut o = Overlay::default();
+        let mode = |m| Attrs {
+            mode: Some(m),
+            ..Attrs::default()
+        };
+        o.apply(&Record::Mkdir {
+            path: "empty/dir".into(),
+            attrs: mode(0o700),
+        });
+        o.apply(&Record::Bind {
+            path: "new".into(),
+            key: "old".into(),
+            size: 1,
+            etag: "e".into(),
+            attrs: mode(0o600),
+        });
+        o.apply(&Record::Hide { path: "old".into() });
+        o.apply(&Record::Symlink {
+            path: "link".into(),
+            target: "new".into(),
+            attrs: Attrs::default(),
+        });
+        o.apply(&Record::Attr {
+            path: "kept".into(),
+            attrs: mode(0o640),
+        });
+        let mut t = Table::new();
+        t.apply_listing(ROOT, &[obj("kept", 2), obj("old", 1)], &o, Instant::now());
+        assert_eq!(names(&t, ROOT), ["empty", "kept", "link", "new"]);
+        let new = t.child(ROOT, "new").expect("new");
+        assert_eq!(new.data.as_ref().map(|d| d.key.as_str()), Some("old"));
+        assert_eq!(new.attrs.mode, Some(0o600));
+        assert_eq!(
+            t.child(ROOT, "kept").and_then(|n| n.attrs.mode),
+            Some(0o640)
+        );
+        assert_eq!(t.child(ROOT, "link").map(|n| n.kind), Some(Kind::Symlink));
+        let empty = t.child(ROOT, "empty").expect("empty").ino;
+        assert_eq!(
+            t.child(empty, "dir").and_then(|n| n.attrs.mode),
+            Some(0o700)
+        );
+    }
+
+    #[test]
+    fn rename_moves_a_subtree_and_its_paths() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        t.apply_listing(ROOT, &[obj("a/b/c", 1), obj("x", 1)], &none, Instant::now());
+        let a = t.child(ROOT, "a").expect("a").ino;
+        t.rename(a, ROOT, "z");
+        let z = t.child(ROOT, "z").expect("z").ino;
+        let b = t.child(z, "b").expect("b").ino;
+        assert_eq!(t.child(b, "c").map(|n| n.path.as_str()), Some("z/b/c"));
+        assert!(t.child(ROOT, "a").is_none());
     }
 }

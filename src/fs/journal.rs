@@ -289,6 +289,15 @@ impl Overlay {
             .filter(|(_, e)| e.shape != Shape::AttrsOnly)
     }
 
+    /// Whether the overlay shows anything beneath `path/`.
+    pub fn has_entries_under(&self, path: &str) -> bool {
+        let prefix = format!("{path}/");
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .any(|(_, e)| e.shape != Shape::AttrsOnly)
+    }
+
     /// Attributes recorded for `path` (of any shape).
     pub fn attrs(&self, path: &str) -> Option<Attrs> {
         self.entries.get(path).map(|e| e.attrs)

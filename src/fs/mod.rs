@@ -1,6 +1,8 @@
-//! `Fs`: the filesystem a mount shows — inode table, open handles, listings and the
-//! write-once rules. Talks to the network only through `ObjectStore`; knows no FUSE.
+//! `Fs`: the filesystem a mount shows — the view of objects and journal, open
+//! handles, and the write-once rules. Talks to the network only through
+//! `ObjectStore` (and the journal through `commit::Journal`); knows no FUSE.
 
+pub mod commit;
 pub mod error;
 pub mod fuse;
 pub mod inode;
@@ -11,15 +13,18 @@ pub mod write;
 use crate::protocol::rules;
 use crate::store::{ListAll, ObjectMeta, ObjectStore, Range, StoreError};
 use bytes::Bytes;
+use commit::Journal;
 use error::{FsError, FsResult};
-use inode::{Kind, NewNode, Node, Origin, Table, RESERVED, ROOT};
+use inode::{join, Data, Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
+use journal::{Attrs, Record, Timestamp, DATA_PREFIX};
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use upload::{UploadConfig, Uploader};
-use write::{Finished, WriteHandle};
+use write::{Finished, Staging, WriteHandle};
 
 /// How the mount presents the coffer.
 #[derive(Debug, Clone)]
@@ -28,10 +33,18 @@ pub struct FsConfig {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
-    /// How long listings and lookups are trusted before asking the coffer again.
+    /// How long listings and lookups are trusted, and how often other mounts'
+    /// journal batches are read.
     pub metadata_ttl: Duration,
     pub read_only: bool,
+    /// unlink/rmdir hide paths (the bytes stay in the coffer).
+    pub allow_delete: bool,
     pub upload: UploadConfig,
+    /// Where staging files of non-sequential writes live (a private directory
+    /// is made inside and removed at unmount).
+    pub cache_dir: PathBuf,
+    /// Bytes of staging files at once.
+    pub staging_limit: u64,
 }
 
 impl Default for FsConfig {
@@ -45,7 +58,10 @@ impl Default for FsConfig {
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(10),
             read_only: false,
+            allow_delete: false,
             upload: UploadConfig::default(),
+            cache_dir: std::env::temp_dir(),
+            staging_limit: 16 << 30,
         }
     }
 }
@@ -80,12 +96,23 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
-    pub atime: bool,
+}
+
+/// A file open for writing, and what its path showed before (restored if the
+/// write fails).
+struct Writer {
+    ino: u64,
+    w: Mutex<WriteHandle>,
+    before: Option<ViewEntry>,
+    mode: u16,
+    /// An empty close already recorded the file (a dup'd descriptor was closed
+    /// while the writer goes on, as dd and shells do).
+    empty_recorded: AtomicBool,
 }
 
 enum Handle {
-    Write { ino: u64, w: Mutex<WriteHandle> },
-    Read { key: String, size: u64 },
+    Write(Box<Writer>),
+    Read { key: Option<String>, size: u64 },
     Dir(Vec<DirEntry>),
 }
 
@@ -97,10 +124,15 @@ pub const BLOCK_SIZE: u32 = 4096;
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     uploader: Arc<Uploader>,
+    journal: Arc<Journal>,
+    staging: Arc<Staging>,
+    _staging_dir: tempfile::TempDir,
     cfg: FsConfig,
     table: Mutex<Table>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    next_data: AtomicU64,
+    stopping: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,16 +160,117 @@ fn is_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
+pub fn to_timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            // Before 1970: keep nanoseconds non-negative.
+            if d.subsec_nanos() == 0 {
+                (-(d.as_secs() as i64), 0)
+            } else {
+                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+            }
+        }
+    }
+}
+
+pub fn from_timestamp((s, ns): Timestamp) -> SystemTime {
+    let ns = Duration::from_nanos(u64::from(ns.min(999_999_999)));
+    if s >= 0 {
+        UNIX_EPOCH + Duration::from_secs(s as u64) + ns
+    } else {
+        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + ns
+    }
+}
+
+/// The journal record that recreates `n` at `path`.
+fn record_for(n: &Node, path: &str) -> Record {
+    let path = path.to_string();
+    let attrs = n.attrs;
+    match (n.kind, &n.data, &n.target) {
+        (Kind::Dir, _, _) => Record::Mkdir { path, attrs },
+        (Kind::Symlink, _, t) => Record::Symlink {
+            path,
+            target: t.clone().unwrap_or_default(),
+            attrs,
+        },
+        (Kind::File, Some(d), _) => Record::Bind {
+            path,
+            key: d.key.clone(),
+            size: n.size,
+            etag: d.etag.clone(),
+            attrs,
+        },
+        (Kind::File, None, _) => Record::File { path, attrs },
+    }
+}
+
+fn view_of(n: &Node) -> ViewEntry {
+    ViewEntry {
+        kind: n.kind,
+        size: n.size,
+        data: n.data.clone(),
+        target: n.target.clone(),
+        attrs: n.attrs,
+        mtime: n.mtime,
+    }
+}
+
 impl Fs {
-    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> Fs {
-        let uploader = Uploader::new(Arc::clone(&store), cfg.upload);
-        Fs {
+    /// Replays the coffer's journal and prepares the staging directory.
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> FsResult<Arc<Fs>> {
+        let journal = Journal::open(Arc::clone(&store))?;
+        std::fs::create_dir_all(&cfg.cache_dir).map_err(|e| {
+            FsError::new(
+                libc::EIO,
+                format!("cache dir {}: {e}", cfg.cache_dir.display()),
+            )
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("cofferfs-staging-")
+            .tempdir_in(&cfg.cache_dir)
+            .map_err(|e| {
+                FsError::new(
+                    libc::EIO,
+                    format!("cache dir {}: {e}", cfg.cache_dir.display()),
+                )
+            })?;
+        let fs = Arc::new(Fs {
+            uploader: Uploader::new(Arc::clone(&store), cfg.upload),
             store,
-            uploader,
+            journal,
+            staging: Staging::new(dir.path(), cfg.staging_limit),
+            _staging_dir: dir,
             cfg,
             table: Mutex::new(Table::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            next_data: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&fs);
+        let ttl = fs.cfg.metadata_ttl.max(Duration::from_millis(100));
+        std::thread::Builder::new()
+            .name("journal-reload".into())
+            .spawn(move || loop {
+                std::thread::sleep(ttl);
+                let Some(fs) = weak.upgrade() else { return };
+                if fs.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                fs.reload_journal();
+            })
+            .map_err(|e| FsError::new(libc::EIO, format!("cannot start a thread: {e}")))?;
+        Ok(fs)
+    }
+
+    /// Reads other mounts' journal batches; what changed is asked for again.
+    pub fn reload_journal(&self) {
+        match self.journal.reload() {
+            Ok(true) => lock(&self.table).invalidate(),
+            Ok(false) => {}
+            Err(e) => log::warn!("reloading the journal: {}", e.message),
         }
     }
 
@@ -149,15 +282,16 @@ impl Fs {
         let (default_perm, volatile) = match n.kind {
             Kind::Dir => (self.cfg.dir_mode, false),
             Kind::File => (self.cfg.file_mode, n.origin == Origin::Writing),
+            Kind::Symlink => (0o777, false),
         };
         Attr {
             ino: n.ino,
             kind: n.kind,
             size: n.size,
-            mtime: n.mtime,
-            perm: n.perm.unwrap_or(default_perm),
-            uid: n.owner.map_or(self.cfg.uid, |o| o.0),
-            gid: n.owner.map_or(self.cfg.gid, |o| o.1),
+            mtime: n.attrs.mtime.map(from_timestamp).unwrap_or(n.mtime),
+            perm: n.attrs.mode.map_or(default_perm, |m| (m & 0o7777) as u16),
+            uid: n.attrs.uid.unwrap_or(self.cfg.uid),
+            gid: n.attrs.gid.unwrap_or(self.cfg.gid),
             volatile,
         }
     }
@@ -174,7 +308,7 @@ impl Fs {
         if n.kind != Kind::Dir {
             return Err(FsError::new(
                 libc::ENOTDIR,
-                format!("{:?}: not a directory", n.key),
+                format!("{:?}: not a directory", n.path),
             ));
         }
         Ok(n)
@@ -193,32 +327,55 @@ impl Fs {
         fh
     }
 
-    fn read_only(&self, op: &str, key: &str) -> FsResult<()> {
+    fn writable(&self, op: &str, path: &str) -> FsResult<()> {
         if self.cfg.read_only {
             return Err(FsError::new(
                 libc::EROFS,
-                format!("{op} {key:?}: mounted read-only"),
+                format!("{op} {path:?}: mounted read-only"),
             ));
         }
         Ok(())
     }
 
     /// Checks a new entry's name: valid as a key, not the reserved prefix.
-    fn new_key(&self, parent: &Node, name: &str, op: &str) -> FsResult<String> {
+    fn new_path(&self, parent: &Node, name: &str, op: &str) -> FsResult<String> {
         if parent.ino == ROOT && name == RESERVED {
             return Err(FsError::new(
                 libc::EPERM,
                 format!("{op} {name:?}: reserved for cofferfs's own records"),
             ));
         }
-        let key = parent.child_key(name);
-        rules::validate_key(&key).map_err(|reason| {
+        let path = parent.child_path(name);
+        rules::validate_key(&path).map_err(|reason| {
             FsError::from(StoreError::InvalidKey {
-                key: key.clone(),
+                key: path.clone(),
                 reason,
             })
         })?;
-        Ok(key)
+        self.writable(op, &path)?;
+        Ok(path)
+    }
+
+    /// A fresh key under `.cofferfs/data/` for bytes whose path key is taken.
+    fn data_key(&self) -> String {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let n = self.next_data.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let r: u32 = rand::random();
+        format!("{DATA_PREFIX}{micros:020}-{pid:08x}{r:08x}-{n:010}")
+    }
+
+    /// Whether new bytes for `path` can go to the object of the same key: nothing
+    /// was ever stored there and the journal does not speak of it.
+    fn own_key_free(&self, path: &str) -> bool {
+        self.journal.with_overlay(|o| {
+            !o.hides_object(path)
+                && o.get(path)
+                    .is_none_or(|e| e.shape == journal::Shape::AttrsOnly)
+        })
     }
 
     // ---- namespace -------------------------------------------------------
@@ -233,80 +390,86 @@ impl Fs {
         {
             let t = lock(&self.table);
             match t.child(parent, name) {
-                Some(n) if n.origin != Origin::Remote || n.seen.elapsed() < ttl => {
+                Some(n) if n.origin == Origin::Writing || n.seen.elapsed() < ttl => {
                     return Ok(self.attr(n))
                 }
                 None if t.listed_within(parent, ttl) => return Err(FsError::not_found()),
                 _ => {}
             }
         }
-        let key = dir.child_key(name);
-        if rules::validate_key(&key).is_err() {
+        let path = dir.child_path(name);
+        if rules::validate_key(&path).is_err() {
             return Err(FsError::not_found());
         }
-        let found = self.probe(&key)?;
+        let found = self.probe(&path)?;
         let now = Instant::now();
         let mut t = lock(&self.table);
-        let new = match found {
-            Probe::Dir => NewNode {
-                kind: Kind::Dir,
-                origin: Origin::Remote,
-                size: 0,
-                etag: None,
-                mtime: SystemTime::now(),
-                perm: None,
-            },
-            Probe::File(meta) => NewNode {
-                kind: Kind::File,
-                origin: Origin::Remote,
-                size: meta.size,
-                etag: Some(meta.etag),
-                mtime: meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
-                perm: None,
-            },
-            Probe::Nothing => {
-                // Not in the coffer; but this mount may have made it meanwhile.
-                return match t.child(parent, name) {
-                    Some(n) if n.origin != Origin::Remote => Ok(self.attr(n)),
-                    Some(n) => {
-                        let ino = n.ino;
-                        t.remove(ino);
-                        Err(FsError::not_found())
-                    }
-                    None => Err(FsError::not_found()),
-                };
-            }
+        let Some(entry) = found else {
+            // Not in the view; but this mount may be writing it.
+            return match t.child(parent, name) {
+                Some(n) if n.origin == Origin::Writing => Ok(self.attr(n)),
+                Some(n) => {
+                    let ino = n.ino;
+                    t.remove(ino);
+                    Err(FsError::not_found())
+                }
+                None => Err(FsError::not_found()),
+            };
         };
         let ino = t
-            .upsert(parent, name, new, now)
+            .upsert(parent, name, entry, Origin::Stored, now)
             .ok_or_else(FsError::not_found)?;
         let n = t.get(ino).ok_or_else(FsError::not_found)?;
         Ok(self.attr(n))
     }
 
-    /// HEAD `key` and LIST `key/` side by side: is it a file, a directory or nothing?
-    fn probe(&self, key: &str) -> FsResult<Probe> {
-        let prefix = format!("{key}/");
+    /// What the view has at `path`: the journal first, else HEAD `path` and
+    /// LIST `path/` side by side.
+    fn probe(&self, path: &str) -> FsResult<Option<ViewEntry>> {
+        let (journal, attrs, hidden, dir_below) = self.journal.with_overlay(|o| {
+            let e = o
+                .get(path)
+                .and_then(|e| ViewEntry::from_journal(&e.shape, e.attrs));
+            (
+                e,
+                o.attrs(path).unwrap_or_default(),
+                o.hides_object(path),
+                o.has_entries_under(path),
+            )
+        });
+        if let Some(e) = journal {
+            return Ok(Some(e));
+        }
+        if dir_below {
+            return Ok(Some(ViewEntry::dir(attrs, SystemTime::now())));
+        }
+        let prefix = format!("{path}/");
         let (head, list) = std::thread::scope(|s| {
-            let list = s.spawn(|| self.store.list(&prefix, "", 1));
-            let head = self.store.head(key);
+            let list = s.spawn(|| self.store.list(&prefix, "", 100));
+            let head = self.store.head(path);
             let list = list
                 .join()
                 .unwrap_or_else(|_| Err(StoreError::Invalid("listing thread panicked".into())));
             (head, list)
         });
         let is_dir = match list {
-            Ok(page) => !page.objects.is_empty(),
+            Ok(page) => {
+                let visible = self
+                    .journal
+                    .with_overlay(|o| page.objects.iter().any(|m| !o.hides_object(&m.key)));
+                // A full page of hidden keys may hide visible ones after it.
+                visible || (page.next_marker.is_some() && !hidden)
+            }
             Err(e) if e.is_not_found() => false,
             Err(e) => return Err(e.into()),
         };
         if is_dir {
-            return Ok(Probe::Dir);
+            return Ok(Some(ViewEntry::dir(attrs, SystemTime::now())));
         }
         match head {
-            Ok(Some(meta)) => Ok(Probe::File(meta)),
-            Ok(None) => Ok(Probe::Nothing),
-            Err(e) if e.is_not_found() => Ok(Probe::Nothing),
+            Ok(Some(meta)) if !hidden => Ok(Some(ViewEntry::object(&meta, attrs))),
+            Ok(_) => Ok(None),
+            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -318,90 +481,206 @@ impl Fs {
             .ok_or_else(FsError::not_found)
     }
 
+    pub fn readlink(&self, ino: u64) -> FsResult<String> {
+        let n = self.node(ino)?;
+        n.target
+            .ok_or_else(|| FsError::new(libc::EINVAL, format!("{:?}: not a symlink", n.path)))
+    }
+
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<Attr> {
         let node = self.node(ino)?;
-        self.read_only("setattr", &node.key)?;
+        self.writable("setattr", &node.path)?;
         if let Some(size) = set.size {
-            let written = self.writer_of(ino, fh).map(|h| match &*h {
-                Handle::Write { w, .. } => lock(w).written(),
-                _ => u64::MAX,
-            });
-            // Truncating a file being written to its current length (as `dd` and
-            // O_TRUNC on a new file do) changes nothing; anything else would.
-            if node.kind != Kind::File || written != Some(size) {
-                return Err(FsError::write_once("truncate", &node.key));
-            }
+            self.truncate(&node, fh, size)?;
         }
-        let changes_meta =
-            set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
-        if changes_meta {
-            // A stored object's attributes cannot change until the metadata journal
-            // keeps them. Directories are not objects, and a file still being
-            // written is not one yet: their attributes live in this mount.
-            if node.kind == Kind::File && node.origin == Origin::Remote {
-                return Err(FsError::write_once("chmod/chown/utimens", &node.key));
-            }
-            let mut t = lock(&self.table);
-            if let Some(n) = t.get_mut(ino) {
-                if let Some(m) = set.mode {
-                    n.perm = Some((m & 0o7777) as u16);
-                }
-                if let Some(m) = set.mtime {
-                    n.mtime = m;
-                }
-                if set.uid.is_some() || set.gid.is_some() {
-                    let (u, g) = n.owner.unwrap_or((self.cfg.uid, self.cfg.gid));
-                    n.owner = Some((set.uid.unwrap_or(u), set.gid.unwrap_or(g)));
-                }
+        let attrs = Attrs {
+            mode: set.mode.map(|m| m & 0o7777),
+            uid: set.uid,
+            gid: set.gid,
+            mtime: set.mtime.map(to_timestamp),
+        };
+        if attrs != Attrs::default() {
+            // Metadata returns at once; the batch goes up within a second.
+            self.journal.record(vec![Record::Attr {
+                path: node.path.clone(),
+                attrs,
+            }]);
+            if let Some(n) = lock(&self.table).get_mut(ino) {
+                n.attrs = n.attrs.merged(attrs);
             }
         }
         self.getattr(ino)
     }
 
+    fn truncate(&self, node: &Node, fh: Option<u64>, size: u64) -> FsResult<()> {
+        if node.kind == Kind::Dir {
+            return Err(FsError::new(
+                libc::EISDIR,
+                format!("{:?}: a directory", node.path),
+            ));
+        }
+        if let Some(h) = self.writer_of(node.ino, fh) {
+            if let Handle::Write(w) = &*h {
+                lock(&w.w).truncate(size)?;
+                if let Some(n) = lock(&self.table).get_mut(node.ino) {
+                    n.size = size;
+                }
+                return Ok(());
+            }
+        }
+        if node.size == size {
+            return Ok(());
+        }
+        if size == 0 {
+            // An empty file needs no object: the journal holds it. The old bytes
+            // stay in the coffer.
+            let ticket = self.journal.record(vec![Record::File {
+                path: node.path.clone(),
+                attrs: node.attrs,
+            }]);
+            self.journal.sync(ticket)?;
+            if let Some(n) = lock(&self.table).get_mut(node.ino) {
+                n.size = 0;
+                n.data = None;
+            }
+            return Ok(());
+        }
+        // Any other size: a staged copy, stored under a fresh key.
+        let key = self.data_key();
+        let mut w = WriteHandle::edit(
+            &self.uploader,
+            &self.staging,
+            &key,
+            node.data.as_ref().map(|d| d.key.as_str()),
+            node.size,
+        );
+        w.truncate(size)?;
+        match w.finish()? {
+            Finished::Stored { etag, size } => self.bind(node.ino, &node.path, &key, &etag, size),
+            Finished::Empty | Finished::Unchanged => Ok(()),
+        }
+    }
+
     fn writer_of(&self, ino: u64, fh: Option<u64>) -> Option<Arc<Handle>> {
         let hs = lock(&self.handles);
         if let Some(h) = fh.and_then(|f| hs.get(&f)) {
-            if matches!(&**h, Handle::Write { ino: i, .. } if *i == ino) {
+            if matches!(&**h, Handle::Write(w) if w.ino == ino) {
                 return Some(Arc::clone(h));
             }
         }
         hs.values()
-            .find(|h| matches!(&***h, Handle::Write { ino: i, .. } if *i == ino))
+            .find(|h| matches!(&***h, Handle::Write(w) if w.ino == ino))
             .cloned()
+    }
+
+    /// Points `path` at `key` in the journal and waits for the batch: the bytes
+    /// are only reachable at `path` once that record is stored.
+    fn bind(&self, ino: u64, path: &str, key: &str, etag: &str, size: u64) -> FsResult<()> {
+        let attrs = lock(&self.table)
+            .get(ino)
+            .map(|n| n.attrs)
+            .unwrap_or_default();
+        let ticket = self.journal.record(vec![Record::Bind {
+            path: path.to_string(),
+            key: key.to_string(),
+            size,
+            etag: etag.to_string(),
+            attrs,
+        }]);
+        self.journal.sync(ticket)?;
+        if let Some(n) = lock(&self.table).get_mut(ino) {
+            n.size = size;
+            n.data = Some(Data {
+                key: key.to_string(),
+                etag: etag.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds a new entry to the table and the journal.
+    fn add_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        record: Record,
+        entry: ViewEntry,
+    ) -> FsResult<Attr> {
+        self.journal.record(vec![record]);
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        let ino = t
+            .upsert(parent, name, entry, Origin::Stored, now)
+            .ok_or_else(FsError::not_found)?;
+        if let Some(n) = t.get_mut(ino) {
+            if n.kind == Kind::Dir {
+                // Nothing lies beneath a directory made just now.
+                n.listed = Some(now);
+            }
+        }
+        t.mark_stored(ino, now);
+        let n = t.get(ino).ok_or_else(FsError::not_found)?;
+        Ok(self.attr(n))
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> FsResult<Attr> {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
-        let key = self.new_key(&dir, name, "mkdir")?;
-        self.read_only("mkdir", &key)?;
+        let path = self.new_path(&dir, name, "mkdir")?;
         if self.exists(parent, name)? {
-            return Err(FsError::new(libc::EEXIST, format!("mkdir {key:?}: exists")));
+            return Err(FsError::new(
+                libc::EEXIST,
+                format!("mkdir {path:?}: exists"),
+            ));
         }
-        let now = Instant::now();
-        let mut t = lock(&self.table);
-        let ino = t
-            .upsert(
-                parent,
-                name,
-                NewNode {
-                    kind: Kind::Dir,
-                    origin: Origin::Local,
-                    size: 0,
-                    etag: None,
-                    mtime: SystemTime::now(),
-                    perm: Some((mode & 0o7777) as u16),
-                },
-                now,
-            )
+        let attrs = Attrs {
+            mode: Some(mode & 0o7777),
+            mtime: Some(to_timestamp(SystemTime::now())),
+            ..Attrs::default()
+        };
+        self.add_entry(
+            parent,
+            name,
+            Record::Mkdir { path, attrs },
+            ViewEntry::dir(attrs, SystemTime::now()),
+        )
+    }
+
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &std::path::Path) -> FsResult<Attr> {
+        let name = name_str(name)?;
+        let dir = self.dir(parent)?;
+        let path = self.new_path(&dir, name, "symlink")?;
+        let target = target
+            .to_str()
+            .ok_or_else(|| {
+                FsError::new(
+                    libc::EINVAL,
+                    format!("symlink {path:?}: target is not UTF-8"),
+                )
+            })?
+            .to_string();
+        if self.exists(parent, name)? {
+            return Err(FsError::new(
+                libc::EEXIST,
+                format!("symlink {path:?}: exists"),
+            ));
+        }
+        let attrs = Attrs {
+            mtime: Some(to_timestamp(SystemTime::now())),
+            ..Attrs::default()
+        };
+        let entry = ViewEntry::from_journal(&journal::Shape::Symlink(target.clone()), attrs)
             .ok_or_else(FsError::not_found)?;
-        if let Some(n) = t.get_mut(ino) {
-            // Nothing lies beneath a directory made just now.
-            n.listed = Some(now);
-        }
-        let n = t.get(ino).ok_or_else(FsError::not_found)?;
-        log::info!("mkdir {key:?}: kept in this mount until a file is written beneath it");
-        Ok(self.attr(n))
+        self.add_entry(
+            parent,
+            name,
+            Record::Symlink {
+                path,
+                target,
+                attrs,
+            },
+            entry,
+        )
     }
 
     /// Whether `parent/name` exists, asking the coffer when the table cannot tell.
@@ -422,57 +701,64 @@ impl Fs {
     ) -> FsResult<(Attr, u64)> {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
-        let key = self.new_key(&dir, name, "create")?;
-        self.read_only("create", &key)?;
+        let path = self.new_path(&dir, name, "create")?;
         match self.lookup(parent, OsStr::new(name)) {
             Ok(a) => {
                 if flags & libc::O_EXCL != 0 {
                     return Err(FsError::new(
                         libc::EEXIST,
-                        format!("create {key:?}: exists"),
+                        format!("create {path:?}: exists"),
                     ));
                 }
                 if a.kind == Kind::Dir {
-                    return Err(FsError::new(libc::EISDIR, format!("{key:?}: a directory")));
+                    return Err(FsError::new(libc::EISDIR, format!("{path:?}: a directory")));
                 }
                 let fh = self.open(a.ino, flags)?;
-                return Ok((a, fh));
+                return Ok((self.getattr(a.ino)?, fh));
             }
             Err(e) if e.errno == libc::ENOENT => {}
             Err(e) => return Err(e),
         }
+        let key = if self.own_key_free(&path) {
+            path.clone()
+        } else {
+            self.data_key()
+        };
         let now = Instant::now();
         let mut t = lock(&self.table);
         if t.child(parent, name).is_some() {
             return Err(FsError::new(
                 libc::EEXIST,
-                format!("create {key:?}: exists"),
+                format!("create {path:?}: exists"),
             ));
         }
+        let attrs = Attrs {
+            mode: Some(mode & 0o7777),
+            ..Attrs::default()
+        };
+        let entry = ViewEntry {
+            kind: Kind::File,
+            size: 0,
+            data: None,
+            target: None,
+            attrs,
+            mtime: SystemTime::now(),
+        };
         let ino = t
-            .upsert(
-                parent,
-                name,
-                NewNode {
-                    kind: Kind::File,
-                    origin: Origin::Writing,
-                    size: 0,
-                    etag: None,
-                    mtime: SystemTime::now(),
-                    perm: Some((mode & 0o7777) as u16),
-                },
-                now,
-            )
+            .upsert(parent, name, entry, Origin::Writing, now)
             .ok_or_else(FsError::not_found)?;
         let attr = t
             .get(ino)
             .map(|n| self.attr(n))
             .ok_or_else(FsError::not_found)?;
         drop(t);
-        let fh = self.add_handle(Handle::Write {
+        let fh = self.add_handle(Handle::Write(Box::new(Writer {
             ino,
-            w: Mutex::new(WriteHandle::new(&self.uploader, &key)),
-        });
+            w: Mutex::new(WriteHandle::new(&self.uploader, &self.staging, &key)),
+            before: None,
+            mode: (mode & 0o7777) as u16,
+            empty_recorded: AtomicBool::new(false),
+        })));
         Ok((attr, fh))
     }
 
@@ -481,7 +767,7 @@ impl Fs {
         if n.kind == Kind::Dir {
             return Err(FsError::new(
                 libc::EISDIR,
-                format!("{:?}: a directory", n.key),
+                format!("{:?}: a directory", n.path),
             ));
         }
         if n.origin == Origin::Writing {
@@ -490,18 +776,51 @@ impl Fs {
                 format!(
                     "open {:?}: this mount is still writing it; it can be opened once its \
                      writer has closed it",
-                    n.key
+                    n.path
                 ),
             ));
         }
-        if is_write(flags) || flags & libc::O_TRUNC != 0 {
-            self.read_only("open for writing", &n.key)?;
-            return Err(FsError::write_once("open for writing", &n.key));
+        if !is_write(flags) && flags & libc::O_TRUNC == 0 {
+            return Ok(self.add_handle(Handle::Read {
+                key: n.data.as_ref().map(|d| d.key.clone()),
+                size: n.size,
+            }));
         }
-        Ok(self.add_handle(Handle::Read {
-            key: n.key.clone(),
-            size: n.size,
-        }))
+        self.writable("open for writing", &n.path)?;
+        // New bytes for an existing path go to a fresh key; the old version stays.
+        let key = self.data_key();
+        let w = if flags & libc::O_TRUNC != 0 {
+            WriteHandle::new(&self.uploader, &self.staging, &key)
+        } else {
+            WriteHandle::edit(
+                &self.uploader,
+                &self.staging,
+                &key,
+                n.data.as_ref().map(|d| d.key.as_str()),
+                n.size,
+            )
+        };
+        let size = w.size();
+        let mut t = lock(&self.table);
+        let Some(node) = t.get_mut(ino) else {
+            return Err(FsError::not_found());
+        };
+        if node.origin == Origin::Writing {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("open {:?}: being written", n.path),
+            ));
+        }
+        node.origin = Origin::Writing;
+        node.size = size;
+        drop(t);
+        Ok(self.add_handle(Handle::Write(Box::new(Writer {
+            ino,
+            w: Mutex::new(w),
+            before: Some(view_of(&n)),
+            mode: self.attr(&n).perm,
+            empty_recorded: AtomicBool::new(false),
+        }))))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
@@ -511,11 +830,10 @@ impl Fs {
         if n.kind == Kind::Dir {
             return Err(FsError::new(
                 libc::EISDIR,
-                format!("unlink {:?}: a directory", n.key),
+                format!("unlink {:?}: a directory", n.path),
             ));
         }
-        self.read_only("unlink", &n.key)?;
-        Err(FsError::write_once("unlink", &n.key))
+        self.hide(&n, "unlink")
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
@@ -525,46 +843,162 @@ impl Fs {
         if n.kind != Kind::Dir {
             return Err(FsError::new(
                 libc::ENOTDIR,
-                format!("rmdir {:?}: not a directory", n.key),
+                format!("rmdir {:?}: not a directory", n.path),
             ));
         }
-        self.read_only("rmdir", &n.key)?;
-        if n.origin != Origin::Local {
-            return Err(FsError::write_once("rmdir", &n.key));
+        self.writable("rmdir", &n.path)?;
+        if !self.cfg.allow_delete {
+            return self.hide(&n, "rmdir");
         }
-        let mut t = lock(&self.table);
-        if !t.children(n.ino).is_empty() {
+        self.ensure_listed(&n)?;
+        if !lock(&self.table).children(n.ino).is_empty() {
             return Err(FsError::new(
                 libc::ENOTEMPTY,
-                format!("rmdir {:?}: not empty", n.key),
+                format!("rmdir {:?}: not empty", n.path),
             ));
         }
-        // A directory that exists only in this mount can go: nothing is stored.
-        t.remove(n.ino);
+        self.hide(&n, "rmdir")
+    }
+
+    /// unlink/rmdir: hides the path when the mount allows deletes; the bytes
+    /// stay in the coffer either way.
+    fn hide(&self, n: &Node, op: &str) -> FsResult<()> {
+        self.writable(op, &n.path)?;
+        if !self.cfg.allow_delete {
+            return Err(FsError::new(
+                libc::EPERM,
+                format!(
+                    "{op} {:?}: the coffer is write-once and this mount was not started with \
+                     --allow-delete (which hides paths; their bytes stay until the coffer's \
+                     lifecycle rule expires them)",
+                    n.path
+                ),
+            ));
+        }
+        if n.origin == Origin::Writing {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("{op} {:?}: being written", n.path),
+            ));
+        }
+        self.journal.record(vec![Record::Hide {
+            path: n.path.clone(),
+        }]);
+        lock(&self.table).remove(n.ino);
+        log::info!("{op} {:?}: hidden (its bytes stay in the coffer)", n.path);
         Ok(())
     }
 
+    fn ensure_listed(&self, dir: &Node) -> FsResult<()> {
+        if !lock(&self.table).listed_within(dir.ino, self.cfg.metadata_ttl) {
+            self.list_subtree(dir)?;
+        }
+        Ok(())
+    }
+
+    /// rename: the new path is bound to the same bytes (and attributes), the old
+    /// one hidden. No bytes move; nothing is deleted.
     pub fn rename(
         &self,
         parent: u64,
         name: &OsStr,
-        _newparent: u64,
-        _newname: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        noreplace: bool,
     ) -> FsResult<()> {
-        let a = self.lookup(parent, name)?;
-        let n = self.node(a.ino)?;
-        self.read_only("rename", &n.key)?;
-        Err(FsError::write_once("rename", &n.key))
+        let src = self.lookup(parent, name)?;
+        let src = self.node(src.ino)?;
+        let newname_s = name_str(newname)?;
+        let newdir = self.dir(newparent)?;
+        let to = self.new_path(&newdir, newname_s, "rename")?;
+        if src.origin == Origin::Writing {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("rename {:?}: still being written", src.path),
+            ));
+        }
+        if to == src.path {
+            return Ok(());
+        }
+        if to.starts_with(&format!("{}/", src.path)) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("rename {:?} into itself", src.path),
+            ));
+        }
+        match self.lookup(newparent, newname) {
+            Ok(dst) => {
+                let dst = self.node(dst.ino)?;
+                if noreplace {
+                    return Err(FsError::new(libc::EEXIST, format!("rename: {to:?} exists")));
+                }
+                if dst.origin == Origin::Writing {
+                    return Err(FsError::new(
+                        libc::EBUSY,
+                        format!("rename: {to:?} being written"),
+                    ));
+                }
+                match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                    (true, false) => {
+                        return Err(FsError::new(
+                            libc::ENOTDIR,
+                            format!("rename: {to:?} not a directory"),
+                        ))
+                    }
+                    (false, true) => {
+                        return Err(FsError::new(
+                            libc::EISDIR,
+                            format!("rename: {to:?} is a directory"),
+                        ))
+                    }
+                    (true, true) => {
+                        self.ensure_listed(&dst)?;
+                        if !lock(&self.table).children(dst.ino).is_empty() {
+                            return Err(FsError::new(
+                                libc::ENOTEMPTY,
+                                format!("rename: {to:?} not empty"),
+                            ));
+                        }
+                    }
+                    (false, false) => {}
+                }
+            }
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let mut records = vec![record_for(&src, &to)];
+        if src.kind == Kind::Dir {
+            self.list_subtree(&src)?;
+            let t = lock(&self.table);
+            for n in t.subtree(src.ino) {
+                if n.origin == Origin::Writing {
+                    return Err(FsError::new(
+                        libc::EBUSY,
+                        format!("rename {:?}: {:?} is still being written", src.path, n.path),
+                    ));
+                }
+                let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
+                records.push(record_for(n, &format!("{to}{rel}")));
+            }
+        }
+        records.push(Record::Hide {
+            path: src.path.clone(),
+        });
+        self.journal.record(records);
+        let mut t = lock(&self.table);
+        t.rename(src.ino, newparent, newname_s);
+        t.mark_stored(src.ino, Instant::now());
+        Ok(())
     }
 
-    /// Hard links, symlinks and device nodes have no place in a coffer yet.
+    /// Hard links and device nodes have no place in a coffer.
     pub fn unsupported(&self, op: &str, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let dir = self.dir(parent)?;
-        let key = dir.child_key(&name.to_string_lossy());
-        self.read_only(op, &key)?;
+        let path = join(&dir.path, &name.to_string_lossy());
+        self.writable(op, &path)?;
         Err(FsError::new(
             libc::EPERM,
-            format!("{op} {key:?}: the coffer holds only regular files and directories"),
+            format!("{op} {path:?}: a coffer holds no hard links or device nodes"),
         ))
     }
 
@@ -572,35 +1006,47 @@ impl Fs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
-        let Handle::Write { ino, w } = &*h else {
+        let Handle::Write(w) = &*h else {
             return Err(FsError::new(libc::EBADF, "write: not open for writing"));
         };
-        let mut w = lock(w);
-        let result = w.write(offset, data);
-        let written = w.written();
-        drop(w);
+        let mut g = lock(&w.w);
+        let result = g.write(offset, data);
+        let size = g.size();
+        drop(g);
         match result {
             Ok(()) => {
-                if let Some(n) = lock(&self.table).get_mut(*ino) {
-                    n.size = written;
+                if let Some(n) = lock(&self.table).get_mut(w.ino) {
+                    n.size = size;
                     n.mtime = SystemTime::now();
                 }
                 Ok(data.len() as u32)
             }
             Err(e) => {
                 if e.errno == libc::EIO {
-                    self.forget_failed(*ino);
+                    self.restore(w);
                 }
                 Err(e)
             }
         }
     }
 
-    /// A file whose upload failed never becomes visible.
-    fn forget_failed(&self, ino: u64) {
+    /// After a failed write: the path shows what it showed before (a new file
+    /// disappears; an overwritten one keeps its old bytes).
+    fn restore(&self, w: &Writer) {
         let mut t = lock(&self.table);
-        if t.get(ino).is_some_and(|n| n.origin == Origin::Writing) {
-            t.remove(ino);
+        let Some(n) = t.get_mut(w.ino) else {
+            return;
+        };
+        if n.origin != Origin::Writing {
+            return;
+        }
+        match &w.before {
+            None => t.remove(w.ino),
+            Some(v) => {
+                n.origin = Origin::Stored;
+                n.size = v.size;
+                n.data = v.data.clone();
+            }
         }
     }
 
@@ -608,65 +1054,131 @@ impl Fs {
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         match &*h {
-            Handle::Write { ino, w } => self.finish_write(*ino, w),
+            Handle::Write(w) => self.finish_write(w, false),
             _ => Ok(()),
         }
     }
 
-    fn finish_write(&self, ino: u64, w: &Mutex<WriteHandle>) -> FsResult<()> {
-        let mut w = lock(w);
-        let result = w.finish();
-        let key = w.key().to_string();
-        drop(w);
-        match result {
-            Ok(Finished::Stored { etag, size }) => {
-                let now = Instant::now();
-                let mut t = lock(&self.table);
-                if let Some(n) = t.get_mut(ino) {
-                    if n.origin == Origin::Writing {
-                        log::info!("stored {key:?}: {size} bytes, ETag {etag}");
-                    }
-                    n.size = size;
-                    n.etag = Some(etag);
-                }
-                t.mark_remote(ino, now);
-                Ok(())
-            }
-            Ok(Finished::Empty) => Err(FsError::new(
+    /// fsync(2): the file's bytes and every metadata change so far are stored.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh)?;
+        self.journal.sync_all()
+    }
+
+    /// fsyncdir(2), and syncfs through it: all metadata so far is stored.
+    pub fn sync_metadata(&self) -> FsResult<()> {
+        self.journal.sync_all()
+    }
+
+    /// Stores what `w` wrote. `last`: the handle is being released, so an empty
+    /// file stops being "being written".
+    fn finish_write(&self, w: &Writer, last: bool) -> FsResult<()> {
+        let mut g = lock(&w.w);
+        let was_open = g.is_open();
+        let result = g.finish();
+        let key = g.key().to_string();
+        drop(g);
+        let Some(node) = lock(&self.table).get(w.ino).cloned() else {
+            return Err(FsError::new(
                 libc::EIO,
-                format!(
-                    "{key:?}: an empty file cannot be stored (the coffer holds no empty \
-                     objects, ObjectEmpty); it exists only until it is closed"
-                ),
-            )),
+                format!("{key:?}: its entry vanished"),
+            ));
+        };
+        let path = node.path.clone();
+        let result = match result {
+            Ok(r) => r,
             Err(e) => {
-                self.forget_failed(ino);
-                Err(e)
+                self.restore(w);
+                return Err(e);
+            }
+        };
+        if !was_open {
+            return Ok(());
+        }
+        if result == Finished::Unchanged {
+            // Opened for writing, closed without a change: the old bytes stand.
+            self.restore(w);
+            return Ok(());
+        }
+        if result == Finished::Empty && w.empty_recorded.swap(true, Ordering::SeqCst) {
+            if last {
+                lock(&self.table).mark_stored(w.ino, Instant::now());
+            }
+            return Ok(());
+        }
+        let attrs = node.attrs.merged(Attrs {
+            mode: node.attrs.mode.or(Some(u32::from(w.mode))),
+            ..Attrs::default()
+        });
+        let ticket = match &result {
+            Finished::Stored { etag, size } => {
+                let own = key == path && w.before.is_none() && self.own_key_free(&path);
+                if own {
+                    // The object at its own path is the file; its mode is metadata.
+                    self.journal.record(vec![Record::Attr {
+                        path: path.clone(),
+                        attrs,
+                    }]);
+                    None
+                } else {
+                    Some(self.journal.record(vec![Record::Bind {
+                        path: path.clone(),
+                        key: key.clone(),
+                        size: *size,
+                        etag: etag.clone(),
+                        attrs,
+                    }]))
+                }
+            }
+            Finished::Empty => Some(self.journal.record(vec![Record::File {
+                path: path.clone(),
+                attrs,
+            }])),
+            Finished::Unchanged => None,
+        };
+        // Bytes reachable only through a record (empty files, new versions)
+        // are not stored until their batch is.
+        if let Some(t) = ticket {
+            self.journal.sync(t)?;
+        }
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        if let Some(n) = t.get_mut(w.ino) {
+            n.attrs = attrs;
+            match &result {
+                Finished::Stored { etag, size } => {
+                    log::debug!("stored {path:?}: {size} bytes, ETag {etag}");
+                    n.size = *size;
+                    n.data = Some(Data {
+                        key: key.clone(),
+                        etag: etag.clone(),
+                    });
+                }
+                Finished::Empty => {
+                    n.size = 0;
+                    n.data = None;
+                }
+                Finished::Unchanged => {}
             }
         }
+        if result != Finished::Empty || last {
+            t.mark_stored(w.ino, now);
+        }
+        Ok(())
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = lock(&self.handles).remove(&fh) else {
             return Ok(());
         };
-        let Handle::Write { ino, w } = &*h else {
+        let Handle::Write(w) = &*h else {
             return Ok(());
         };
-        let mut guard = lock(w);
-        if !guard.is_open() {
+        if !lock(&w.w).is_open() {
             return Ok(());
         }
-        if guard.written() == 0 {
-            // Never stored (flush already said so): it disappears.
-            guard.abandon();
-            drop(guard);
-            self.forget_failed(*ino);
-            return Ok(());
-        }
-        drop(guard);
-        // No flush came (the kernel sends one on every close; this is the safety net).
-        self.finish_write(*ino, w)
+        // The kernel flushes on every close; this is the safety net.
+        self.finish_write(w, true)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
@@ -674,10 +1186,13 @@ impl Fs {
         let Handle::Read { key, size: fsize } = &*h else {
             return Err(FsError::new(libc::EBADF, "read: not open for reading"));
         };
+        let Some(key) = key else {
+            return Ok(Bytes::new());
+        };
         if offset >= *fsize || size == 0 {
             return Ok(Bytes::new());
         }
-        let end = (offset + size as u64).min(*fsize);
+        let end = (offset + u64::from(size)).min(*fsize);
         let got = self
             .store
             .get(key, Some(Range::Bounded(offset, end - 1)))
@@ -699,9 +1214,7 @@ impl Fs {
 
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let dir = self.dir(ino)?;
-        if !lock(&self.table).listed_within(ino, self.cfg.metadata_ttl) {
-            self.list_subtree(&dir)?;
-        }
+        self.ensure_listed(&dir)?;
         let t = lock(&self.table);
         let me = t.get(ino).ok_or_else(FsError::not_found)?;
         let mut entries = vec![
@@ -731,7 +1244,10 @@ impl Fs {
         let objects: Vec<ObjectMeta> = ListAll::new(self.store.as_ref(), &prefix)
             .collect::<Result<_, _>>()
             .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?;
-        lock(&self.table).apply_listing(dir.ino, &objects, Instant::now());
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        self.journal
+            .with_overlay(|o| t.apply_listing(dir.ino, &objects, o, now));
         Ok(())
     }
 
@@ -748,29 +1264,24 @@ impl Fs {
     }
 
     /// Unmount: finishes what writers left open (the kernel has released every
-    /// handle by now, so this only catches the abnormal cases), then stops the
-    /// upload workers.
+    /// handle by now, so this only catches the abnormal cases), stores the
+    /// journal's last records, then stops the upload workers.
     pub fn shutdown(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let open: Vec<Arc<Handle>> = lock(&self.handles).drain().map(|(_, h)| h).collect();
         for h in open {
-            if let Handle::Write { w, .. } = &*h {
-                let mut w = lock(w);
-                if w.is_open() && w.written() > 0 {
-                    match w.finish() {
-                        Ok(_) => log::info!("unmount: stored {:?}", w.key()),
+            if let Handle::Write(w) = &*h {
+                if lock(&w.w).is_open() {
+                    match self.finish_write(w, true) {
+                        Ok(()) => log::info!("unmount: stored {:?}", lock(&w.w).key()),
                         Err(e) => log::error!("unmount: {}", e.message),
                     }
-                } else {
-                    w.abandon();
                 }
             }
         }
+        self.journal.shutdown();
         self.uploader.shutdown();
     }
-}
-
-enum Probe {
-    File(ObjectMeta),
-    Dir,
-    Nothing,
 }

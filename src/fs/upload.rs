@@ -249,6 +249,16 @@ impl ObjectUpload {
         self.written
     }
 
+    /// The bytes written so far, when none has left as a part yet: the caller
+    /// takes them elsewhere and this upload ends with nothing sent.
+    pub fn take_unsent(&mut self) -> Option<Vec<u8>> {
+        if self.upload_id.is_some() {
+            return None;
+        }
+        self.reservation = None;
+        Some(std::mem::take(&mut self.buf))
+    }
+
     /// The multipart upload id, once the first part has gone out.
     pub fn upload_id(&self) -> Option<&str> {
         self.upload_id.as_deref()

@@ -315,6 +315,12 @@ impl Mount {
             .unwrap_or(0)
     }
 
+    /// SIGKILL the mount process (the kernel mount stays until Drop detaches it).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Clean unmount: `fusermount3 -u`, then the process must exit 0 within 60 s.
     pub fn unmount(mut self) {
         let out = run_bounded(
