@@ -72,6 +72,20 @@ med[small]=$(measure small_run)
 med[get]=$(measure get_run)
 mount_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$mount_pid/status")
 
+# Metadata: tar -x of the small files with modes and times, counting requests
+# at the server; and rsync -a of a tree twice (the second run transfers nothing).
+requests() { curl -s "$endpoint/-/stats" | python3 -c 'import json,sys; print(sum(json.load(sys.stdin)["requests"].values()))'; }
+tar -C "$work/small" -cf "$work/small.tar" .
+r0=$(requests)
+tar -C "$work/mnt" --one-top-level=tarx -xpf "$work/small.tar"
+r1=$(requests)
+tar_requests=$((r1 - r0))
+mkdir -p "$work/tree"
+for d in $(seq 20); do mkdir -p "$work/tree/d$d"; for f in $(seq 50); do head -c $((f * 97)) /dev/urandom >"$work/tree/d$d/f$f"; done; done
+rsync_run() { rsync -a "$work/tree/" "$work/mnt/rsync-$1/"; }
+med[rsync_first]=$(measure rsync_run)
+med[rsync_second]=$(measure rsync_run)
+
 # Peak RSS of one more put (GNU time is not always installed: read VmHWM instead).
 "$bin" --endpoint "$endpoint" put "$work/src.bin" "$coffer/rss" &
 put_pid=$!
@@ -93,5 +107,9 @@ printf '%-34s %10s  %s\n' "cp into the mount" "$(mbps "${med[mount]}")" "$(ratio
 printf '%-34s %10s  %s\n' "cofferfs get" "$(mbps "${med[get]}")" ""
 printf '%-34s %10s  %s\n' "$small_files x 4 KiB into the mount" \
     "$(echo "$small_files / ${med[small]}" | bc -l | xargs printf '%.0f') files/s" ""
+printf '%-34s %10s  %s\n' "tar -xp of $small_files files" "$tar_requests requests" \
+    "$(echo "$tar_requests / $small_files" | bc -l | xargs printf '%.2f') per data upload (target <= 1.10)"
+printf '%-34s %10s  %s\n' "rsync -a 1000 files, first run" "$(printf '%.2f s' "${med[rsync_first]}")" ""
+printf '%-34s %10s  %s\n' "rsync -a 1000 files, second run" "$(printf '%.2f s' "${med[rsync_second]}")" "(nothing to transfer)"
 printf 'peak RSS (VmHWM): cofferfs put %d MiB, mount daemon %d MiB (--upload-memory 64MiB)\n' \
     $((peak / 1024)) $((mount_hwm / 1024))

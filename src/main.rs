@@ -382,6 +382,7 @@ fn args() -> Vec<std::ffi::OsString> {
 
 fn init_logging(log_file: Option<&std::path::Path>) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    b.format_timestamp_micros();
     if let Some(path) = log_file {
         match std::fs::OpenOptions::new()
             .create(true)

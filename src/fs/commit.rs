@@ -3,7 +3,10 @@
 //! Owns only `.cofferfs/journal/`; knows nothing of inodes or FUSE.
 
 use super::error::{FsError, FsResult};
-use super::journal::{batch_key, Batch, JournalError, Overlay, Record, JOURNAL_PREFIX};
+use super::journal::{
+    batch_key, checkpoint_key, Batch, Checkpoint, JournalError, Overlay, Record, CHECKPOINT_PREFIX,
+    JOURNAL_PREFIX,
+};
 use crate::store::{ListAll, ObjectStore};
 use bytes::Bytes;
 use std::collections::BTreeSet;
@@ -13,8 +16,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How long a record may wait before its batch goes up.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A checkpoint is written after this many batches since the last one...
+pub const CHECKPOINT_EVERY: u64 = 1000;
+/// ...and at unmount after this many.
+pub const CHECKPOINT_AT_UNMOUNT: u64 = 100;
+
+/// Batches stored up to this long after a later one are still found by an
+/// incremental reload (clock skew between mounts, slow commits).
+const LATE_WINDOW: Duration = Duration::from_secs(300);
+
 #[derive(Default)]
 struct State {
+    /// The newest checkpoint read or written: its overlay and the last batch
+    /// key it covers (batches up to it are not read again).
+    checkpoint: Overlay,
+    floor: String,
+    /// Batches applied since that checkpoint.
+    since_checkpoint: u64,
     /// The coffer's batches replayed, in key order.
     base: Overlay,
     /// `base` plus the records not yet stored: what the mount shows.
@@ -38,6 +56,7 @@ struct State {
 pub struct Journal {
     store: Arc<dyn ObjectStore>,
     mount_id: String,
+    checkpoint_every: u64,
     state: Mutex<State>,
     changed: Condvar,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -64,15 +83,25 @@ fn key_micros(key: &str) -> u64 {
 impl Journal {
     /// Replays the coffer's journal and starts the committer.
     pub fn open(store: Arc<dyn ObjectStore>) -> Result<Arc<Journal>, FsError> {
+        Journal::open_with(store, CHECKPOINT_EVERY)
+    }
+
+    /// As `open`, writing a checkpoint every `checkpoint_every` batches.
+    pub fn open_with(
+        store: Arc<dyn ObjectStore>,
+        checkpoint_every: u64,
+    ) -> Result<Arc<Journal>, FsError> {
         use rand::Rng;
         let mount_id = format!("{:016x}", rand::rng().random::<u64>());
         let j = Arc::new(Journal {
             store,
             mount_id,
+            checkpoint_every: checkpoint_every.max(1),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             thread: Mutex::new(None),
         });
+        j.load_checkpoint()?;
         j.reload()?;
         let worker = Arc::clone(&j);
         let handle = std::thread::Builder::new()
@@ -184,6 +213,7 @@ impl Journal {
                     s.in_flight.clear();
                     s.committed += n;
                     s.failure = None;
+                    s.since_checkpoint += 1;
                     false
                 }
                 Err(e) => {
@@ -198,7 +228,11 @@ impl Journal {
             };
             self.changed.notify_all();
             let stopping = s.stop;
+            let checkpoint_due = !failed && s.since_checkpoint >= self.checkpoint_every;
             drop(s);
+            if checkpoint_due {
+                self.write_checkpoint();
+            }
             if failed {
                 if stopping {
                     // Unmounting and the coffer refuses: the log said what is lost.
@@ -209,13 +243,61 @@ impl Journal {
         }
     }
 
+    /// Starts from the newest readable checkpoint, if any.
+    fn load_checkpoint(&self) -> FsResult<()> {
+        let keys: Vec<String> = ListAll::new(self.store.as_ref(), CHECKPOINT_PREFIX)
+            .map(|r| r.map(|m| m.key))
+            .collect::<Result<_, _>>()
+            .map_err(|e| FsError::io("listing journal checkpoints", &e))?;
+        for key in keys.iter().rev() {
+            let got = match self.store.get(key, None) {
+                Ok(g) => g,
+                Err(e) => {
+                    log::warn!("reading checkpoint {key:?}: {e}; trying an older one");
+                    continue;
+                }
+            };
+            match Checkpoint::decode(key, &got.data) {
+                Ok(c) => {
+                    let mut s = self.lock();
+                    s.base = c.overlay.clone();
+                    s.overlay = c.overlay.clone();
+                    s.checkpoint = c.overlay;
+                    s.floor = c.upto;
+                    return Ok(());
+                }
+                Err(e @ JournalError::Version { .. }) => {
+                    return Err(FsError::new(libc::EPROTO, e.to_string()))
+                }
+                Err(e) => log::warn!("{e}; trying an older checkpoint"),
+            }
+        }
+        Ok(())
+    }
+
+    fn list_batches(&self, after: &str) -> FsResult<Vec<String>> {
+        ListAll::after(self.store.as_ref(), JOURNAL_PREFIX, after)
+            .map(|r| r.map(|m| m.key))
+            .collect::<Result<_, _>>()
+            .map_err(|e| FsError::io("listing the metadata journal", &e))
+    }
+
     /// Reads batches other mounts stored since the last look. Returns whether
     /// the overlay changed.
     pub fn reload(&self) -> FsResult<bool> {
-        let keys: Vec<String> = ListAll::new(self.store.as_ref(), JOURNAL_PREFIX)
-            .map(|r| r.map(|m| m.key))
-            .collect::<Result<_, _>>()
-            .map_err(|e| FsError::io("listing the metadata journal", &e))?;
+        let (floor, window) = {
+            let s = self.lock();
+            let last = s
+                .applied
+                .iter()
+                .next_back()
+                .map(|k| key_micros(k))
+                .unwrap_or(0);
+            let from = last.saturating_sub(LATE_WINDOW.as_micros() as u64);
+            let window = format!("{JOURNAL_PREFIX}{from:020}");
+            (s.floor.clone(), window.max(s.floor.clone()))
+        };
+        let keys = self.list_batches(&window)?;
         let (new, rebuild) = {
             let s = self.lock();
             let last = s.applied.iter().next_back().cloned();
@@ -233,7 +315,11 @@ impl Journal {
         if new.is_empty() {
             return Ok(false);
         }
-        let wanted = if rebuild { keys } else { new };
+        let wanted = if rebuild {
+            self.list_batches(&floor)?
+        } else {
+            new
+        };
         let mut batches = Vec::with_capacity(wanted.len());
         for key in &wanted {
             let got = self
@@ -250,16 +336,18 @@ impl Journal {
         }
         let mut s = self.lock();
         if rebuild {
-            // Another mount's batch sorts before one already applied: replay all,
-            // so every mount ends with the same overlay.
-            s.base = Overlay::default();
+            // Another mount's batch sorts before one already applied: replay all
+            // since the checkpoint, so every mount ends with the same overlay.
+            s.base = s.checkpoint.clone();
             s.applied.clear();
+            s.since_checkpoint = 0;
         }
         for (key, b) in &batches {
             if s.applied.insert(key.clone()) {
                 for r in &b.records {
                     s.base.apply(r);
                 }
+                s.since_checkpoint += 1;
             }
         }
         let mut overlay = s.base.clone();
@@ -270,10 +358,40 @@ impl Journal {
         Ok(true)
     }
 
+    /// Stores the replayed overlay as a checkpoint, so later mounts read it
+    /// instead of every batch before it.
+    fn write_checkpoint(&self) {
+        let (upto, overlay) = {
+            let s = self.lock();
+            match s.applied.iter().next_back() {
+                Some(k) => (k.clone(), s.base.clone()),
+                None => return,
+            }
+        };
+        let key = checkpoint_key(&upto, &self.mount_id);
+        match self.store.put(
+            &key,
+            Bytes::from(Checkpoint::new(&upto, overlay.clone()).encode()),
+        ) {
+            Ok(_) => {
+                let mut s = self.lock();
+                s.checkpoint = overlay;
+                s.floor = upto;
+                s.since_checkpoint = 0;
+                log::info!("journal checkpoint {key:?} written");
+            }
+            Err(e) => log::warn!("writing journal checkpoint {key:?}: {e}"),
+        }
+    }
+
     /// Stores what is left and stops the committer (unmount).
     pub fn shutdown(&self) {
         if let Err(e) = self.sync_all() {
             log::error!("unmount: {}", e.message);
+        }
+        let due = self.lock().since_checkpoint >= CHECKPOINT_AT_UNMOUNT.min(self.checkpoint_every);
+        if due {
+            self.write_checkpoint();
         }
         self.lock().stop = true;
         self.changed.notify_all();
@@ -327,6 +445,28 @@ mod tests {
         assert!(!b.reload().expect("reload"), "nothing new the second time");
         a.shutdown();
         b.shutdown();
+    }
+
+    #[test]
+    fn a_checkpoint_bounds_what_the_next_mount_reads() {
+        let store = Arc::new(MemoryStore::new());
+        let j = Journal::open_with(store.clone(), 3).expect("open");
+        for i in 0..7 {
+            let t = j.record(vec![mkdir(&format!("d{i}"))]);
+            j.sync(t).expect("sync");
+        }
+        j.shutdown();
+        let gets_before = store.calls("GetObject");
+        let again = Journal::open(store.clone()).expect("open");
+        for i in 0..7 {
+            assert!(
+                again.with_overlay(|o| o.get(&format!("d{i}")).is_some()),
+                "d{i}"
+            );
+        }
+        // One checkpoint and the one batch after it, not all seven batches.
+        assert_eq!(store.calls("GetObject") - gets_before, 2);
+        again.shutdown();
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl ViewEntry {
                 attrs,
                 mtime: epoch,
             },
-            Shape::Symlink(t) => ViewEntry {
+            Shape::Symlink { target: t } => ViewEntry {
                 kind: Kind::Symlink,
                 size: t.len() as u64,
                 data: None,

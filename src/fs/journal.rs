@@ -135,18 +135,78 @@ impl Batch {
     }
 }
 
+pub const CHECKPOINT_FORMAT: &str = "cofferfs-checkpoint";
+
+/// The whole overlay as of batch `upto` (inclusive): replay starts here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format: String,
+    pub version: u32,
+    pub upto: String,
+    pub overlay: Overlay,
+}
+
+impl Checkpoint {
+    pub fn new(upto: &str, overlay: Overlay) -> Checkpoint {
+        Checkpoint {
+            format: CHECKPOINT_FORMAT.into(),
+            version: VERSION,
+            upto: upto.into(),
+            overlay,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Checkpoint, JournalError> {
+        let c: Checkpoint =
+            serde_json::from_slice(bytes).map_err(|e| JournalError::Unreadable {
+                key: key.into(),
+                detail: e.to_string(),
+            })?;
+        if c.format != CHECKPOINT_FORMAT {
+            return Err(JournalError::Unreadable {
+                key: key.into(),
+                detail: format!("format {:?}", c.format),
+            });
+        }
+        if c.version != VERSION {
+            return Err(JournalError::Version {
+                key: key.into(),
+                version: c.version,
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// The key of a checkpoint covering batches up to `upto`: checkpoints sort as
+/// their batches do.
+pub fn checkpoint_key(upto: &str, mount: &str) -> String {
+    let stem = upto
+        .strip_prefix(JOURNAL_PREFIX)
+        .and_then(|r| r.strip_suffix(".json"))
+        .unwrap_or(upto);
+    format!("{CHECKPOINT_PREFIX}{stem}-{mount}.json")
+}
+
 /// The key of a batch: sorts by time, then mount, then sequence.
 pub fn batch_key(micros: u64, mount: &str, seq: u64) -> String {
     format!("{JOURNAL_PREFIX}{micros:020}-{mount}-{seq:010}.json")
 }
 
 /// What the overlay says a path is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Shape {
     Dir,
     /// An empty regular file.
     Empty,
-    Symlink(String),
+    Symlink {
+        target: String,
+    },
     /// A regular file with the bytes of `key`.
     Object {
         key: String,
@@ -157,14 +217,14 @@ pub enum Shape {
     AttrsOnly,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub shape: Shape,
     pub attrs: Attrs,
 }
 
 /// Paths the journal speaks of, and which object-derived paths it hides.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Overlay {
     entries: BTreeMap<String, Entry>,
     hidden: std::collections::BTreeSet<String>,
@@ -223,7 +283,13 @@ impl Overlay {
                 path,
                 target,
                 attrs,
-            } => (path, Shape::Symlink(target.clone()), attrs),
+            } => (
+                path,
+                Shape::Symlink {
+                    target: target.clone(),
+                },
+                attrs,
+            ),
             Record::Bind {
                 path,
                 key,
@@ -344,7 +410,9 @@ mod tests {
         );
         assert_eq!(b.records[6], Record::Unknown);
         let known = Batch::new("m", 1, b.records[..6].to_vec());
-        assert_eq!(Batch::decode("k", &known.encode()), Ok(known));
+        assert_eq!(Batch::decode("k", &known.encode()), Ok(known.clone()));
+        let cp = Checkpoint::new("k", Overlay::replay([&known]));
+        assert_eq!(Checkpoint::decode("c", &cp.encode()), Ok(cp));
     }
 
     #[test]

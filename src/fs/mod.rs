@@ -116,6 +116,31 @@ enum Handle {
     Dir(Vec<DirEntry>),
 }
 
+const STAGING_PREFIX: &str = "cofferfs-staging-";
+
+/// Removes staging directories of mounts that died without cleaning up
+/// (their pid is gone). Their files were never reported as stored.
+fn remove_stale_staging(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => log::info!("removed stale staging files {}", e.path().display()),
+                Err(err) => log::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
 /// Numbers for statfs: large, since a coffer has no fixed size.
 pub const STATFS_BLOCKS: u64 = 1 << 40;
 pub const STATFS_FILES: u64 = 1 << 32;
@@ -227,8 +252,9 @@ impl Fs {
                 format!("cache dir {}: {e}", cfg.cache_dir.display()),
             )
         })?;
+        remove_stale_staging(&cfg.cache_dir);
         let dir = tempfile::Builder::new()
-            .prefix("cofferfs-staging-")
+            .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
             .tempdir_in(&cfg.cache_dir)
             .map_err(|e| {
                 FsError::new(
@@ -669,8 +695,13 @@ impl Fs {
             mtime: Some(to_timestamp(SystemTime::now())),
             ..Attrs::default()
         };
-        let entry = ViewEntry::from_journal(&journal::Shape::Symlink(target.clone()), attrs)
-            .ok_or_else(FsError::not_found)?;
+        let entry = ViewEntry::from_journal(
+            &journal::Shape::Symlink {
+                target: target.clone(),
+            },
+            attrs,
+        )
+        .ok_or_else(FsError::not_found)?;
         self.add_entry(
             parent,
             name,

@@ -148,10 +148,15 @@ pub struct ListAll<'a> {
 
 impl<'a> ListAll<'a> {
     pub fn new(store: &'a dyn ObjectStore, prefix: &str) -> ListAll<'a> {
+        ListAll::after(store, prefix, "")
+    }
+
+    /// Keys under `prefix` that sort after `marker`.
+    pub fn after(store: &'a dyn ObjectStore, prefix: &str, marker: &str) -> ListAll<'a> {
         ListAll {
             store,
             prefix: prefix.to_string(),
-            marker: Some(String::new()),
+            marker: Some(marker.to_string()),
             page: Vec::new().into_iter(),
             done: false,
         }
