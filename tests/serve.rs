@@ -133,8 +133,13 @@ fn forged_expired_and_tampered_signatures_are_auth_failed() {
     assert_eq!(r.status().as_u16(), 401, "unsigned");
 }
 
+/// Files directly in `root/dir`.
+fn files_in(root: &std::path::Path, dir: &str) -> usize {
+    std::fs::read_dir(root.join(dir)).unwrap().count()
+}
+
 #[test]
-fn kill_during_a_merge_leaves_no_object_or_the_whole_one() {
+fn kill_during_a_complete_leaves_no_object_or_the_whole_one() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     let data = random_bytes(3 << 20, 77);
@@ -155,7 +160,7 @@ fn kill_during_a_merge_leaves_no_object_or_the_whole_one() {
             c.put("acknowledged", Bytes::from_static(b"kept")).unwrap();
             earlier = Some(());
         }
-        let key = format!("merge{attempt}");
+        let key = format!("complete{attempt}");
         let id = c.initiate(&key).unwrap();
         let mut parts = Vec::new();
         for (i, chunk) in data.chunks(1 << 20).enumerate() {
@@ -169,26 +174,92 @@ fn kill_during_a_merge_leaves_no_object_or_the_whole_one() {
                 etag,
             });
         }
+        // A part the Complete leaves out: its file must not outlive the upload.
+        let extra = cofferfs::protocol::md5(b"extra");
+        c.upload_part(&key, &id, 4, Bytes::from_static(b"extra"), extra)
+            .unwrap();
         let endpoint = server.endpoint.clone();
+        let (k2, id2, parts2) = (key.clone(), id.clone(), parts.clone());
         let completer = std::thread::spawn(move || {
             let c = client(&endpoint);
-            let _ = c.complete(&key, &id, &parts, 3 << 20);
+            let _ = c.complete(&k2, &id2, &parts2, 3 << 20);
         });
+        // The Complete holds 2 s before its commit: kill before, around, after it.
         std::thread::sleep(Duration::from_millis(500 + attempt * 900));
         server.kill9();
         let _ = completer.join();
 
         let server = Server::start_at(&root, &[], &[]);
         let c = client(&server.endpoint);
-        let key = format!("merge{attempt}");
         match c.head(&key).unwrap() {
-            None => {}
-            Some(meta) => {
-                assert_eq!(meta.size, data.len() as u64, "never a torn object");
-                assert!(c.get(&key, None).unwrap().data.as_ref() == data.as_slice());
+            None => {
+                // The upload survived whole (the restart's sweep kept its parts).
+                c.complete(&key, &id, &parts, 3 << 20).unwrap();
             }
+            Some(meta) => assert_eq!(meta.size, data.len() as u64, "never a torn object"),
         }
+        assert!(c.get(&key, None).unwrap().data.as_ref() == data.as_slice());
         assert_eq!(c.get("acknowledged", None).unwrap().data.as_ref(), b"kept");
+        drop(server);
+        // Restart once more: nothing leaked, nothing live swept.
+        let server = Server::start_at(&root, &[], &[]);
+        let c = client(&server.endpoint);
+        assert_eq!(files_in(&root, "parts"), 3 * (attempt as usize + 1));
+        assert_eq!(files_in(&root, "data"), 1);
+        assert_eq!(files_in(&root, "tmp"), 0);
+        assert!(c.get(&key, None).unwrap().data.as_ref() == data.as_slice());
+    }
+}
+
+#[test]
+fn ranges_of_a_multipart_object_cross_its_parts() {
+    let server = Server::start(&[]);
+    let c = client(&server.endpoint);
+    let sizes = [(1 << 20) + 3, (1 << 20) + 5, 7];
+    let data = random_bytes(sizes.iter().sum(), 5);
+    let id = c.initiate("mp").unwrap();
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for (i, size) in sizes.iter().enumerate() {
+        let chunk = &data[at..at + size];
+        at += size;
+        let n = i as u32 + 1;
+        let etag = c
+            .upload_part(
+                "mp",
+                &id,
+                n,
+                Bytes::copy_from_slice(chunk),
+                cofferfs::protocol::md5(chunk),
+            )
+            .unwrap();
+        parts.push(cofferfs::store::CompletedPart {
+            part_number: n,
+            etag,
+        });
+    }
+    c.complete("mp", &id, &parts, data.len() as u64).unwrap();
+    use cofferfs::store::Range;
+    let len = data.len() as u64;
+    let p1 = sizes[0] as u64;
+    let p2 = p1 + sizes[1] as u64;
+    for (range, want) in [
+        (None, &data[..]),
+        (Some(Range::Bounded(0, 0)), &data[..1]),
+        (
+            Some(Range::Bounded(p1 - 2, p1 + 2)),
+            &data[p1 as usize - 2..p1 as usize + 3],
+        ),
+        (
+            Some(Range::Bounded(p1, p2 - 1)),
+            &data[p1 as usize..p2 as usize],
+        ),
+        (Some(Range::Bounded(10, len + 100)), &data[10..]),
+        (Some(Range::From(p2 - 1)), &data[p2 as usize - 1..]),
+        (Some(Range::Suffix(9)), &data[data.len() - 9..]),
+    ] {
+        let got = c.get("mp", range).unwrap();
+        assert!(got.data.as_ref() == want, "range {range:?}");
     }
 }
 

@@ -32,7 +32,21 @@ pub struct ObjectRec {
     pub etag: String,
     pub mtime: u64,
     pub content_type: String,
+    /// The data file under `data/` (PutObject, or a multipart object stored by
+    /// an older version that merged parts); empty when `parts` holds the bytes.
+    #[serde(default)]
     pub file: String,
+    /// A multipart object: its part files under `parts/`, in order. Complete
+    /// hands the (already fsync'd) part files to the object instead of copying.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Piece>,
+}
+
+/// One part file of a multipart object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    pub file: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,8 +119,8 @@ pub struct Disk {
     db: Database,
     /// Keys with a PutObject streaming in (one writer per key).
     putting: Mutex<HashSet<String>>,
-    /// Uploads whose Complete is merging.
-    merging: Mutex<HashSet<String>>,
+    /// Uploads with a Complete in progress.
+    completing: Mutex<HashSet<String>>,
 }
 
 /// A file being written under `tmp/`, moved into place by `commit_*`.
@@ -161,7 +175,7 @@ impl Disk {
             root: root.to_path_buf(),
             db,
             putting: Mutex::new(HashSet::new()),
-            merging: Mutex::new(HashSet::new()),
+            completing: Mutex::new(HashSet::new()),
         };
         disk.sweep()?;
         Ok(disk)
@@ -176,7 +190,9 @@ impl Disk {
         let mut live = HashSet::new();
         for item in io!(io!(tx.open_table(OBJECTS))?.iter())? {
             let (_, v) = io!(item)?;
-            live.insert(from_json::<ObjectRec>(v.value())?.file);
+            let rec = from_json::<ObjectRec>(v.value())?;
+            live.insert(rec.file);
+            live.extend(rec.parts.into_iter().map(|p| p.file));
         }
         for item in io!(io!(tx.open_table(PARTS))?.iter())? {
             let (_, v) = io!(item)?;
@@ -193,8 +209,25 @@ impl Disk {
         Ok(())
     }
 
-    pub fn data_path(&self, rec: &ObjectRec) -> PathBuf {
-        self.root.join("data").join(&rec.file)
+    /// The files holding an object's bytes, in order, with their sizes.
+    pub fn pieces(&self, rec: &ObjectRec) -> Vec<(PathBuf, u64)> {
+        if rec.parts.is_empty() {
+            return vec![(self.root.join("data").join(&rec.file), rec.size)];
+        }
+        rec.parts
+            .iter()
+            .map(|p| (self.root.join("parts").join(&p.file), p.size))
+            .collect()
+    }
+
+    /// Removes an object's files (after its record is gone).
+    fn remove_files(&self, rec: &ObjectRec) {
+        if !rec.file.is_empty() {
+            let _ = std::fs::remove_file(self.root.join("data").join(&rec.file));
+        }
+        for p in &rec.parts {
+            let _ = std::fs::remove_file(self.root.join("parts").join(&p.file));
+        }
     }
 
     pub fn incoming(&self) -> Result<Incoming, DiskError> {
@@ -398,6 +431,7 @@ impl Disk {
             mtime: now(),
             content_type: content_type.to_string(),
             file: file.clone(),
+            parts: Vec::new(),
         };
         let result = (|| {
             let tx = io!(self.db.begin_write())?;
@@ -555,52 +589,31 @@ impl Disk {
     pub fn parts(&self, id: &str) -> Result<Vec<(u32, PartRec)>, DiskError> {
         let tx = io!(self.db.begin_read())?;
         let t = io!(tx.open_table(PARTS))?;
-        let start = format!("{id}/");
-        let mut out = Vec::new();
-        for item in io!(t.range(start.as_str()..))? {
-            let (k, v) = io!(item)?;
-            let Some(n) = k.value().strip_prefix(&start) else {
-                break;
-            };
-            out.push((n.parse().unwrap_or(0), from_json(v.value())?));
-        }
-        Ok(out)
+        parts_in(&t, id)
     }
 
-    /// Validates a Complete request; returns the parts to merge, in order.
+    /// Validates a Complete request against the parts stored now (before the
+    /// `200`, so rule violations get their own status codes).
     pub fn check_complete(
         &self,
         coffer: &str,
         key: &str,
         id: &str,
         listed: &[(u32, String)],
-    ) -> Result<Vec<PartRec>, DiskError> {
+    ) -> Result<(), DiskError> {
         if self.upload(coffer, key, id).is_err() {
             if self.completed(coffer, key, id)? {
                 return Err(DiskError::code(ErrorCode::MultipartAlreadyCompleted, id));
             }
             return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
         }
-        let stored: std::collections::HashMap<u32, PartRec> = self.parts(id)?.into_iter().collect();
-        let sizes: Vec<(u32, Option<u64>)> = listed
-            .iter()
-            .map(|(n, etag)| {
-                let p = stored.get(n).filter(|p| p.md5.eq_ignore_ascii_case(etag));
-                (*n, p.map(|p| p.size))
-            })
-            .collect();
-        rules::check_complete(&sizes)
-            .map_err(|c| DiskError::code(c, "parts do not form an object"))?;
-        Ok(listed
-            .iter()
-            .filter_map(|(n, _)| stored.get(n).cloned())
-            .collect())
+        select_parts(listed, self.parts(id)?).map(|_| ())
     }
 
-    /// Marks `id` merging; AlreadyLock when another Complete holds it.
-    pub fn lock_merge(&self, id: &str) -> Result<(), DiskError> {
+    /// Marks `id` completing; AlreadyLock when another Complete holds it.
+    pub fn lock_complete(&self, id: &str) -> Result<(), DiskError> {
         if !self
-            .merging
+            .completing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string())
@@ -610,97 +623,99 @@ impl Disk {
         Ok(())
     }
 
-    pub fn unlock_merge(&self, id: &str) {
-        self.merging
+    pub fn unlock_complete(&self, id: &str) {
+        self.completing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
     }
 
-    /// Concatenates the parts into a new data file and commits the object in one
-    /// transaction. A crash before the commit leaves the upload as it was.
-    pub fn merge(
+    /// Makes the listed parts the object, in one transaction and without copying
+    /// a byte: the object record takes over the part files, which UploadPart
+    /// fsync'd before answering. The upload and the parts are re-read inside the
+    /// transaction, so a racing UploadPart or Abort either lands before (and is
+    /// seen) or fails after. A crash before the commit leaves the upload as it
+    /// was; after it, the object whole.
+    pub fn complete(
         &self,
         coffer: &str,
         key: &str,
         id: &str,
-        parts: &[PartRec],
+        listed: &[(u32, String)],
     ) -> Result<ObjectRec, DiskError> {
-        let up = self.upload(coffer, key, id)?;
-        let mut inc = self.incoming()?;
-        let mut buf = vec![0u8; 1 << 20];
-        for p in parts {
-            let mut f = io!(std::fs::File::open(self.root.join("parts").join(&p.file)))?;
-            loop {
-                let n = io!(std::io::Read::read(&mut f, &mut buf))?;
-                if n == 0 {
-                    break;
-                }
-                inc.write(&buf[..n])?;
+        let tx = io!(self.db.begin_write())?;
+        let (rec, unused) = {
+            let mut uploads = io!(tx.open_table(UPLOADS))?;
+            let up: UploadRec = match io!(uploads.get(id))? {
+                Some(v) => from_json(v.value())?,
+                None => return Err(DiskError::code(ErrorCode::NoSuchUpload, id)),
+            };
+            if up.coffer != coffer || up.key != key {
+                return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
             }
-        }
-        let size = inc.size;
-        let (file, _) = inc.finish(&self.root.join("data"))?;
-        let digests: Vec<[u8; 16]> = parts
-            .iter()
-            .map(|p| {
-                let mut d = [0u8; 16];
-                for (i, b) in d.iter_mut().enumerate() {
-                    *b = u8::from_str_radix(p.md5.get(2 * i..2 * i + 2).unwrap_or("00"), 16)
-                        .unwrap_or(0);
-                }
-                d
-            })
-            .collect();
-        let rec = ObjectRec {
-            size,
-            etag: multipart_etag(&digests),
-            mtime: now(),
-            content_type: up.content_type,
-            file: file.clone(),
+            io!(uploads.remove(id))?;
+            let mut objects = io!(tx.open_table(OBJECTS))?;
+            let okey = obj_key(coffer, key);
+            if io!(objects.get(okey.as_str()))?.is_some() {
+                return Err(DiskError::code(ErrorCode::ObjectAlreadyExists, key));
+            }
+            let mut parts = io!(tx.open_table(PARTS))?;
+            let stored = parts_in(&parts, id)?;
+            for (n, _) in &stored {
+                io!(parts.remove(part_key(id, *n).as_str()))?;
+            }
+            let (chosen, unused) = select_parts(listed, stored)?;
+            let digests: Vec<[u8; 16]> = chosen.iter().map(|p| unhex16(&p.md5)).collect();
+            let rec = ObjectRec {
+                size: chosen.iter().map(|p| p.size).sum(),
+                etag: multipart_etag(&digests),
+                mtime: now(),
+                content_type: up.content_type,
+                file: String::new(),
+                parts: chosen
+                    .into_iter()
+                    .map(|p| Piece {
+                        file: p.file,
+                        size: p.size,
+                    })
+                    .collect(),
+            };
+            io!(objects.insert(okey.as_str(), to_json(&rec)?.as_slice()))?;
+            let mut c = io!(tx.open_table(COMPLETED))?;
+            io!(c.insert(id, okey.as_str()))?;
+            (rec, unused)
         };
-        let all_parts = self.parts(id)?;
-        let result = (|| {
-            let tx = io!(self.db.begin_write())?;
-            self.check_free(coffer, key, &tx)?;
-            {
-                let mut t = io!(tx.open_table(OBJECTS))?;
-                io!(t.insert(obj_key(coffer, key).as_str(), to_json(&rec)?.as_slice()))?;
-                let mut u = io!(tx.open_table(UPLOADS))?;
-                io!(u.remove(id))?;
-                let mut p = io!(tx.open_table(PARTS))?;
-                for (n, _) in &all_parts {
-                    io!(p.remove(part_key(id, *n).as_str()))?;
-                }
-                let mut c = io!(tx.open_table(COMPLETED))?;
-                io!(c.insert(id, obj_key(coffer, key).as_str()))?;
-            }
-            io!(tx.commit())
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(self.root.join("data").join(&file));
-            return Err(e);
-        }
-        for (_, p) in all_parts {
+        io!(tx.commit())?;
+        // Parts uploaded but not listed belong to nothing now.
+        for p in unused {
             let _ = std::fs::remove_file(self.root.join("parts").join(p.file));
         }
         Ok(rec)
     }
 
     pub fn abort(&self, coffer: &str, key: &str, id: &str) -> Result<(), DiskError> {
-        self.upload(coffer, key, id)?;
-        let parts = self.parts(id)?;
+        // One transaction: a Complete that committed first owns the part files,
+        // and then this finds no upload and removes nothing.
         let tx = io!(self.db.begin_write())?;
-        {
-            let mut u = io!(tx.open_table(UPLOADS))?;
-            io!(u.remove(id))?;
-            let mut p = io!(tx.open_table(PARTS))?;
-            for (n, _) in &parts {
-                io!(p.remove(part_key(id, *n).as_str()))?;
+        let stored = {
+            let mut uploads = io!(tx.open_table(UPLOADS))?;
+            let up: UploadRec = match io!(uploads.get(id))? {
+                Some(v) => from_json(v.value())?,
+                None => return Err(DiskError::code(ErrorCode::NoSuchUpload, id)),
+            };
+            if up.coffer != coffer || up.key != key {
+                return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
             }
-        }
+            io!(uploads.remove(id))?;
+            let mut parts = io!(tx.open_table(PARTS))?;
+            let stored = parts_in(&parts, id)?;
+            for (n, _) in &stored {
+                io!(parts.remove(part_key(id, *n).as_str()))?;
+            }
+            stored
+        };
         io!(tx.commit())?;
-        for (_, p) in parts {
+        for (_, p) in stored {
             let _ = std::fs::remove_file(self.root.join("parts").join(p.file));
         }
         Ok(())
@@ -730,7 +745,7 @@ impl Disk {
             let (objs, _) = self.list(&name, "", "", usize::MAX)?;
             for (k, o) in objs {
                 if o.mtime <= cutoff {
-                    expired.push((obj_key(&name, &k), o.file));
+                    expired.push((obj_key(&name, &k), cutoff));
                 }
             }
         }
@@ -738,17 +753,175 @@ impl Disk {
             return Ok(0);
         }
         let tx = io!(self.db.begin_write())?;
+        let mut removed = Vec::new();
         {
             let mut t = io!(tx.open_table(OBJECTS))?;
-            for (k, _) in &expired {
-                io!(t.remove(k.as_str()))?;
+            for (k, cutoff) in &expired {
+                // Re-read in the transaction: the files removed are those of the
+                // record removed.
+                let rec: Option<ObjectRec> = match io!(t.get(k.as_str()))? {
+                    Some(v) => Some(from_json(v.value())?),
+                    None => None,
+                };
+                if let Some(rec) = rec.filter(|r| r.mtime <= *cutoff) {
+                    io!(t.remove(k.as_str()))?;
+                    removed.push((k, rec));
+                }
             }
         }
         io!(tx.commit())?;
-        for (k, f) in &expired {
+        for (k, rec) in &removed {
             log::info!("lifecycle expired {k}");
-            let _ = std::fs::remove_file(self.root.join("data").join(f));
+            self.remove_files(rec);
         }
-        Ok(expired.len())
+        Ok(removed.len())
+    }
+}
+
+/// The stored parts of upload `id`, in part-number order.
+fn parts_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Vec<(u32, PartRec)>, DiskError> {
+    let start = format!("{id}/");
+    let mut out = Vec::new();
+    for item in io!(t.range(start.as_str()..))? {
+        let (k, v) = io!(item)?;
+        let Some(n) = k.value().strip_prefix(&start) else {
+            break;
+        };
+        let n = n
+            .parse()
+            .map_err(|_| DiskError::Io(format!("bad part key {:?}", k.value())))?;
+        out.push((n, from_json(v.value())?));
+    }
+    Ok(out)
+}
+
+/// Checks a Complete's list against the stored parts (each listed part stored
+/// with that MD5, plus the numbering and size rules); returns the listed parts
+/// in order, and the stored ones the list leaves out.
+fn select_parts(
+    listed: &[(u32, String)],
+    stored: Vec<(u32, PartRec)>,
+) -> Result<(Vec<PartRec>, Vec<PartRec>), DiskError> {
+    let mut stored: std::collections::HashMap<u32, PartRec> = stored.into_iter().collect();
+    let sizes: Vec<(u32, Option<u64>)> = listed
+        .iter()
+        .map(|(n, etag)| {
+            let p = stored.get(n).filter(|p| p.md5.eq_ignore_ascii_case(etag));
+            (*n, p.map(|p| p.size))
+        })
+        .collect();
+    rules::check_complete(&sizes).map_err(|c| DiskError::code(c, "parts do not form an object"))?;
+    let chosen = listed
+        .iter()
+        .filter_map(|(n, _)| stored.remove(n))
+        .collect();
+    Ok((chosen, stored.into_values().collect()))
+}
+
+/// The 16 bytes of a 32-digit hex MD5 this store wrote itself.
+fn unhex16(s: &str) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = s
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "t-1";
+
+    fn part(disk: &Disk, id: &str, n: u32, data: &[u8]) -> PartRec {
+        let mut inc = disk.incoming().unwrap();
+        inc.write(data).unwrap();
+        disk.commit_part(C, "k", id, n, inc, None).unwrap()
+    }
+
+    fn files(root: &Path, dir: &str) -> usize {
+        std::fs::read_dir(root.join(dir)).unwrap().count()
+    }
+
+    #[test]
+    fn complete_hands_the_part_files_to_the_object_and_a_restart_keeps_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = Disk::open(tmp.path()).unwrap();
+        disk.create_coffer(C, "ap-local").unwrap();
+        let id = disk.initiate(C, "k", "text/plain").unwrap();
+        let big = vec![1u8; 1 << 20];
+        let p1 = part(&disk, &id, 1, &big);
+        let p2 = part(&disk, &id, 2, b"tail");
+        part(&disk, &id, 3, b"not listed");
+        assert_eq!(files(tmp.path(), "parts"), 3);
+        let listed = vec![(1, p1.md5.clone()), (2, p2.md5.clone())];
+        disk.check_complete(C, "k", &id, &listed).unwrap();
+        let rec = disk.complete(C, "k", &id, &listed).unwrap();
+        assert_eq!(rec.size, (1 << 20) + 4);
+        assert!(rec.file.is_empty());
+        assert_eq!(rec.parts.len(), 2);
+        assert_eq!(files(tmp.path(), "parts"), 2, "the unlisted part is gone");
+        assert!(matches!(
+            disk.abort(C, "k", &id),
+            Err(DiskError::Code(ErrorCode::NoSuchUpload, _))
+        ));
+        assert!(matches!(
+            disk.check_complete(C, "k", &id, &listed),
+            Err(DiskError::Code(ErrorCode::MultipartAlreadyCompleted, _))
+        ));
+        drop(disk);
+        let disk = Disk::open(tmp.path()).unwrap();
+        assert_eq!(files(tmp.path(), "parts"), 2, "the sweep keeps live parts");
+        let rec = disk.object(C, "k").unwrap().unwrap();
+        let pieces = disk.pieces(&rec);
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(std::fs::read(&pieces[1].0).unwrap(), b"tail");
+        assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), rec.size);
+    }
+
+    #[test]
+    fn a_part_replaced_after_the_check_fails_the_complete_and_keeps_the_upload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = Disk::open(tmp.path()).unwrap();
+        disk.create_coffer(C, "ap-local").unwrap();
+        let id = disk.initiate(C, "k", "").unwrap();
+        let p1 = part(&disk, &id, 1, b"first");
+        let listed = vec![(1, p1.md5.clone())];
+        disk.check_complete(C, "k", &id, &listed).unwrap();
+        part(&disk, &id, 1, b"other bytes");
+        assert!(matches!(
+            disk.complete(C, "k", &id, &listed),
+            Err(DiskError::Code(ErrorCode::InvalidPart, _))
+        ));
+        assert!(disk.object(C, "k").unwrap().is_none());
+        assert_eq!(disk.parts(&id).unwrap().len(), 1);
+        assert_eq!(files(tmp.path(), "parts"), 1);
+        disk.abort(C, "k", &id).unwrap();
+        assert_eq!(files(tmp.path(), "parts"), 0);
+    }
+
+    #[test]
+    fn expiry_removes_a_multipart_objects_part_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = Disk::open(tmp.path()).unwrap();
+        disk.create_coffer(C, "ap-local").unwrap();
+        disk.update_coffer(C, |c| {
+            c.lifecycle = Some(r#"{"Rule":[{"Expiration":{"Days":1}}]}"#.into())
+        })
+        .unwrap();
+        let id = disk.initiate(C, "k", "").unwrap();
+        let p1 = part(&disk, &id, 1, b"only part");
+        disk.complete(C, "k", &id, &[(1, p1.md5)]).unwrap();
+        assert_eq!(files(tmp.path(), "parts"), 1);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(disk.expire(1).unwrap(), 1);
+        assert!(disk.object(C, "k").unwrap().is_none());
+        assert_eq!(files(tmp.path(), "parts"), 0);
     }
 }

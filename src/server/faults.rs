@@ -38,7 +38,7 @@ pub enum Fault {
     Reset,
     /// Do the operation, then drop the connection without an answer.
     ResetAfter,
-    /// Delay the answer (for Complete: hold the merge while spaces stream).
+    /// Delay the answer (for Complete: hold the commit while spaces stream).
     Slow(Duration),
     /// GetObject: full Content-Length, about half the body, then drop.
     Truncate,

@@ -33,7 +33,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Coffers (`name-appid`) created at start when missing.
     pub coffers: Vec<String>,
-    /// How often CompleteMultipartUpload sends a space while merging.
+    /// How often CompleteMultipartUpload sends a space while it works.
     pub keepalive_interval: Duration,
     /// Fault-injection spec (`OPERATION:KIND:PROBABILITY,...`), empty for none.
     pub faults: String,
@@ -1235,32 +1235,56 @@ async fn get_object(
     let (first, last) = range.unwrap_or((0, o.size.saturating_sub(1)));
     let len = if o.size == 0 { 0 } else { last - first + 1 };
     let send_len = if truncate { len / 2 } else { len };
-    let path = state.disk.data_path(&o);
+    let pieces = state.disk.pieces(&o);
     let (tx, rx) = mpsc::channel(4);
     let stats_state = Arc::clone(state);
     let kill2 = Arc::clone(kill);
+    let resource = call.resource();
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
+        // `first..first+send_len` of the object, across its files in order.
         let result = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::open(&path)?;
-            f.seek(SeekFrom::Start(first))?;
+            let mut skip = first;
             let mut left = send_len;
-            while left > 0 {
-                let mut buf = vec![0u8; left.min(256 * 1024) as usize];
-                f.read_exact(&mut buf)?;
-                left -= buf.len() as u64;
-                stats_state
-                    .stats
-                    .bytes_out
-                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    return Ok(());
+            for (path, size) in &pieces {
+                if left == 0 {
+                    break;
                 }
+                if skip >= *size {
+                    skip -= size;
+                    continue;
+                }
+                let at = |e: std::io::Error| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                };
+                let mut f = std::fs::File::open(path).map_err(at)?;
+                f.seek(SeekFrom::Start(skip)).map_err(at)?;
+                let mut here = (size - skip).min(left);
+                skip = 0;
+                while here > 0 {
+                    let mut buf = vec![0u8; here.min(256 * 1024) as usize];
+                    f.read_exact(&mut buf).map_err(at)?;
+                    here -= buf.len() as u64;
+                    left -= buf.len() as u64;
+                    stats_state
+                        .stats
+                        .bytes_out
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if left > 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the object's files are shorter than its record",
+                ));
             }
             Ok(())
         })();
         if let Err(e) = result {
-            log::error!("reading {}: {e}", path.display());
+            log::error!("reading {resource:?}: {e}");
             let _ = tx.blocking_send(Err(e));
         }
         if truncate {
@@ -1309,14 +1333,13 @@ async fn complete(
         .iter()
         .map(|p| (p.part_number, proto::unquote_etag(&p.etag).to_string()))
         .collect();
-    let parts = match state
+    if let Err(e) = state
         .disk
         .check_complete(&call.coffer, call.key(), &id, &listed)
     {
-        Ok(p) => p,
-        Err(e) => return call.fail(e),
-    };
-    if let Err(e) = state.disk.lock_merge(&id) {
+        return call.fail(e);
+    }
+    if let Err(e) = state.disk.lock_complete(&id) {
         return call.fail(e);
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
@@ -1334,7 +1357,7 @@ async fn complete(
         };
         let after200 = fault == Some(Fault::After200);
         let (c2, k2, id2) = (coffer.clone(), key.clone(), id.clone());
-        let merge = tokio::task::spawn_blocking(move || {
+        let work = tokio::task::spawn_blocking(move || {
             std::thread::sleep(hold);
             if after200 {
                 return Err(DiskError::code(
@@ -1342,17 +1365,17 @@ async fn complete(
                     "injected fault after 200",
                 ));
             }
-            disk.merge(&c2, &k2, &id2, &parts)
+            disk.complete(&c2, &k2, &id2, &listed)
         });
-        tokio::pin!(merge);
+        tokio::pin!(work);
         let mut tick = tokio::time::interval(interval);
         let result = loop {
             tokio::select! {
-                r = &mut merge => break r,
+                r = &mut work => break r,
                 _ = tick.tick() => { let _ = tx.send(Ok(Bytes::from_static(b" "))).await; }
             }
         };
-        unlock.unlock_merge(&id);
+        unlock.unlock_complete(&id);
         let body = match result {
             Ok(Ok(rec)) => serde_json::to_vec(&CompleteResult {
                 locations: Locations {
@@ -1366,8 +1389,8 @@ async fn complete(
                 let (code, msg) = match e {
                     DiskError::Code(c, m) => (c, m),
                     DiskError::Io(m) => {
-                        log::error!("merge of {resource:?} failed: {m}");
-                        (ErrorCode::InternalError, "merge failed".to_string())
+                        log::error!("complete of {resource:?} failed: {m}");
+                        (ErrorCode::InternalError, "complete failed".to_string())
                     }
                 };
                 serde_json::to_vec(&ErrorBody {
@@ -1380,7 +1403,7 @@ async fn complete(
             }
             Err(join) => serde_json::to_vec(&ErrorBody {
                 code: "InternalError".into(),
-                message: format!("merge task failed: {join}"),
+                message: format!("complete task failed: {join}"),
                 resource: resource.clone(),
                 request_id: request_id.clone(),
                 trace_id: random_hex(12),
