@@ -3,7 +3,8 @@
 # medians of 3 runs:
 #   writes: 1 GiB through the mount vs `cofferfs put` vs `cp` to local disk,
 #           1000 x 4 KiB files through the mount;
-#   reads:  `cofferfs get`; `openssl md5` as the CPU ceiling;
+#   reads:  `cofferfs get`; cold and warm reads through the mount, 4 KiB random
+#           reads, ls -l of 1000 entries; `openssl md5` as the CPU ceiling;
 #   memory: peak RSS (VmHWM) of `cofferfs put` and of the mount daemon.
 # Usage: scripts/bench.sh [SIZE_MIB]   (default 1024)
 set -euo pipefail
@@ -20,6 +21,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/cofferfs-bench.XXXXXX")
 coffer=bench-1250000000
 cleanup() {
     mountpoint -q "$work/mnt" 2>/dev/null && fusermount3 -u -z "$work/mnt"
+    mountpoint -q "$work/mnt2" 2>/dev/null && fusermount3 -u -z "$work/mnt2"
     [ -n "${mount_pid:-}" ] && kill "$mount_pid" 2>/dev/null && wait "$mount_pid" 2>/dev/null
     [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
     rm -rf "$work"
@@ -70,6 +72,38 @@ med[put]=$(measure put_run)
 med[mount]=$(measure mount_run)
 med[small]=$(measure small_run)
 med[get]=$(measure get_run)
+
+# Reads through the mount: cold (page cache dropped, a file not read before),
+# warm (the same file again), 4 KiB random reads, ls -l of 1000 entries.
+drop_caches() { sync; echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+cold_run() { drop_caches; cat "$work/mnt/mount-$1.bin" >/dev/null; }
+warm_run() { cat "$work/mnt/mount-1.bin" >/dev/null; }
+med[cold]=$(measure cold_run)
+cat "$work/mnt/mount-1.bin" >/dev/null
+med[warm]=$(measure warm_run)
+drop_caches
+random_reads=$(python3 - "$work/mnt/mount-2.bin" <<'PY'
+import os, random, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+rnd = random.Random(1)
+n, t0 = 0, time.monotonic()
+while time.monotonic() - t0 < 5:
+    os.pread(fd, 4096, rnd.randrange(0, size - 4096))
+    n += 1
+print(round(n / (time.monotonic() - t0)))
+PY
+)
+mkdir -p "$work/mnt2"
+"$bin" mount --endpoint "$endpoint" "$coffer" "$work/mnt2" --foreground 2>"$work/mount2.log" &
+mount2_pid=$!
+wait_mounted "$work/mnt2"
+stat_of() { curl -s "$endpoint/-/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['requests'].get('$1', 0))"; }
+h0=$(stat_of HeadObject); l0=$(stat_of GetCoffer); t0=$(date +%s.%N)
+ls -l "$work/mnt2/small-1" >/dev/null
+t1=$(date +%s.%N); h1=$(stat_of HeadObject); l1=$(stat_of GetCoffer)
+ls_time=$(echo "$t1 - $t0" | bc -l)
+fusermount3 -u "$work/mnt2"; wait "$mount2_pid" || true
 mount_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$mount_pid/status")
 
 # Metadata: tar -x of the small files with modes and times, counting requests
@@ -105,6 +139,10 @@ printf '%-34s %10s  %s\n' "cp to local disk (+sync)" "$(mbps "${med[cp]}")" ""
 printf '%-34s %10s  %s\n' "cofferfs put" "$(mbps "${med[put]}")" "1.00 (baseline)"
 printf '%-34s %10s  %s\n' "cp into the mount" "$(mbps "${med[mount]}")" "$(ratio "${med[mount]}" "${med[put]}") x put (target >= 0.80)"
 printf '%-34s %10s  %s\n' "cofferfs get" "$(mbps "${med[get]}")" ""
+printf '%-34s %10s  %s\n' "cold read through the mount" "$(mbps "${med[cold]}")" "$(ratio "${med[cold]}" "${med[get]}") x get (target >= 0.80)"
+printf '%-34s %10s  %s\n' "warm re-read through the mount" "$(mbps "${med[warm]}")" "(target >= 1000)"
+printf '%-34s %10s  %s\n' "4 KiB random reads (cold file)" "$random_reads/s" ""
+printf '%-34s %10s  %s\n' "ls -l of $small_files entries" "$(printf '%.2f s' "$ls_time")" "$((l1 - l0)) listing requests, $((h1 - h0)) HEAD"
 printf '%-34s %10s  %s\n' "$small_files x 4 KiB into the mount" \
     "$(echo "$small_files / ${med[small]}" | bc -l | xargs printf '%.0f') files/s" ""
 printf '%-34s %10s  %s\n' "tar -xp of $small_files files" "$tar_requests requests" \

@@ -6,6 +6,7 @@
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use cofferfs::commands::{self, parse_size, split_path, CommandError, Target};
+use cofferfs::fs::cache::CacheConfig;
 use cofferfs::fs::upload::UploadConfig;
 use cofferfs::fs::FsConfig;
 use cofferfs::mount::{self, MountConfig};
@@ -115,6 +116,15 @@ struct MountArgs {
     /// Bytes of staging files at once; beyond it writes fail with ENOSPC.
     #[arg(long, default_value = "16GiB", value_parser = parse_size)]
     staging_limit: u64,
+    /// Bytes of file blocks cached in memory (LRU, shared by all open files).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    cache_size: u64,
+    /// Largest read-ahead window of a sequential reader.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    read_ahead: u64,
+    /// Ranged GETs of read-ahead in flight at once.
+    #[arg(long, default_value_t = 8)]
+    read_concurrency: usize,
     /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     allow_other: bool,
@@ -234,6 +244,12 @@ fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandErro
             allow_delete: m.allow_delete,
             cache_dir: m.cache_dir,
             staging_limit: m.staging_limit,
+            cache: CacheConfig {
+                capacity: m.cache_size,
+                read_ahead: m.read_ahead,
+                read_concurrency: m.read_concurrency.max(1),
+                ..CacheConfig::default()
+            },
             upload: UploadConfig {
                 part_size: m.part_size,
                 memory: m.upload_memory,

@@ -102,6 +102,16 @@ impl MountConfig {
                 "retries" => self.retries = Some(parse_num(need()?).map_err(|e| bad(o, e))? as u32),
                 "ro" | "read_only" => self.fs.read_only = true,
                 "allow_delete" => self.fs.allow_delete = true,
+                "cache_size" => {
+                    self.fs.cache.capacity = parse_size(need()?).map_err(|e| bad(o, e))?
+                }
+                "read_ahead" => {
+                    self.fs.cache.read_ahead = parse_size(need()?).map_err(|e| bad(o, e))?
+                }
+                "read_concurrency" => {
+                    self.fs.cache.read_concurrency =
+                        (parse_num(need()?).map_err(|e| bad(o, e))? as usize).max(1)
+                }
                 "cache_dir" => self.fs.cache_dir = PathBuf::from(need()?),
                 "staging_limit" => {
                     self.fs.staging_limit = parse_size(need()?).map_err(|e| bad(o, e))?

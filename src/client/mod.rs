@@ -353,7 +353,14 @@ impl CdcsClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let mut body = Vec::new();
+        // Sized from Content-Length (capped), so a block's buffer is not left
+        // with up to twice its length of spare capacity.
+        let announced = headers
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = Vec::with_capacity(announced.min(64 << 20));
         if req.method != Method::HEAD {
             // Read, not bytes(): the blocking client's timeout then bounds each
             // read (idle time), so a long merge streaming spaces is fine.

@@ -2,6 +2,7 @@
 //! handles, and the write-once rules. Talks to the network only through
 //! `ObjectStore` (and the journal through `commit::Journal`); knows no FUSE.
 
+pub mod cache;
 pub mod commit;
 pub mod error;
 pub mod fuse;
@@ -11,8 +12,9 @@ pub mod upload;
 pub mod write;
 
 use crate::protocol::rules;
-use crate::store::{ListAll, ObjectMeta, ObjectStore, Range, StoreError};
+use crate::store::{ListAll, ObjectMeta, ObjectStore, StoreError};
 use bytes::Bytes;
+use cache::{BlockCache, CacheConfig, ObjectId, ReadState};
 use commit::Journal;
 use error::{FsError, FsResult};
 use inode::{join, Data, Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
@@ -45,6 +47,7 @@ pub struct FsConfig {
     pub cache_dir: PathBuf,
     /// Bytes of staging files at once.
     pub staging_limit: u64,
+    pub cache: CacheConfig,
 }
 
 impl Default for FsConfig {
@@ -62,6 +65,7 @@ impl Default for FsConfig {
             upload: UploadConfig::default(),
             cache_dir: std::env::temp_dir(),
             staging_limit: 16 << 30,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -112,7 +116,10 @@ struct Writer {
 
 enum Handle {
     Write(Box<Writer>),
-    Read { key: Option<String>, size: u64 },
+    Read {
+        object: Option<ObjectId>,
+        state: Mutex<ReadState>,
+    },
     Dir(Vec<DirEntry>),
 }
 
@@ -146,9 +153,17 @@ pub const STATFS_BLOCKS: u64 = 1 << 40;
 pub const STATFS_FILES: u64 = 1 << 32;
 pub const BLOCK_SIZE: u32 = 4096;
 
+/// How long a name the coffer does not have is believed absent.
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     uploader: Arc<Uploader>,
+    cache: Arc<BlockCache>,
+    /// Names recently found absent, with when.
+    negative: Mutex<HashMap<(u64, String), Instant>>,
+    /// The object version whose pages the kernel may keep, per inode.
+    kernel_cached: Mutex<HashMap<u64, ObjectId>>,
     journal: Arc<Journal>,
     staging: Arc<Staging>,
     _staging_dir: tempfile::TempDir,
@@ -264,6 +279,9 @@ impl Fs {
             })?;
         let fs = Arc::new(Fs {
             uploader: Uploader::new(Arc::clone(&store), cfg.upload),
+            cache: BlockCache::new(Arc::clone(&store), cfg.cache),
+            negative: Mutex::new(HashMap::new()),
+            kernel_cached: Mutex::new(HashMap::new()),
             store,
             journal,
             staging: Staging::new(dir.path(), cfg.staging_limit),
@@ -423,6 +441,13 @@ impl Fs {
                 _ => {}
             }
         }
+        let neg_key = (parent, name.to_string());
+        if lock(&self.negative)
+            .get(&neg_key)
+            .is_some_and(|t| t.elapsed() < NEGATIVE_TTL.min(ttl))
+        {
+            return Err(FsError::not_found());
+        }
         let path = dir.child_path(name);
         if rules::validate_key(&path).is_err() {
             return Err(FsError::not_found());
@@ -431,6 +456,12 @@ impl Fs {
         let now = Instant::now();
         let mut t = lock(&self.table);
         let Some(entry) = found else {
+            let mut neg = lock(&self.negative);
+            if neg.len() > 100_000 {
+                neg.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
+            }
+            neg.insert(neg_key, now);
+            drop(neg);
             // Not in the view; but this mount may be writing it.
             return match t.child(parent, name) {
                 Some(n) if n.origin == Origin::Writing => Ok(self.attr(n)),
@@ -744,7 +775,7 @@ impl Fs {
                 if a.kind == Kind::Dir {
                     return Err(FsError::new(libc::EISDIR, format!("{path:?}: a directory")));
                 }
-                let fh = self.open(a.ino, flags)?;
+                let (fh, _) = self.open(a.ino, flags)?;
                 return Ok((self.getattr(a.ino)?, fh));
             }
             Err(e) if e.errno == libc::ENOENT => {}
@@ -793,7 +824,9 @@ impl Fs {
         Ok((attr, fh))
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+    /// Opens a file; the flag says whether the kernel may keep pages it cached
+    /// from an earlier open (the same object version).
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
         let n = self.node(ino)?;
         if n.kind == Kind::Dir {
             return Err(FsError::new(
@@ -812,10 +845,20 @@ impl Fs {
             ));
         }
         if !is_write(flags) && flags & libc::O_TRUNC == 0 {
-            return Ok(self.add_handle(Handle::Read {
-                key: n.data.as_ref().map(|d| d.key.clone()),
+            let object = n.data.as_ref().map(|d| ObjectId {
+                key: d.key.as_str().into(),
+                etag: d.etag.as_str().into(),
                 size: n.size,
-            }));
+            });
+            let keep = match &object {
+                Some(o) => lock(&self.kernel_cached).insert(ino, o.clone()).as_ref() == Some(o),
+                None => false,
+            };
+            let fh = self.add_handle(Handle::Read {
+                object,
+                state: Mutex::new(ReadState::default()),
+            });
+            return Ok((fh, keep));
         }
         self.writable("open for writing", &n.path)?;
         // New bytes for an existing path go to a fresh key; the old version stays.
@@ -845,13 +888,17 @@ impl Fs {
         node.origin = Origin::Writing;
         node.size = size;
         drop(t);
-        Ok(self.add_handle(Handle::Write(Box::new(Writer {
-            ino,
-            w: Mutex::new(w),
-            before: Some(view_of(&n)),
-            mode: self.attr(&n).perm,
-            empty_recorded: AtomicBool::new(false),
-        }))))
+        lock(&self.kernel_cached).remove(&ino);
+        Ok((
+            self.add_handle(Handle::Write(Box::new(Writer {
+                ino,
+                w: Mutex::new(w),
+                before: Some(view_of(&n)),
+                mode: self.attr(&n).perm,
+                empty_recorded: AtomicBool::new(false),
+            }))),
+            false,
+        ))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
@@ -1214,31 +1261,13 @@ impl Fs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let h = self.handle(fh)?;
-        let Handle::Read { key, size: fsize } = &*h else {
+        let Handle::Read { object, state } = &*h else {
             return Err(FsError::new(libc::EBADF, "read: not open for reading"));
         };
-        let Some(key) = key else {
-            return Ok(Bytes::new());
-        };
-        if offset >= *fsize || size == 0 {
-            return Ok(Bytes::new());
+        match object {
+            Some(o) => self.cache.read(o, &mut lock(state), offset, size),
+            None => Ok(Bytes::new()),
         }
-        let end = (offset + u64::from(size)).min(*fsize);
-        let got = self
-            .store
-            .get(key, Some(Range::Bounded(offset, end - 1)))
-            .map_err(|e| FsError::io(&format!("GetObject {key:?}"), &e))?;
-        if got.start != offset || got.data.len() as u64 != end - offset {
-            return Err(FsError::new(
-                libc::EIO,
-                format!(
-                    "GetObject {key:?}: asked for bytes {offset}..{end}, got {} at {}",
-                    got.data.len(),
-                    got.start
-                ),
-            ));
-        }
-        Ok(got.data)
     }
 
     // ---- directories -----------------------------------------------------
@@ -1314,5 +1343,6 @@ impl Fs {
         }
         self.journal.shutdown();
         self.uploader.shutdown();
+        self.cache.shutdown();
     }
 }

@@ -1,0 +1,345 @@
+//! BlockCache: fixed-size blocks of objects, keyed by (key, ETag, index), in an LRU
+//! under a byte budget; one fetch per block however many readers wait for it;
+//! read-ahead on a bounded pool. Knows objects and ranges, not files or FUSE.
+
+use super::error::{FsError, FsResult};
+use crate::store::{ObjectStore, Range};
+use bytes::{Bytes, BytesMut};
+use lru::LruCache;
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// One object version's identity: a new ETag is a new object to the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectId {
+    pub key: Arc<str>,
+    pub etag: Arc<str>,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BlockId {
+    object: ObjectId,
+    index: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    pub block_size: u64,
+    /// Bytes of blocks kept.
+    pub capacity: u64,
+    /// Parallel read-ahead fetches.
+    pub read_concurrency: usize,
+    /// Largest read-ahead window of a sequential reader.
+    pub read_ahead: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            block_size: 1 << 20,
+            capacity: 256 << 20,
+            read_concurrency: 8,
+            read_ahead: 64 << 20,
+        }
+    }
+}
+
+struct Inner {
+    blocks: LruCache<BlockId, Bytes>,
+    bytes: u64,
+    loading: HashSet<BlockId>,
+}
+
+pub struct BlockCache {
+    store: Arc<dyn ObjectStore>,
+    cfg: CacheConfig,
+    inner: Mutex<Inner>,
+    loaded: Condvar,
+    prefetch: Mutex<Option<mpsc::Sender<BlockId>>>,
+}
+
+/// A reader's position and read-ahead window.
+#[derive(Debug, Default)]
+pub struct ReadState {
+    next: u64,
+    window: u64,
+}
+
+impl BlockCache {
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: CacheConfig) -> Arc<BlockCache> {
+        let cache = Arc::new(BlockCache {
+            store,
+            cfg: CacheConfig {
+                block_size: cfg.block_size.max(4096),
+                ..cfg
+            },
+            inner: Mutex::new(Inner {
+                blocks: LruCache::unbounded(),
+                bytes: 0,
+                loading: HashSet::new(),
+            }),
+            loaded: Condvar::new(),
+            prefetch: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel::<BlockId>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..cfg.read_concurrency.max(1) {
+            let rx = Arc::clone(&rx);
+            let weak = Arc::downgrade(&cache);
+            let spawned = std::thread::Builder::new()
+                .name(format!("read-ahead-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(id) = job else { return };
+                    let Some(cache) = weak.upgrade() else { return };
+                    if let Err(e) = cache.block(&id) {
+                        log::debug!(
+                            "read-ahead of {:?} block {}: {}",
+                            id.object.key,
+                            id.index,
+                            e.message
+                        );
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a read-ahead thread: {e}");
+            }
+        }
+        *cache.prefetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        cache
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// One block: from the cache, from a fetch already under way, or fetched now.
+    fn block(&self, id: &BlockId) -> FsResult<Bytes> {
+        let mut g = self.lock();
+        loop {
+            if let Some(b) = g.blocks.get(id) {
+                return Ok(b.clone());
+            }
+            if !g.loading.contains(id) {
+                break;
+            }
+            g = self.loaded.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.loading.insert(id.clone());
+        drop(g);
+        let result = self.fetch(id);
+        let mut g = self.lock();
+        g.loading.remove(id);
+        if let Ok(b) = &result {
+            g.bytes += b.len() as u64;
+            if let Some(old) = g.blocks.put(id.clone(), b.clone()) {
+                g.bytes -= old.len() as u64;
+            }
+            while g.bytes > self.cfg.capacity {
+                match g.blocks.pop_lru() {
+                    Some((_, old)) => g.bytes -= old.len() as u64,
+                    None => break,
+                }
+            }
+        }
+        drop(g);
+        self.loaded.notify_all();
+        result
+    }
+
+    fn fetch(&self, id: &BlockId) -> FsResult<Bytes> {
+        let bs = self.cfg.block_size;
+        let start = id.index * bs;
+        let end = (start + bs).min(id.object.size);
+        let key = &id.object.key;
+        let got = self
+            .store
+            .get(key, Some(Range::Bounded(start, end - 1)))
+            .map_err(|e| FsError::io(&format!("GetObject {key:?}"), &e))?;
+        if got.etag != *id.object.etag {
+            return Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "GetObject {key:?}: ETag {} but the file is version {}",
+                    got.etag, id.object.etag
+                ),
+            ));
+        }
+        if got.start != start || got.data.len() as u64 != end - start {
+            return Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "GetObject {key:?}: asked for bytes {start}..{end}, got {} at {}",
+                    got.data.len(),
+                    got.start
+                ),
+            ));
+        }
+        Ok(got.data)
+    }
+
+    fn queue(&self, id: BlockId) {
+        {
+            let g = self.lock();
+            if g.loading.contains(&id) || g.blocks.peek(&id).is_some() {
+                return;
+            }
+        }
+        if let Some(tx) = self
+            .prefetch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(id);
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of `object` for a reader at `state`:
+    /// a sequential reader's window grows and is fetched ahead in parallel; a
+    /// random one fetches only what it asked for.
+    pub fn read(
+        &self,
+        object: &ObjectId,
+        state: &mut ReadState,
+        offset: u64,
+        len: u32,
+    ) -> FsResult<Bytes> {
+        if offset >= object.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + u64::from(len)).min(object.size);
+        let bs = self.cfg.block_size;
+        if offset == state.next {
+            state.window = (state.window * 2).clamp(bs, self.cfg.read_ahead.max(bs));
+        } else {
+            state.window = 0;
+        }
+        state.next = end;
+        if state.window > 0 {
+            let first = end.div_ceil(bs);
+            let last = (end + state.window).min(object.size).div_ceil(bs);
+            for index in first..last {
+                self.queue(BlockId {
+                    object: object.clone(),
+                    index,
+                });
+            }
+        }
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        if first == last {
+            let b = self.block(&BlockId {
+                object: object.clone(),
+                index: first,
+            })?;
+            let at = (offset - first * bs) as usize;
+            return Ok(b.slice(at..at + (end - offset) as usize));
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for index in first..=last {
+            let b = self.block(&BlockId {
+                object: object.clone(),
+                index,
+            })?;
+            let from = offset.max(index * bs) - index * bs;
+            let to = end.min((index + 1) * bs) - index * bs;
+            out.extend_from_slice(&b[from as usize..to as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Stops the read-ahead workers.
+    pub fn shutdown(&self) {
+        self.prefetch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn setup(capacity: u64) -> (Arc<MemoryStore>, Arc<BlockCache>, ObjectId, Vec<u8>) {
+        let store = Arc::new(MemoryStore::new());
+        let data: Vec<u8> = (0..(10 * 4096 + 7)).map(|i| (i * 7 % 251) as u8).collect();
+        let etag = store.put("k", Bytes::from(data.clone())).expect("put");
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let cache = BlockCache::new(
+            dyn_store,
+            CacheConfig {
+                block_size: 4096,
+                capacity,
+                read_concurrency: 2,
+                read_ahead: 4 * 4096,
+            },
+        );
+        let id = ObjectId {
+            key: "k".into(),
+            etag: etag.into(),
+            size: data.len() as u64,
+        };
+        (store, cache, id, data)
+    }
+
+    #[test]
+    fn reads_across_blocks_return_the_exact_bytes() {
+        let (_s, cache, id, data) = setup(1 << 20);
+        let mut st = ReadState::default();
+        for (off, len) in [
+            (0u64, 1u32),
+            (4095, 2),
+            (100, 9000),
+            (40_955, 100),
+            (40_966, 10),
+        ] {
+            let got = cache.read(&id, &mut st, off, len).expect("read");
+            let end = ((off + len as u64) as usize).min(data.len());
+            assert_eq!(&got[..], &data[off as usize..end], "{off}+{len}");
+        }
+    }
+
+    #[test]
+    fn a_re_read_is_served_from_the_cache() {
+        let (store, cache, id, _data) = setup(1 << 20);
+        let mut st = ReadState::default();
+        cache.read(&id, &mut st, 5000, 100).expect("read");
+        let gets = store.calls("GetObject");
+        cache
+            .read(&id, &mut ReadState::default(), 5000, 100)
+            .expect("read");
+        assert_eq!(store.calls("GetObject"), gets);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_budget() {
+        let (_s, cache, id, _data) = setup(3 * 4096);
+        let mut st = ReadState::default();
+        for off in (0..40_000).step_by(4096) {
+            cache.read(&id, &mut st, off, 4096).expect("read");
+        }
+        assert!(cache.bytes() <= 3 * 4096);
+    }
+
+    #[test]
+    fn a_different_etag_is_a_different_object() {
+        let (_s, cache, id, _data) = setup(1 << 20);
+        let stale = ObjectId {
+            etag: "0123456789abcdef0123456789abcdef".into(),
+            ..id
+        };
+        let e = cache
+            .read(&stale, &mut ReadState::default(), 0, 10)
+            .expect_err("stale");
+        assert_eq!(e.errno, libc::EIO);
+    }
+}
