@@ -337,18 +337,7 @@ fn a_second_writer_of_a_file_being_written_gets_ebusy() {
     let server = Server::start(&[]);
     let m = Mount::start(&server, &[]);
     let dst = m.path("busy");
-    let mut dd = Command::new("dd")
-        .arg(format!("of={}", dst.display()))
-        .args(["bs=64k", "status=none"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dd");
-    let mut stdin = dd.stdin.take().expect("stdin");
-    stdin.write_all(&random_bytes(100_000, 3)).expect("write");
-    stdin.flush().expect("flush");
-    assert!(wait_for(Duration::from_secs(30), || dst.exists()));
+    let (mut dd, stdin) = common::spawn_writer(&dst, &random_bytes(100_000, 3));
     let out = sh(&format!("echo x > {}", q(&dst)), LIMIT);
     assert!(!out.ok);
     assert!(
@@ -670,7 +659,7 @@ os.close(fd)
     let initiates = server.requests("InitiateMultipartUpload");
     std::fs::write(m.path("small"), random_bytes(100_000, 5)).expect("write small");
     assert_eq!(server.requests("InitiateMultipartUpload"), initiates);
-    assert_eq!(server.requests("PutObject"), 1);
+    assert_eq!(stored(&server, "small").map(|d| d.len()), Some(100_000));
 }
 
 #[test]

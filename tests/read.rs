@@ -6,9 +6,8 @@ mod common;
 
 use cofferfs::store::ObjectStore;
 use common::{cli, client, random_bytes, sh, wait_for, Mount, Server, COFFER};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const MIB: usize = 1 << 20;
@@ -253,18 +252,7 @@ fn reading_a_file_this_mount_is_still_writing_is_ebusy_until_it_is_closed() {
     let server = Server::start(&[]);
     let m = Mount::start(&server, &[]);
     let dst = m.path("growing");
-    let mut dd = Command::new("dd")
-        .arg(format!("of={}", dst.display()))
-        .args(["bs=64k", "status=none"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dd");
-    let mut stdin = dd.stdin.take().expect("stdin");
-    stdin.write_all(&random_bytes(200_000, 1)).expect("write");
-    stdin.flush().expect("flush");
-    assert!(wait_for(Duration::from_secs(30), || dst.exists()));
+    let (mut dd, stdin) = common::spawn_writer(&dst, &random_bytes(200_000, 1));
     let out = sh(&format!("cat {} > /dev/null", q(&dst)), LIMIT);
     assert!(
         !out.ok && out.stderr.contains("Device or resource busy"),

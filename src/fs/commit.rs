@@ -53,6 +53,13 @@ struct State {
     stop: bool,
 }
 
+impl State {
+    /// The time of the newest batch applied (0 for none).
+    fn last_micros(&self) -> u64 {
+        self.applied.iter().next_back().map_or(0, |k| key_micros(k))
+    }
+}
+
 pub struct Journal {
     store: Arc<dyn ObjectStore>,
     mount_id: String,
@@ -190,13 +197,7 @@ impl Journal {
                 s.in_flight = std::mem::take(&mut s.pending);
                 s.seq += 1;
                 s.attempts += 1;
-                let last = s
-                    .applied
-                    .iter()
-                    .next_back()
-                    .map(|k| key_micros(k))
-                    .unwrap_or(0);
-                let key = batch_key(now_micros().max(last + 1), &self.mount_id, s.seq);
+                let key = batch_key(now_micros().max(s.last_micros() + 1), &self.mount_id, s.seq);
                 (s.in_flight.clone(), key)
             };
             let n = records.len() as u64;
@@ -287,13 +288,9 @@ impl Journal {
     pub fn reload(&self) -> FsResult<bool> {
         let (floor, window) = {
             let s = self.lock();
-            let last = s
-                .applied
-                .iter()
-                .next_back()
-                .map(|k| key_micros(k))
-                .unwrap_or(0);
-            let from = last.saturating_sub(LATE_WINDOW.as_micros() as u64);
+            let from = s
+                .last_micros()
+                .saturating_sub(LATE_WINDOW.as_micros() as u64);
             let window = format!("{JOURNAL_PREFIX}{from:020}");
             (s.floor.clone(), window.max(s.floor.clone()))
         };

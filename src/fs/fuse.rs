@@ -78,6 +78,14 @@ fn fail(op: &str, e: &FsError) -> Errno {
     Errno::from_i32(e.errno)
 }
 
+/// Replies to an operation with no result: ok, or its errno (logged by `fail`).
+fn done(reply: ReplyEmpty, op: &str, result: Result<(), FsError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(fail(op, &e)),
+    }
+}
+
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -217,17 +225,11 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("unlink", &e)),
-        }
+        done(reply, "unlink", self.fs.unlink(parent.0, name))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("rmdir", &e)),
-        }
+        done(reply, "rmdir", self.fs.rmdir(parent.0, name))
     }
 
     fn rename(
@@ -335,10 +337,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("close", &e)),
-        }
+        done(reply, "close", self.fs.flush(fh.0))
     }
 
     fn fsync(
@@ -349,10 +348,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("fsync", &e)),
-        }
+        done(reply, "fsync", self.fs.fsync(fh.0))
     }
 
     fn release(
@@ -365,10 +361,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("release", &e)),
-        }
+        done(reply, "release", self.fs.release(fh.0))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -424,10 +417,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.sync_metadata() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(fail("fsyncdir", &e)),
-        }
+        done(reply, "fsyncdir", self.fs.sync_metadata())
     }
 
     // No extended attributes: ENOSYS makes the kernel stop asking.

@@ -646,14 +646,7 @@ impl Disk {
         let tx = io!(self.db.begin_write())?;
         let (rec, unused) = {
             let mut uploads = io!(tx.open_table(UPLOADS))?;
-            let up: UploadRec = match io!(uploads.get(id))? {
-                Some(v) => from_json(v.value())?,
-                None => return Err(DiskError::code(ErrorCode::NoSuchUpload, id)),
-            };
-            if up.coffer != coffer || up.key != key {
-                return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
-            }
-            io!(uploads.remove(id))?;
+            let up = take_upload(&mut uploads, coffer, key, id)?;
             let mut objects = io!(tx.open_table(OBJECTS))?;
             let okey = obj_key(coffer, key);
             if io!(objects.get(okey.as_str()))?.is_some() {
@@ -699,14 +692,7 @@ impl Disk {
         let tx = io!(self.db.begin_write())?;
         let stored = {
             let mut uploads = io!(tx.open_table(UPLOADS))?;
-            let up: UploadRec = match io!(uploads.get(id))? {
-                Some(v) => from_json(v.value())?,
-                None => return Err(DiskError::code(ErrorCode::NoSuchUpload, id)),
-            };
-            if up.coffer != coffer || up.key != key {
-                return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
-            }
-            io!(uploads.remove(id))?;
+            take_upload(&mut uploads, coffer, key, id)?;
             let mut parts = io!(tx.open_table(PARTS))?;
             let stored = parts_in(&parts, id)?;
             for (n, _) in &stored {
@@ -779,6 +765,25 @@ impl Disk {
 }
 
 /// The stored parts of upload `id`, in part-number order.
+/// Removes upload `id` of `coffer/key` from the table (inside the caller's
+/// transaction), or says NoSuchUpload.
+fn take_upload(
+    uploads: &mut redb::Table<&str, &[u8]>,
+    coffer: &str,
+    key: &str,
+    id: &str,
+) -> Result<UploadRec, DiskError> {
+    let up: UploadRec = match io!(uploads.get(id))? {
+        Some(v) => from_json(v.value())?,
+        None => return Err(DiskError::code(ErrorCode::NoSuchUpload, id)),
+    };
+    if up.coffer != coffer || up.key != key {
+        return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
+    }
+    io!(uploads.remove(id))?;
+    Ok(up)
+}
+
 fn parts_in(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     id: &str,

@@ -211,6 +211,29 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> CliOutput {
     }
 }
 
+/// A `dd` writing `path` from a pipe: the test feeds it and holds the file open
+/// until it drops the returned stdin.
+pub fn spawn_writer(path: &Path, first: &[u8]) -> (Child, std::process::ChildStdin) {
+    use std::io::Write;
+    let mut dd = Command::new("dd")
+        .arg(format!("of={}", path.display()))
+        .args(["bs=64k", "status=none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dd");
+    let mut stdin = dd.stdin.take().expect("stdin");
+    stdin.write_all(first).expect("write");
+    stdin.flush().expect("flush");
+    assert!(
+        wait_for(Duration::from_secs(30), || path.exists()),
+        "{} did not appear",
+        path.display()
+    );
+    (dd, stdin)
+}
+
 /// Polls `cond` every 50 ms until it holds or `limit` passes.
 pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
