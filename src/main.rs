@@ -110,12 +110,16 @@ struct MountArgs {
     /// lifecycle rule expires them); without it they fail with EPERM.
     #[arg(long)]
     allow_delete: bool,
-    /// Directory for staging files of appends and edits (cleaned up at unmount).
+    /// Directory for staging files of appends and edits (cleaned up at unmount)
+    /// and, with --cache-dir-size, for file blocks kept across mounts.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     cache_dir: PathBuf,
     /// Bytes of staging files at once; beyond it writes fail with ENOSPC.
     #[arg(long, default_value = "16GiB", value_parser = parse_size)]
     staging_limit: u64,
+    /// Bytes of file blocks kept on disk in --cache-dir across mounts (0: none).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    cache_dir_size: u64,
     /// Bytes of file blocks cached in memory (LRU, shared by all open files).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     cache_size: u64,
@@ -244,6 +248,7 @@ fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandErro
             allow_delete: m.allow_delete,
             cache_dir: m.cache_dir,
             staging_limit: m.staging_limit,
+            cache_dir_size: m.cache_dir_size,
             cache: CacheConfig {
                 capacity: m.cache_size,
                 read_ahead: m.read_ahead,

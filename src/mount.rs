@@ -102,6 +102,9 @@ impl MountConfig {
                 "retries" => self.retries = Some(parse_num(need()?).map_err(|e| bad(o, e))? as u32),
                 "ro" | "read_only" => self.fs.read_only = true,
                 "allow_delete" => self.fs.allow_delete = true,
+                "cache_dir_size" => {
+                    self.fs.cache_dir_size = parse_size(need()?).map_err(|e| bad(o, e))?
+                }
                 "cache_size" => {
                     self.fs.cache.capacity = parse_size(need()?).map_err(|e| bad(o, e))?
                 }

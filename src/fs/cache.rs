@@ -2,6 +2,7 @@
 //! under a byte budget; one fetch per block however many readers wait for it;
 //! read-ahead on a bounded pool. Knows objects and ranges, not files or FUSE.
 
+use super::disk_cache::DiskTier;
 use super::error::{FsError, FsResult};
 use crate::store::{ObjectStore, Range};
 use bytes::{Bytes, BytesMut};
@@ -54,6 +55,7 @@ struct Inner {
 
 pub struct BlockCache {
     store: Arc<dyn ObjectStore>,
+    disk: Option<DiskTier>,
     cfg: CacheConfig,
     inner: Mutex<Inner>,
     loaded: Condvar,
@@ -68,9 +70,14 @@ pub struct ReadState {
 }
 
 impl BlockCache {
-    pub fn new(store: Arc<dyn ObjectStore>, cfg: CacheConfig) -> Arc<BlockCache> {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        cfg: CacheConfig,
+        disk: Option<DiskTier>,
+    ) -> Arc<BlockCache> {
         let cache = Arc::new(BlockCache {
             store,
+            disk,
             cfg: CacheConfig {
                 block_size: cfg.block_size.max(4096),
                 ..cfg
@@ -159,6 +166,14 @@ impl BlockCache {
         let start = id.index * bs;
         let end = (start + bs).min(id.object.size);
         let key = &id.object.key;
+        let etag = &id.object.etag;
+        if let Some(b) = self
+            .disk
+            .as_ref()
+            .and_then(|d| d.get(key, etag, id.index, (end - start) as usize))
+        {
+            return Ok(b);
+        }
         let got = self
             .store
             .get(key, Some(Range::Bounded(start, end - 1)))
@@ -181,6 +196,9 @@ impl BlockCache {
                     got.start
                 ),
             ));
+        }
+        if let Some(d) = &self.disk {
+            d.put(key, etag, id.index, &got.data);
         }
         Ok(got.data)
     }
@@ -282,6 +300,7 @@ mod tests {
                 read_concurrency: 2,
                 read_ahead: 4 * 4096,
             },
+            None,
         );
         let id = ObjectId {
             key: "k".into(),

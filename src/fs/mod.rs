@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod commit;
+pub mod disk_cache;
 pub mod error;
 pub mod fuse;
 pub mod inode;
@@ -48,6 +49,8 @@ pub struct FsConfig {
     /// Bytes of staging files at once.
     pub staging_limit: u64,
     pub cache: CacheConfig,
+    /// Bytes of file blocks kept under `cache_dir` across mounts; 0 for none.
+    pub cache_dir_size: u64,
 }
 
 impl Default for FsConfig {
@@ -66,6 +69,7 @@ impl Default for FsConfig {
             cache_dir: std::env::temp_dir(),
             staging_limit: 16 << 30,
             cache: CacheConfig::default(),
+            cache_dir_size: 0,
         }
     }
 }
@@ -277,9 +281,18 @@ impl Fs {
                     format!("cache dir {}: {e}", cfg.cache_dir.display()),
                 )
             })?;
+        let disk = match cfg.cache_dir_size {
+            0 => None,
+            n => Some(disk_cache::DiskTier::open(&cfg.cache_dir, n).map_err(|e| {
+                FsError::new(
+                    libc::EIO,
+                    format!("cache dir {}: {e}", cfg.cache_dir.display()),
+                )
+            })?),
+        };
         let fs = Arc::new(Fs {
             uploader: Uploader::new(Arc::clone(&store), cfg.upload),
-            cache: BlockCache::new(Arc::clone(&store), cfg.cache),
+            cache: BlockCache::new(Arc::clone(&store), cfg.cache, disk),
             negative: Mutex::new(HashMap::new()),
             kernel_cached: Mutex::new(HashMap::new()),
             store,
