@@ -161,7 +161,7 @@ fn truncated_and_reset_gets_are_retried_and_never_yield_wrong_bytes() {
         "faulty.bin",
         &random_bytes(30 * MIB + 5, 6),
     );
-    server.set_faults("GetObject:truncate:0.1,GetObject:reset:0.1");
+    server.set_faults("GetObject:truncate:0.2,GetObject:reset:0.1");
     let m = Mount::start(&server, &[]);
     let out = sh(
         &format!("cmp {} {}", q(&src), q(&m.path("faulty.bin"))),
