@@ -278,18 +278,33 @@ fn reading_a_file_this_mount_is_still_writing_is_ebusy_until_it_is_closed() {
 fn the_disk_tier_serves_blocks_after_a_remount_without_a_get() {
     let server = Server::start(&[]);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let src = put(&server, tmp.path(), "kept.bin", &random_bytes(6 * MIB + 11, 12));
+    let src = put(
+        &server,
+        tmp.path(),
+        "kept.bin",
+        &random_bytes(6 * MIB + 11, 12),
+    );
     let cache_dir = tmp.path().join("cache");
     let cache = cache_dir.to_str().expect("utf-8");
     let flags = ["--cache-dir", cache, "--cache-dir-size", "64MiB"];
     let m = Mount::start(&server, &flags);
-    let out = sh(&format!("cmp {} {}", q(&src), q(&m.path("kept.bin"))), LIMIT);
+    let out = sh(
+        &format!("cmp {} {}", q(&src), q(&m.path("kept.bin"))),
+        LIMIT,
+    );
     assert!(out.ok, "{}", out.stderr);
     m.unmount();
     let gets = server.requests("GetObject");
     let m = Mount::start(&server, &flags);
     drop_page_cache();
-    let out = sh(&format!("cmp {} {}", q(&src), q(&m.path("kept.bin"))), LIMIT);
+    let out = sh(
+        &format!("cmp {} {}", q(&src), q(&m.path("kept.bin"))),
+        LIMIT,
+    );
     assert!(out.ok, "{}", out.stderr);
-    assert_eq!(server.requests("GetObject"), gets, "blocks were fetched again");
+    assert_eq!(
+        server.requests("GetObject"),
+        gets,
+        "blocks were fetched again"
+    );
 }
