@@ -76,22 +76,18 @@ impl MountConfig {
                 None => (o.replace('-', "_"), None),
             };
             let need = || v.ok_or_else(|| bad(o, "needs a value".into()));
+            let size = || need().and_then(|v| parse_size(v).map_err(|e| bad(o, e)));
+            let num = || need().and_then(|v| parse_num(v).map_err(|e| bad(o, e)));
             match k.as_str() {
                 "endpoint" => self.target.endpoint = Some(need()?.to_string()),
                 "region" => self.target.region = Some(need()?.to_string()),
                 "credentials" => self.target.credentials_file = Some(PathBuf::from(need()?)),
                 "local" => self.local = Some(PathBuf::from(need()?)),
-                "part_size" => {
-                    self.fs.upload.part_size = parse_size(need()?).map_err(|e| bad(o, e))?
-                }
-                "upload_memory" => {
-                    self.fs.upload.memory = parse_size(need()?).map_err(|e| bad(o, e))?
-                }
-                "upload_concurrency" => {
-                    self.fs.upload.concurrency = parse_num(need()?).map_err(|e| bad(o, e))? as usize
-                }
-                "uid" => self.fs.uid = parse_num(need()?).map_err(|e| bad(o, e))? as u32,
-                "gid" => self.fs.gid = parse_num(need()?).map_err(|e| bad(o, e))? as u32,
+                "part_size" => self.fs.upload.part_size = size()?,
+                "upload_memory" => self.fs.upload.memory = size()?,
+                "upload_concurrency" => self.fs.upload.concurrency = num()? as usize,
+                "uid" => self.fs.uid = num()? as u32,
+                "gid" => self.fs.gid = num()? as u32,
                 "file_mode" => self.fs.file_mode = parse_mode(need()?).map_err(|e| bad(o, e))?,
                 "dir_mode" => self.fs.dir_mode = parse_mode(need()?).map_err(|e| bad(o, e))?,
                 "metadata_ttl" => {
@@ -99,26 +95,15 @@ impl MountConfig {
                         humantime::parse_duration(need()?).map_err(|e| bad(o, e.to_string()))?
                 }
                 "log_file" => self.log_file = Some(PathBuf::from(need()?)),
-                "retries" => self.retries = Some(parse_num(need()?).map_err(|e| bad(o, e))? as u32),
+                "retries" => self.retries = Some(num()? as u32),
                 "ro" | "read_only" => self.fs.read_only = true,
                 "allow_delete" => self.fs.allow_delete = true,
-                "cache_dir_size" => {
-                    self.fs.cache_dir_size = parse_size(need()?).map_err(|e| bad(o, e))?
-                }
-                "cache_size" => {
-                    self.fs.cache.capacity = parse_size(need()?).map_err(|e| bad(o, e))?
-                }
-                "read_ahead" => {
-                    self.fs.cache.read_ahead = parse_size(need()?).map_err(|e| bad(o, e))?
-                }
-                "read_concurrency" => {
-                    self.fs.cache.read_concurrency =
-                        (parse_num(need()?).map_err(|e| bad(o, e))? as usize).max(1)
-                }
+                "cache_dir_size" => self.fs.cache_dir_size = size()?,
+                "cache_size" => self.fs.cache.capacity = size()?,
+                "read_ahead" => self.fs.cache.read_ahead = size()?,
+                "read_concurrency" => self.fs.cache.read_concurrency = (num()? as usize).max(1),
                 "cache_dir" => self.fs.cache_dir = PathBuf::from(need()?),
-                "staging_limit" => {
-                    self.fs.staging_limit = parse_size(need()?).map_err(|e| bad(o, e))?
-                }
+                "staging_limit" => self.fs.staging_limit = size()?,
                 "allow_other" => self.allow_other = true,
                 "fsname" | "subtype" => self.fuse_options.push(o.to_string()),
                 _ if v.is_none() && PASSED.contains(&k.as_str()) => {

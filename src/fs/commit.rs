@@ -72,7 +72,8 @@ pub struct Journal {
 /// A ticket: the records appended up to some point.
 pub type Ticket = u64;
 
-fn now_micros() -> u64 {
+/// Microseconds since the Unix epoch (0 before it): the time part of keys.
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -173,7 +174,7 @@ impl Journal {
 
     fn commit_loop(self: Arc<Self>) {
         loop {
-            let (records, key) = {
+            let (batch, key) = {
                 let mut s = self.lock();
                 while !s.stop && !s.flush && s.pending.is_empty() {
                     s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -198,16 +199,14 @@ impl Journal {
                 s.seq += 1;
                 s.attempts += 1;
                 let key = batch_key(now_micros().max(s.last_micros() + 1), &self.mount_id, s.seq);
-                (s.in_flight.clone(), key)
+                (Batch::new(&self.mount_id, s.seq, s.in_flight.clone()), key)
             };
-            let n = records.len() as u64;
-            let seq = self.lock().seq;
-            let batch = Batch::new(&self.mount_id, seq, records.clone());
+            let n = batch.records.len() as u64;
             let result = self.store.put(&key, Bytes::from(batch.encode()));
             let mut s = self.lock();
             let failed = match result {
                 Ok(_) => {
-                    for r in &records {
+                    for r in &batch.records {
                         s.base.apply(r);
                     }
                     s.applied.insert(key);
@@ -246,10 +245,7 @@ impl Journal {
 
     /// Starts from the newest readable checkpoint, if any.
     fn load_checkpoint(&self) -> FsResult<()> {
-        let keys: Vec<String> = ListAll::new(self.store.as_ref(), CHECKPOINT_PREFIX)
-            .map(|r| r.map(|m| m.key))
-            .collect::<Result<_, _>>()
-            .map_err(|e| FsError::io("listing journal checkpoints", &e))?;
+        let keys = self.list_keys(CHECKPOINT_PREFIX, "")?;
         for key in keys.iter().rev() {
             let got = match self.store.get(key, None) {
                 Ok(g) => g,
@@ -276,11 +272,12 @@ impl Journal {
         Ok(())
     }
 
-    fn list_batches(&self, after: &str) -> FsResult<Vec<String>> {
-        ListAll::after(self.store.as_ref(), JOURNAL_PREFIX, after)
+    /// Keys under `prefix` (journal batches or checkpoints) after `after`.
+    fn list_keys(&self, prefix: &str, after: &str) -> FsResult<Vec<String>> {
+        ListAll::after(self.store.as_ref(), prefix, after)
             .map(|r| r.map(|m| m.key))
             .collect::<Result<_, _>>()
-            .map_err(|e| FsError::io("listing the metadata journal", &e))
+            .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))
     }
 
     /// Reads batches other mounts stored since the last look. Returns whether
@@ -294,7 +291,7 @@ impl Journal {
             let window = format!("{JOURNAL_PREFIX}{from:020}");
             (s.floor.clone(), window.max(s.floor.clone()))
         };
-        let keys = self.list_batches(&window)?;
+        let keys = self.list_keys(JOURNAL_PREFIX, &window)?;
         let (new, rebuild) = {
             let s = self.lock();
             let last = s.applied.iter().next_back().cloned();
@@ -313,7 +310,7 @@ impl Journal {
             return Ok(false);
         }
         let wanted = if rebuild {
-            self.list_batches(&floor)?
+            self.list_keys(JOURNAL_PREFIX, &floor)?
         } else {
             new
         };

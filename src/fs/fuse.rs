@@ -138,7 +138,7 @@ impl Filesystem for FuseFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        atime: Option<TimeOrNow>,
+        _atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
@@ -155,7 +155,6 @@ impl Filesystem for FuseFs {
             size,
             mtime: mtime.map(time),
         };
-        let _ = atime;
         match self.fs.setattr(ino.0, fh.map(|f| f.0), set) {
             Ok(a) => reply.attr(&ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(fail("setattr", &e)),
@@ -379,20 +378,11 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate() {
-                    if reply.add(
-                        INodeNo(e.ino),
-                        offset + i as u64 + 1,
-                        file_type(e.kind),
-                        &e.name,
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let result = self.fs.readdir(fh.0, offset, |e, next| {
+            reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name)
+        });
+        match result {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("readdir", &e)),
         }
     }

@@ -229,14 +229,6 @@ impl Table {
         out
     }
 
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     /// Adds `parent/name`, or refreshes it when present. A file this mount is
     /// writing is never replaced by what the coffer says; a directory wins over
     /// a file of the same name (the file is shadowed, as in other S3 mounts).

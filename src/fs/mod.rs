@@ -265,30 +265,21 @@ impl Fs {
     /// Replays the coffer's journal and prepares the staging directory.
     pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> FsResult<Arc<Fs>> {
         let journal = Journal::open(Arc::clone(&store))?;
-        std::fs::create_dir_all(&cfg.cache_dir).map_err(|e| {
+        let cache_dir_err = |e: std::io::Error| {
             FsError::new(
                 libc::EIO,
                 format!("cache dir {}: {e}", cfg.cache_dir.display()),
             )
-        })?;
+        };
+        std::fs::create_dir_all(&cfg.cache_dir).map_err(cache_dir_err)?;
         remove_stale_staging(&cfg.cache_dir);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
             .tempdir_in(&cfg.cache_dir)
-            .map_err(|e| {
-                FsError::new(
-                    libc::EIO,
-                    format!("cache dir {}: {e}", cfg.cache_dir.display()),
-                )
-            })?;
+            .map_err(cache_dir_err)?;
         let disk = match cfg.cache_dir_size {
             0 => None,
-            n => Some(disk_cache::DiskTier::open(&cfg.cache_dir, n).map_err(|e| {
-                FsError::new(
-                    libc::EIO,
-                    format!("cache dir {}: {e}", cfg.cache_dir.display()),
-                )
-            })?),
+            n => Some(disk_cache::DiskTier::open(&cfg.cache_dir, n).map_err(cache_dir_err)?),
         };
         let fs = Arc::new(Fs {
             uploader: Uploader::new(Arc::clone(&store), cfg.upload),
@@ -329,10 +320,6 @@ impl Fs {
             Ok(false) => {}
             Err(e) => log::warn!("reloading the journal: {}", e.message),
         }
-    }
-
-    pub fn config(&self) -> &FsConfig {
-        &self.cfg
     }
 
     fn attr(&self, n: &Node) -> Attr {
@@ -415,10 +402,7 @@ impl Fs {
 
     /// A fresh key under `.cofferfs/data/` for bytes whose path key is taken.
     fn data_key(&self) -> String {
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
+        let micros = commit::now_micros();
         let n = self.next_data.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let r: u32 = rand::random();
@@ -604,16 +588,11 @@ impl Fs {
         if size == 0 {
             // An empty file needs no object: the journal holds it. The old bytes
             // stay in the coffer.
-            let ticket = self.journal.record(vec![Record::File {
+            let record = Record::File {
                 path: node.path.clone(),
                 attrs: node.attrs,
-            }]);
-            self.journal.sync(ticket)?;
-            if let Some(n) = lock(&self.table).get_mut(node.ino) {
-                n.size = 0;
-                n.data = None;
-            }
-            return Ok(());
+            };
+            return self.settle(node.ino, node.attrs, record, true, None, 0);
         }
         // Any other size: a staged copy, stored under a fresh key.
         let key = self.data_key();
@@ -626,7 +605,17 @@ impl Fs {
         );
         w.truncate(size)?;
         match w.finish()? {
-            Finished::Stored { etag, size } => self.bind(node.ino, &node.path, &key, &etag, size),
+            Finished::Stored { etag, size } => {
+                let record = Record::Bind {
+                    path: node.path.clone(),
+                    key: key.clone(),
+                    size,
+                    etag: etag.clone(),
+                    attrs: node.attrs,
+                };
+                let data = Data { key, etag };
+                self.settle(node.ino, node.attrs, record, true, Some(data), size)
+            }
             Finished::Empty | Finished::Unchanged => Ok(()),
         }
     }
@@ -643,27 +632,26 @@ impl Fs {
             .cloned()
     }
 
-    /// Points `path` at `key` in the journal and waits for the batch: the bytes
-    /// are only reachable at `path` once that record is stored.
-    fn bind(&self, ino: u64, path: &str, key: &str, etag: &str, size: u64) -> FsResult<()> {
-        let attrs = lock(&self.table)
-            .get(ino)
-            .map(|n| n.attrs)
-            .unwrap_or_default();
-        let ticket = self.journal.record(vec![Record::Bind {
-            path: path.to_string(),
-            key: key.to_string(),
-            size,
-            etag: etag.to_string(),
-            attrs,
-        }]);
-        self.journal.sync(ticket)?;
+    /// Records what a file now is and updates its entry. With `wait`, returns
+    /// only once the record is stored: bytes reachable only through a record
+    /// (empty files, new versions) are not stored until their batch is.
+    fn settle(
+        &self,
+        ino: u64,
+        attrs: Attrs,
+        record: Record,
+        wait: bool,
+        data: Option<Data>,
+        size: u64,
+    ) -> FsResult<()> {
+        let ticket = self.journal.record(vec![record]);
+        if wait {
+            self.journal.sync(ticket)?;
+        }
         if let Some(n) = lock(&self.table).get_mut(ino) {
+            n.attrs = attrs;
             n.size = size;
-            n.data = Some(Data {
-                key: key.to_string(),
-                etag: etag.to_string(),
-            });
+            n.data = data;
         }
         Ok(())
     }
@@ -758,13 +746,18 @@ impl Fs {
         )
     }
 
-    /// Whether `parent/name` exists, asking the coffer when the table cannot tell.
-    fn exists(&self, parent: u64, name: &str) -> FsResult<bool> {
-        match self.lookup(parent, OsStr::new(name)) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno == libc::ENOENT => Ok(false),
+    /// `parent/name` if it exists (asking the coffer when the table cannot tell);
+    /// `None` where lookup says ENOENT.
+    fn lookup_opt(&self, parent: u64, name: &OsStr) -> FsResult<Option<Attr>> {
+        match self.lookup(parent, name) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if e.errno == libc::ENOENT => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn exists(&self, parent: u64, name: &str) -> FsResult<bool> {
+        Ok(self.lookup_opt(parent, OsStr::new(name))?.is_some())
     }
 
     pub fn create(
@@ -777,22 +770,18 @@ impl Fs {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
         let path = self.new_path(&dir, name, "create")?;
-        match self.lookup(parent, OsStr::new(name)) {
-            Ok(a) => {
-                if flags & libc::O_EXCL != 0 {
-                    return Err(FsError::new(
-                        libc::EEXIST,
-                        format!("create {path:?}: exists"),
-                    ));
-                }
-                if a.kind == Kind::Dir {
-                    return Err(FsError::new(libc::EISDIR, format!("{path:?}: a directory")));
-                }
-                let (fh, _) = self.open(a.ino, flags)?;
-                return Ok((self.getattr(a.ino)?, fh));
+        if let Some(a) = self.lookup_opt(parent, OsStr::new(name))? {
+            if flags & libc::O_EXCL != 0 {
+                return Err(FsError::new(
+                    libc::EEXIST,
+                    format!("create {path:?}: exists"),
+                ));
             }
-            Err(e) if e.errno == libc::ENOENT => {}
-            Err(e) => return Err(e),
+            if a.kind == Kind::Dir {
+                return Err(FsError::new(libc::EISDIR, format!("{path:?}: a directory")));
+            }
+            let (fh, _) = self.open(a.ino, flags)?;
+            return Ok((self.getattr(a.ino)?, fh));
         }
         let key = if self.own_key_free(&path) {
             path.clone()
@@ -924,7 +913,9 @@ impl Fs {
                 format!("unlink {:?}: a directory", n.path),
             ));
         }
-        self.hide(&n, "unlink")
+        self.may_delete(&n, "unlink")?;
+        self.hide(&n, "unlink");
+        Ok(())
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
@@ -937,23 +928,28 @@ impl Fs {
                 format!("rmdir {:?}: not a directory", n.path),
             ));
         }
-        self.writable("rmdir", &n.path)?;
-        if !self.cfg.allow_delete {
-            return self.hide(&n, "rmdir");
-        }
-        self.ensure_listed(&n)?;
-        if !lock(&self.table).children(n.ino).is_empty() {
-            return Err(FsError::new(
-                libc::ENOTEMPTY,
-                format!("rmdir {:?}: not empty", n.path),
-            ));
-        }
-        self.hide(&n, "rmdir")
+        // Refused before "not empty": without --allow-delete nothing is removed.
+        self.may_delete(&n, "rmdir")?;
+        self.ensure_empty(&n, "rmdir")?;
+        self.hide(&n, "rmdir");
+        Ok(())
     }
 
-    /// unlink/rmdir: hides the path when the mount allows deletes; the bytes
-    /// stay in the coffer either way.
-    fn hide(&self, n: &Node, op: &str) -> FsResult<()> {
+    /// ENOTEMPTY unless directory `dir` shows nothing.
+    fn ensure_empty(&self, dir: &Node, op: &str) -> FsResult<()> {
+        self.ensure_listed(dir)?;
+        if !lock(&self.table).children(dir.ino).is_empty() {
+            return Err(FsError::new(
+                libc::ENOTEMPTY,
+                format!("{op} {:?}: not empty", dir.path),
+            ));
+        }
+        Ok(())
+    }
+
+    /// unlink/rmdir are allowed only on a writable mount started with
+    /// --allow-delete, and not while the file is being written.
+    fn may_delete(&self, n: &Node, op: &str) -> FsResult<()> {
         self.writable(op, &n.path)?;
         if !self.cfg.allow_delete {
             return Err(FsError::new(
@@ -972,12 +968,16 @@ impl Fs {
                 format!("{op} {:?}: being written", n.path),
             ));
         }
+        Ok(())
+    }
+
+    /// Hides the path; its bytes stay in the coffer.
+    fn hide(&self, n: &Node, op: &str) {
         self.journal.record(vec![Record::Hide {
             path: n.path.clone(),
         }]);
         lock(&self.table).remove(n.ino);
         log::info!("{op} {:?}: hidden (its bytes stay in the coffer)", n.path);
-        Ok(())
     }
 
     fn ensure_listed(&self, dir: &Node) -> FsResult<()> {
@@ -1017,45 +1017,33 @@ impl Fs {
                 format!("rename {:?} into itself", src.path),
             ));
         }
-        match self.lookup(newparent, newname) {
-            Ok(dst) => {
-                let dst = self.node(dst.ino)?;
-                if noreplace {
-                    return Err(FsError::new(libc::EEXIST, format!("rename: {to:?} exists")));
-                }
-                if dst.origin == Origin::Writing {
-                    return Err(FsError::new(
-                        libc::EBUSY,
-                        format!("rename: {to:?} being written"),
-                    ));
-                }
-                match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
-                    (true, false) => {
-                        return Err(FsError::new(
-                            libc::ENOTDIR,
-                            format!("rename: {to:?} not a directory"),
-                        ))
-                    }
-                    (false, true) => {
-                        return Err(FsError::new(
-                            libc::EISDIR,
-                            format!("rename: {to:?} is a directory"),
-                        ))
-                    }
-                    (true, true) => {
-                        self.ensure_listed(&dst)?;
-                        if !lock(&self.table).children(dst.ino).is_empty() {
-                            return Err(FsError::new(
-                                libc::ENOTEMPTY,
-                                format!("rename: {to:?} not empty"),
-                            ));
-                        }
-                    }
-                    (false, false) => {}
-                }
+        if let Some(dst) = self.lookup_opt(newparent, newname)? {
+            let dst = self.node(dst.ino)?;
+            if noreplace {
+                return Err(FsError::new(libc::EEXIST, format!("rename: {to:?} exists")));
             }
-            Err(e) if e.errno == libc::ENOENT => {}
-            Err(e) => return Err(e),
+            if dst.origin == Origin::Writing {
+                return Err(FsError::new(
+                    libc::EBUSY,
+                    format!("rename: {to:?} being written"),
+                ));
+            }
+            match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                (true, false) => {
+                    return Err(FsError::new(
+                        libc::ENOTDIR,
+                        format!("rename: {to:?} not a directory"),
+                    ))
+                }
+                (false, true) => {
+                    return Err(FsError::new(
+                        libc::EISDIR,
+                        format!("rename: {to:?} is a directory"),
+                    ))
+                }
+                (true, true) => self.ensure_empty(&dst, "rename")?,
+                (false, false) => {}
+            }
         }
         let mut records = vec![record_for(&src, &to)];
         if src.kind == Kind::Dir {
@@ -1175,7 +1163,6 @@ impl Fs {
                 format!("{key:?}: its entry vanished"),
             ));
         };
-        let path = node.path.clone();
         let result = match result {
             Ok(r) => r,
             Err(e) => {
@@ -1186,74 +1173,58 @@ impl Fs {
         if !was_open {
             return Ok(());
         }
-        if result == Finished::Unchanged {
-            // Opened for writing, closed without a change: the old bytes stand.
-            self.restore(w);
-            return Ok(());
-        }
-        if result == Finished::Empty && w.empty_recorded.swap(true, Ordering::SeqCst) {
-            if last {
-                lock(&self.table).mark_stored(w.ino, Instant::now());
-            }
-            return Ok(());
-        }
-        let attrs = node.attrs.merged(Attrs {
+        // The mode given at create stands unless one was set since.
+        let attrs = Attrs {
             mode: node.attrs.mode.or(Some(u32::from(w.mode))),
-            ..Attrs::default()
-        });
-        let ticket = match &result {
-            Finished::Stored { etag, size } => {
-                let own = key == path && w.before.is_none() && self.own_key_free(&path);
-                if own {
-                    // The object at its own path is the file; its mode is metadata.
-                    self.journal.record(vec![Record::Attr {
-                        path: path.clone(),
-                        attrs,
-                    }]);
-                    None
-                } else {
-                    Some(self.journal.record(vec![Record::Bind {
-                        path: path.clone(),
-                        key: key.clone(),
-                        size: *size,
-                        etag: etag.clone(),
-                        attrs,
-                    }]))
-                }
-            }
-            Finished::Empty => Some(self.journal.record(vec![Record::File {
-                path: path.clone(),
-                attrs,
-            }])),
-            Finished::Unchanged => None,
+            ..node.attrs
         };
-        // Bytes reachable only through a record (empty files, new versions)
-        // are not stored until their batch is.
-        if let Some(t) = ticket {
-            self.journal.sync(t)?;
-        }
-        let now = Instant::now();
-        let mut t = lock(&self.table);
-        if let Some(n) = t.get_mut(w.ino) {
-            n.attrs = attrs;
-            match &result {
-                Finished::Stored { etag, size } => {
-                    log::debug!("stored {path:?}: {size} bytes, ETag {etag}");
-                    n.size = *size;
-                    n.data = Some(Data {
-                        key: key.clone(),
-                        etag: etag.clone(),
-                    });
-                }
-                Finished::Empty => {
-                    n.size = 0;
-                    n.data = None;
-                }
-                Finished::Unchanged => {}
+        let path = node.path;
+        let stored = match result {
+            Finished::Unchanged => {
+                // Opened for writing, closed without a change: the old bytes stand.
+                self.restore(w);
+                return Ok(());
             }
-        }
-        if result != Finished::Empty || last {
-            t.mark_stored(w.ino, now);
+            Finished::Empty => {
+                if w.empty_recorded.swap(true, Ordering::SeqCst) {
+                    // An earlier close recorded it; this one only ends the writing.
+                    if last {
+                        lock(&self.table).mark_stored(w.ino, Instant::now());
+                    }
+                    return Ok(());
+                }
+                let record = Record::File {
+                    path: path.clone(),
+                    attrs,
+                };
+                self.settle(w.ino, attrs, record, true, None, 0)?;
+                false
+            }
+            Finished::Stored { etag, size } => {
+                log::debug!("stored {path:?}: {size} bytes, ETag {etag}");
+                let own = key == path && w.before.is_none() && self.own_key_free(&path);
+                let record = if own {
+                    // The object at its own path is the file; its mode is metadata.
+                    Record::Attr {
+                        path: path.clone(),
+                        attrs,
+                    }
+                } else {
+                    Record::Bind {
+                        path: path.clone(),
+                        key: key.clone(),
+                        size,
+                        etag: etag.clone(),
+                        attrs,
+                    }
+                };
+                let data = Data { key, etag };
+                self.settle(w.ino, attrs, record, !own, Some(data), size)?;
+                true
+            }
+        };
+        if stored || last {
+            lock(&self.table).mark_stored(w.ino, Instant::now());
         }
         Ok(())
     }
@@ -1324,12 +1295,24 @@ impl Fs {
         Ok(())
     }
 
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+    /// Hands the entries from `offset` on to `add` (with the offset of the next
+    /// one) until it says its buffer is full.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, u64) -> bool,
+    ) -> FsResult<()> {
         let h = self.handle(fh)?;
         let Handle::Dir(entries) = &*h else {
             return Err(FsError::new(libc::EBADF, "readdir: not a directory handle"));
         };
-        Ok(entries.iter().skip(offset as usize).cloned().collect())
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if add(e, i as u64 + 1) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -259,11 +259,6 @@ impl ObjectUpload {
         Some(std::mem::take(&mut self.buf))
     }
 
-    /// The multipart upload id, once the first part has gone out.
-    pub fn upload_id(&self) -> Option<&str> {
-        self.upload_id.as_deref()
-    }
-
     fn part_size(&self, n: u32) -> u64 {
         self.fixed_part_size
             .unwrap_or_else(|| streaming_part_size(self.uploader.cfg.part_size, n))
