@@ -5,7 +5,7 @@
 mod common;
 
 use cofferfs::store::ObjectStore;
-use common::{client, random_bytes, sh, wait_for, Mount, Server, COFFER};
+use common::{client, open_uploads, q, random_bytes, sh, stored, wait_for, Mount, Server, COFFER};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,26 +31,6 @@ fn cp_and_cmp(m: &Mount, src: &Path, rel: &str) {
         out.stderr,
         m.log_text()
     );
-}
-
-/// Shell-quotes a path.
-fn q(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
-}
-
-/// The bytes the server holds for `key`, read directly (not through the mount).
-fn stored(server: &Server, key: &str) -> Option<Vec<u8>> {
-    let c = client(&server.endpoint);
-    c.head(key).expect("head")?;
-    Some(c.get(key, None).expect("get").data.to_vec())
-}
-
-fn open_uploads(server: &Server) -> usize {
-    client(&server.endpoint)
-        .list_uploads("", "")
-        .expect("list uploads")
-        .uploads
-        .len()
 }
 
 #[test]

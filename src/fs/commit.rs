@@ -38,10 +38,12 @@ struct State {
     /// `base` plus the records not yet stored: what the mount shows.
     overlay: Overlay,
     applied: BTreeSet<String>,
-    /// Records being stored now, then those waiting.
-    in_flight: Vec<Record>,
-    pending: Vec<Record>,
+    /// Records being stored now, then those waiting, each with its number
+    /// (records are numbered 1, 2, … in the order they were appended).
+    in_flight: Vec<(u64, Record)>,
+    pending: Vec<(u64, Record)>,
     appended: u64,
+    /// Every record numbered up to this is stored or withdrawn.
     committed: u64,
     seq: u64,
     /// The last commit's failure, until a commit succeeds.
@@ -54,6 +56,26 @@ struct State {
 }
 
 impl State {
+    /// Moves `committed` up to just before the oldest record still outstanding.
+    fn advance_committed(&mut self) {
+        self.committed = self
+            .in_flight
+            .iter()
+            .chain(self.pending.iter())
+            .map(|(n, _)| n - 1)
+            .min()
+            .unwrap_or(self.appended);
+    }
+
+    /// `base` plus the records not yet stored.
+    fn rebuild_overlay(&mut self) {
+        let mut overlay = self.base.clone();
+        for (_, r) in self.in_flight.iter().chain(self.pending.iter()) {
+            overlay.apply(r);
+        }
+        self.overlay = overlay;
+    }
+
     /// The time of the newest batch applied (0 for none).
     fn last_micros(&self) -> u64 {
         self.applied.iter().next_back().map_or(0, |k| key_micros(k))
@@ -69,8 +91,12 @@ pub struct Journal {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// A ticket: the records appended up to some point.
-pub type Ticket = u64;
+/// A ticket: the numbers of records appended together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    first: u64,
+    last: u64,
+}
 
 /// Microseconds since the Unix epoch (0 before it): the time part of keys.
 pub(crate) fn now_micros() -> u64 {
@@ -134,25 +160,54 @@ impl Journal {
     /// Appends records: visible at once, stored within `COMMIT_INTERVAL`.
     pub fn record(&self, records: Vec<Record>) -> Ticket {
         let mut s = self.lock();
-        for r in &records {
-            s.overlay.apply(r);
+        let first = s.appended + 1;
+        for r in records {
+            s.overlay.apply(&r);
+            s.appended += 1;
+            let n = s.appended;
+            s.pending.push((n, r));
         }
-        s.appended += records.len() as u64;
-        s.pending.extend(records);
         self.changed.notify_all();
-        s.appended
+        Ticket {
+            first,
+            last: s.appended,
+        }
     }
 
     /// Stores everything appended up to `ticket` now; fails when a batch attempt
-    /// made after this call fails.
+    /// made after this call fails (the records stay queued and are retried).
     pub fn sync(&self, ticket: Ticket) -> FsResult<()> {
+        self.wait_stored(ticket, false)
+    }
+
+    /// Stores the records of `ticket` now, or, when a batch attempt made after
+    /// this call fails, withdraws them: they never land later and the view no
+    /// longer shows them. For records whose failure the caller reports (close).
+    pub fn store_or_withdraw(&self, ticket: Ticket) -> FsResult<()> {
+        self.wait_stored(ticket, true)
+    }
+
+    fn wait_stored(&self, ticket: Ticket, withdraw: bool) -> FsResult<()> {
         let mut s = self.lock();
         let started = s.attempts;
         s.flush = true;
         self.changed.notify_all();
-        while s.committed < ticket {
-            if s.last_failed > started {
+        let mine = |n: &u64| (ticket.first..=ticket.last).contains(n);
+        while s.committed < ticket.last {
+            // A batch holding some of these records is on its way: its outcome decides.
+            let sending = withdraw && s.in_flight.iter().any(|(n, _)| mine(n));
+            if s.last_failed > started && !sending {
                 let why = s.failure.clone().unwrap_or_default();
+                if withdraw {
+                    s.pending.retain(|(n, _)| !mine(n));
+                    s.advance_committed();
+                    s.rebuild_overlay();
+                    self.changed.notify_all();
+                    log::warn!(
+                        "metadata of a failed close withdrawn ({} records): {why}",
+                        ticket.last + 1 - ticket.first
+                    );
+                }
                 return Err(FsError::new(libc::EIO, format!("storing metadata: {why}")));
             }
             if s.stop && s.in_flight.is_empty() && s.pending.is_empty() {
@@ -168,8 +223,8 @@ impl Journal {
 
     /// Stores everything appended so far.
     pub fn sync_all(&self) -> FsResult<()> {
-        let ticket = self.lock().appended;
-        self.sync(ticket)
+        let last = self.lock().appended;
+        self.sync(Ticket { first: 1, last })
     }
 
     fn commit_loop(self: Arc<Self>) {
@@ -199,7 +254,8 @@ impl Journal {
                 s.seq += 1;
                 s.attempts += 1;
                 let key = batch_key(now_micros().max(s.last_micros() + 1), &self.mount_id, s.seq);
-                (Batch::new(&self.mount_id, s.seq, s.in_flight.clone()), key)
+                let records = s.in_flight.iter().map(|(_, r)| r.clone()).collect();
+                (Batch::new(&self.mount_id, s.seq, records), key)
             };
             let n = batch.records.len() as u64;
             let result = self.store.put(&key, Bytes::from(batch.encode()));
@@ -211,7 +267,7 @@ impl Journal {
                     }
                     s.applied.insert(key);
                     s.in_flight.clear();
-                    s.committed += n;
+                    s.advance_committed();
                     s.failure = None;
                     s.since_checkpoint += 1;
                     false
@@ -344,11 +400,7 @@ impl Journal {
                 s.since_checkpoint += 1;
             }
         }
-        let mut overlay = s.base.clone();
-        for r in s.in_flight.iter().chain(s.pending.iter()) {
-            overlay.apply(r);
-        }
-        s.overlay = overlay;
+        s.rebuild_overlay();
         Ok(true)
     }
 

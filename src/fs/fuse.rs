@@ -257,8 +257,8 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0, req.pid()) {
             Ok((fh, keep)) => {
                 let f = if keep {
                     FopenFlags::FOPEN_KEEP_CACHE
@@ -273,7 +273,7 @@ impl Filesystem for FuseFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -281,7 +281,10 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(parent.0, name, mode & !umask, flags) {
+        match self
+            .fs
+            .create(parent.0, name, mode & !umask, flags, req.pid())
+        {
             Ok((a, fh)) => reply.created(
                 &ttl(&a),
                 &file_attr(&a),
@@ -330,13 +333,13 @@ impl Filesystem for FuseFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        done(reply, "close", self.fs.flush(fh.0))
+        done(reply, "close", self.fs.flush(fh.0, req.pid()))
     }
 
     fn fsync(

@@ -24,6 +24,9 @@ pub struct Attrs {
     pub gid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<Timestamp>,
+    /// When the entry's data or attributes last changed (stat's ctime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime: Option<Timestamp>,
 }
 
 impl Attrs {
@@ -34,6 +37,7 @@ impl Attrs {
             uid: newer.uid.or(self.uid),
             gid: newer.gid.or(self.gid),
             mtime: newer.mtime.or(self.mtime),
+            ctime: newer.ctime.or(self.ctime),
         }
     }
 }
@@ -405,6 +409,7 @@ mod tests {
                     uid: Some(1000),
                     gid: Some(1000),
                     mtime: Some((1764000000, 123456789)),
+                    ctime: None,
                 },
             }
         );
@@ -492,6 +497,7 @@ mod tests {
                 uid: Some(1),
                 gid: Some(2),
                 mtime: Some((5, 6)),
+                ctime: None,
             },
         });
         o.apply(&Record::Attr {
@@ -510,6 +516,7 @@ mod tests {
                 uid: Some(1),
                 gid: Some(2),
                 mtime: Some((7, 8)),
+                ctime: None,
             }
         );
     }

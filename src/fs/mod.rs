@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use upload::{UploadConfig, Uploader};
-use write::{Finished, Staging, WriteHandle};
+use write::{Finished, Source, Staging, WriteHandle};
 
 /// How the mount presents the coffer.
 #[derive(Debug, Clone)]
@@ -81,6 +81,8 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// Last change of data or attributes.
+    pub ctime: SystemTime,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
@@ -116,6 +118,10 @@ struct Writer {
     /// An empty close already recorded the file (a dup'd descriptor was closed
     /// while the writer goes on, as dd and shells do).
     empty_recorded: AtomicBool,
+    /// The process that opened it (0: unknown). Only its closes store the
+    /// file: a child that inherited the descriptor (`{ cat a; cat b; } > f`)
+    /// closes its copy while the opener goes on writing.
+    opener: u32,
 }
 
 enum Handle {
@@ -177,6 +183,10 @@ pub struct Fs {
     next_fh: AtomicU64,
     next_data: AtomicU64,
     stopping: AtomicBool,
+    /// Held while the namespace changes shape: a rename's records, and the
+    /// creation or settling of a file, are made under it, so a file made in a
+    /// directory that is being renamed lands at one path or the other, whole.
+    ns: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -198,6 +208,21 @@ fn name_str(name: &OsStr) -> FsResult<&str> {
         ));
     }
     Ok(s)
+}
+
+/// The process (thread group) of thread `pid`; 0 when unknown.
+fn process_of(pid: u32) -> u32 {
+    if pid == 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn is_write(flags: i32) -> bool {
@@ -228,10 +253,14 @@ pub fn from_timestamp((s, ns): Timestamp) -> SystemTime {
     }
 }
 
-/// The journal record that recreates `n` at `path`.
-fn record_for(n: &Node, path: &str) -> Record {
+/// The journal record that recreates `n` at `path`, with its times (the
+/// object's own time when none was recorded).
+fn record_for(n: &ViewEntry, path: &str) -> Record {
     let path = path.to_string();
-    let attrs = n.attrs;
+    let attrs = Attrs {
+        mtime: Some(n.attrs.mtime.unwrap_or_else(|| to_timestamp(n.mtime))),
+        ..n.attrs
+    };
     match (n.kind, &n.data, &n.target) {
         (Kind::Dir, _, _) => Record::Mkdir { path, attrs },
         (Kind::Symlink, _, t) => Record::Symlink {
@@ -248,6 +277,25 @@ fn record_for(n: &Node, path: &str) -> Record {
         },
         (Kind::File, None, _) => Record::File { path, attrs },
     }
+}
+
+/// Times for a change made now: mtime and ctime.
+fn touched_now() -> Attrs {
+    let now = Some(to_timestamp(SystemTime::now()));
+    Attrs {
+        mtime: now,
+        ctime: now,
+        ..Attrs::default()
+    }
+}
+
+/// The stored version a file's edit starts from.
+fn source(n: &Node) -> Option<Source> {
+    n.data.as_ref().map(|d| Source {
+        key: d.key.clone(),
+        etag: d.etag.clone(),
+        size: n.size,
+    })
 }
 
 fn view_of(n: &Node) -> ViewEntry {
@@ -296,6 +344,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             next_data: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            ns: Mutex::new(()),
         });
         let weak = Arc::downgrade(&fs);
         let ttl = fs.cfg.metadata_ttl.max(Duration::from_millis(100));
@@ -328,11 +377,13 @@ impl Fs {
             Kind::File => (self.cfg.file_mode, n.origin == Origin::Writing),
             Kind::Symlink => (0o777, false),
         };
+        let mtime = n.attrs.mtime.map(from_timestamp).unwrap_or(n.mtime);
         Attr {
             ino: n.ino,
             kind: n.kind,
             size: n.size,
-            mtime: n.attrs.mtime.map(from_timestamp).unwrap_or(n.mtime),
+            mtime,
+            ctime: n.attrs.ctime.map(from_timestamp).unwrap_or(mtime),
             perm: n.attrs.mode.map_or(default_perm, |m| (m & 0o7777) as u16),
             uid: n.attrs.uid.unwrap_or(self.cfg.uid),
             gid: n.attrs.gid.unwrap_or(self.cfg.gid),
@@ -552,16 +603,28 @@ impl Fs {
             uid: set.uid,
             gid: set.gid,
             mtime: set.mtime.map(to_timestamp),
+            ctime: None,
         };
         if attrs != Attrs::default() {
+            let attrs = Attrs {
+                ctime: touched_now().ctime,
+                ..attrs
+            };
             // Metadata returns at once; the batch goes up within a second.
-            self.journal.record(vec![Record::Attr {
-                path: node.path.clone(),
-                attrs,
-            }]);
-            if let Some(n) = lock(&self.table).get_mut(ino) {
+            let path = {
+                let _ns = lock(&self.ns);
+                let mut t = lock(&self.table);
+                let Some(n) = t.get_mut(ino) else {
+                    return Err(FsError::not_found());
+                };
                 n.attrs = n.attrs.merged(attrs);
+                n.path.clone()
+            };
+            if !self.being_written(ino) {
+                self.journal.record(vec![Record::Attr { path, attrs }]);
             }
+            // A file being written carries its attributes in the record its
+            // close makes, so a failed close leaves no trace of them either.
         }
         self.getattr(ino)
     }
@@ -575,9 +638,13 @@ impl Fs {
         }
         if let Some(h) = self.writer_of(node.ino, fh) {
             if let Handle::Write(w) = &*h {
-                lock(&w.w).truncate(size)?;
+                let result = lock(&w.w).truncate(size);
+                if let Err(e) = result {
+                    return Err(self.abandon_write(w, e));
+                }
                 if let Some(n) = lock(&self.table).get_mut(node.ino) {
                     n.size = size;
+                    n.attrs = n.attrs.merged(touched_now());
                 }
                 return Ok(());
             }
@@ -585,38 +652,41 @@ impl Fs {
         if node.size == size {
             return Ok(());
         }
+        let attrs = node.attrs.merged(touched_now());
         if size == 0 {
             // An empty file needs no object: the journal holds it. The old bytes
             // stay in the coffer.
             let record = Record::File {
                 path: node.path.clone(),
-                attrs: node.attrs,
+                attrs,
             };
-            return self.settle(node.ino, node.attrs, record, true, None, 0);
+            return self.settle(node.ino, attrs, record, None, 0);
         }
         // Any other size: a staged copy, stored under a fresh key.
         let key = self.data_key();
-        let mut w = WriteHandle::edit(
-            &self.uploader,
-            &self.staging,
-            &key,
-            node.data.as_ref().map(|d| d.key.as_str()),
-            node.size,
-        );
+        let mut w = WriteHandle::edit(&self.uploader, &self.staging, &key, source(node));
         w.truncate(size)?;
         match w.finish()? {
-            Finished::Stored { etag, size } => {
+            Finished::Stored { key, etag, size } => {
                 let record = Record::Bind {
                     path: node.path.clone(),
                     key: key.clone(),
                     size,
                     etag: etag.clone(),
-                    attrs: node.attrs,
+                    attrs,
                 };
                 let data = Data { key, etag };
-                self.settle(node.ino, node.attrs, record, true, Some(data), size)
+                self.settle(node.ino, attrs, record, Some(data), size)
             }
             Finished::Empty | Finished::Unchanged => Ok(()),
+        }
+    }
+
+    /// Whether an open, unfailed write handle holds `ino`.
+    fn being_written(&self, ino: u64) -> bool {
+        match self.writer_of(ino, None).as_deref() {
+            Some(Handle::Write(w)) => lock(&w.w).is_open(),
+            _ => false,
         }
     }
 
@@ -632,22 +702,23 @@ impl Fs {
             .cloned()
     }
 
-    /// Records what a file now is and updates its entry. With `wait`, returns
-    /// only once the record is stored: bytes reachable only through a record
-    /// (empty files, new versions) are not stored until their batch is.
+    /// Records what a file now is, waits until the record is stored (bytes
+    /// reachable only through a record — empty files, new versions — are not
+    /// stored until their batch is), and updates its entry. If the record
+    /// cannot be stored it is withdrawn and the entry is left as it was.
     fn settle(
         &self,
         ino: u64,
         attrs: Attrs,
         record: Record,
-        wait: bool,
         data: Option<Data>,
         size: u64,
     ) -> FsResult<()> {
-        let ticket = self.journal.record(vec![record]);
-        if wait {
-            self.journal.sync(ticket)?;
-        }
+        let ticket = {
+            let _ns = lock(&self.ns);
+            self.journal.record(vec![record])
+        };
+        self.journal.store_or_withdraw(ticket)?;
         if let Some(n) = lock(&self.table).get_mut(ino) {
             n.attrs = attrs;
             n.size = size;
@@ -760,12 +831,14 @@ impl Fs {
         Ok(self.lookup_opt(parent, OsStr::new(name))?.is_some())
     }
 
+    /// Creates and opens a file; `pid` is the calling thread (0: unknown).
     pub fn create(
         &self,
         parent: u64,
         name: &OsStr,
         mode: u32,
         flags: i32,
+        pid: u32,
     ) -> FsResult<(Attr, u64)> {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
@@ -780,15 +853,18 @@ impl Fs {
             if a.kind == Kind::Dir {
                 return Err(FsError::new(libc::EISDIR, format!("{path:?}: a directory")));
             }
-            let (fh, _) = self.open(a.ino, flags)?;
+            let (fh, _) = self.open(a.ino, flags, pid)?;
             return Ok((self.getattr(a.ino)?, fh));
         }
-        let key = if self.own_key_free(&path) {
-            path.clone()
+        // The file's own key when the coffer has nothing there; if it turns out
+        // taken (another client's object or open upload), a fresh key instead.
+        let (key, fallback) = if self.own_key_free(&path) {
+            (path.clone(), Some(self.data_key()))
         } else {
-            self.data_key()
+            (self.data_key(), None)
         };
         let now = Instant::now();
+        let _ns = lock(&self.ns);
         let mut t = lock(&self.table);
         if t.child(parent, name).is_some() {
             return Err(FsError::new(
@@ -798,7 +874,7 @@ impl Fs {
         }
         let attrs = Attrs {
             mode: Some(mode & 0o7777),
-            ..Attrs::default()
+            ..touched_now()
         };
         let entry = ViewEntry {
             kind: Kind::File,
@@ -816,19 +892,21 @@ impl Fs {
             .map(|n| self.attr(n))
             .ok_or_else(FsError::not_found)?;
         drop(t);
+        let w = WriteHandle::new(&self.uploader, &self.staging, &key, fallback);
         let fh = self.add_handle(Handle::Write(Box::new(Writer {
             ino,
-            w: Mutex::new(WriteHandle::new(&self.uploader, &self.staging, &key)),
+            w: Mutex::new(w),
             before: None,
             mode: (mode & 0o7777) as u16,
             empty_recorded: AtomicBool::new(false),
+            opener: process_of(pid),
         })));
         Ok((attr, fh))
     }
 
     /// Opens a file; the flag says whether the kernel may keep pages it cached
     /// from an earlier open (the same object version).
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
+    pub fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<(u64, bool)> {
         let n = self.node(ino)?;
         if n.kind == Kind::Dir {
             return Err(FsError::new(
@@ -865,16 +943,11 @@ impl Fs {
         self.writable("open for writing", &n.path)?;
         // New bytes for an existing path go to a fresh key; the old version stays.
         let key = self.data_key();
-        let w = if flags & libc::O_TRUNC != 0 {
-            WriteHandle::new(&self.uploader, &self.staging, &key)
+        let truncating = flags & libc::O_TRUNC != 0;
+        let w = if truncating {
+            WriteHandle::new(&self.uploader, &self.staging, &key, None)
         } else {
-            WriteHandle::edit(
-                &self.uploader,
-                &self.staging,
-                &key,
-                n.data.as_ref().map(|d| d.key.as_str()),
-                n.size,
-            )
+            WriteHandle::edit(&self.uploader, &self.staging, &key, source(&n))
         };
         let size = w.size();
         let mut t = lock(&self.table);
@@ -889,6 +962,9 @@ impl Fs {
         }
         node.origin = Origin::Writing;
         node.size = size;
+        if truncating {
+            node.attrs = node.attrs.merged(touched_now());
+        }
         drop(t);
         lock(&self.kernel_cached).remove(&ino);
         Ok((
@@ -898,6 +974,7 @@ impl Fs {
                 before: Some(view_of(&n)),
                 mode: self.attr(&n).perm,
                 empty_recorded: AtomicBool::new(false),
+                opener: process_of(pid),
             }))),
             false,
         ))
@@ -1045,29 +1122,55 @@ impl Fs {
                 (false, false) => {}
             }
         }
-        let mut records = vec![record_for(&src, &to)];
         if src.kind == Kind::Dir {
             self.list_subtree(&src)?;
-            let t = lock(&self.table);
-            for n in t.subtree(src.ino) {
-                if n.origin == Origin::Writing {
-                    return Err(FsError::new(
-                        libc::EBUSY,
-                        format!("rename {:?}: {:?} is still being written", src.path, n.path),
-                    ));
-                }
-                let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
-                records.push(record_for(n, &format!("{to}{rel}")));
+        }
+        // From here to the table's change, nothing else reshapes the namespace:
+        // a file created or closed inside the directory meanwhile is recorded
+        // either before (and moved with it) or after (at its new path).
+        let _ns = lock(&self.ns);
+        let writers = self.overwritten_versions();
+        let mut t = lock(&self.table);
+        let src = t.get(src.ino).cloned().ok_or_else(FsError::not_found)?;
+        let mut moved = view_of(&src);
+        moved.attrs = moved.attrs.merged(Attrs {
+            ctime: touched_now().ctime,
+            ..Attrs::default()
+        });
+        let mut records = vec![record_for(&moved, &to)];
+        for n in t.subtree(src.ino) {
+            let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
+            let at = format!("{to}{rel}");
+            match (n.origin, writers.get(&n.ino)) {
+                (Origin::Stored, _) => records.push(record_for(&view_of(n), &at)),
+                // Being overwritten: the version it had stands at the new path
+                // until its close records the new one there.
+                (Origin::Writing, Some(Some(before))) => records.push(record_for(before, &at)),
+                // New and being written: its close records it where it is then.
+                (Origin::Writing, _) => {}
             }
         }
         records.push(Record::Hide {
             path: src.path.clone(),
         });
         self.journal.record(records);
-        let mut t = lock(&self.table);
         t.rename(src.ino, newparent, newname_s);
         t.mark_stored(src.ino, Instant::now());
+        if let Some(n) = t.get_mut(src.ino) {
+            n.attrs = moved.attrs;
+        }
         Ok(())
+    }
+
+    /// Files being written, with the version each showed before (`None`: new).
+    fn overwritten_versions(&self) -> HashMap<u64, Option<ViewEntry>> {
+        lock(&self.handles)
+            .values()
+            .filter_map(|h| match &**h {
+                Handle::Write(w) => Some((w.ino, w.before.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Hard links and device nodes have no place in a coffer.
@@ -1096,93 +1199,138 @@ impl Fs {
             Ok(()) => {
                 if let Some(n) = lock(&self.table).get_mut(w.ino) {
                     n.size = size;
-                    n.mtime = SystemTime::now();
+                    n.attrs = n.attrs.merged(touched_now());
                 }
                 Ok(data.len() as u32)
             }
-            Err(e) => {
-                if e.errno == libc::EIO {
-                    self.restore(w);
+            Err(e) => Err(self.abandon_write(w, e)),
+        }
+    }
+
+    /// After a write, truncate or close failed (the handle is poisoned): the
+    /// path shows what it showed before, also in the journal when an earlier
+    /// close of this handle recorded it empty. Returns `e`.
+    fn abandon_write(&self, w: &Writer, e: FsError) -> FsError {
+        let path = {
+            let _ns = lock(&self.ns);
+            let mut t = lock(&self.table);
+            let Some(n) = t.get_mut(w.ino) else {
+                return e;
+            };
+            if n.origin != Origin::Writing {
+                return e;
+            }
+            let path = n.path.clone();
+            match &w.before {
+                None => t.remove(w.ino),
+                Some(v) => {
+                    n.origin = Origin::Stored;
+                    n.size = v.size;
+                    n.data = v.data.clone();
+                    n.attrs = v.attrs;
+                    n.mtime = v.mtime;
                 }
-                Err(e)
             }
-        }
-    }
-
-    /// After a failed write: the path shows what it showed before (a new file
-    /// disappears; an overwritten one keeps its old bytes).
-    fn restore(&self, w: &Writer) {
-        let mut t = lock(&self.table);
-        let Some(n) = t.get_mut(w.ino) else {
-            return;
+            path
         };
-        if n.origin != Origin::Writing {
-            return;
+        if w.empty_recorded.load(Ordering::SeqCst) {
+            // A close of a dup'd descriptor stored this file empty; undo that.
+            let undo = match &w.before {
+                None => Record::Hide { path },
+                Some(v) => record_for(v, &path),
+            };
+            self.journal.record(vec![undo]);
         }
-        match &w.before {
-            None => t.remove(w.ino),
-            Some(v) => {
-                n.origin = Origin::Stored;
-                n.size = v.size;
-                n.data = v.data.clone();
-            }
-        }
+        e
     }
 
-    /// close(2) and fsync(2): every byte written so far is stored, or an error.
-    pub fn flush(&self, fh: u64) -> FsResult<()> {
+    /// close(2) by thread `pid` (0: unknown): every byte written so far is
+    /// stored, or an error. A close by another process than the opener (a
+    /// child done with an inherited descriptor) stores nothing yet: the
+    /// opener's close, or the release, does.
+    pub fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
         let h = self.handle(fh)?;
-        match &*h {
-            Handle::Write(w) => self.finish_write(w, false),
-            _ => Ok(()),
+        let Handle::Write(w) = &*h else {
+            return Ok(());
+        };
+        if w.opener != 0 && pid != 0 {
+            let closer = process_of(pid);
+            if closer != 0 && closer != w.opener {
+                return Ok(());
+            }
         }
+        self.finish_write(w, false)
     }
 
     /// fsync(2): the file's bytes and every metadata change so far are stored.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh)?;
+        let h = self.handle(fh)?;
+        if let Handle::Write(w) = &*h {
+            self.finish_write(w, false)?;
+        }
         self.journal.sync_all()
     }
 
-    /// fsyncdir(2), and syncfs through it: all metadata so far is stored.
+    /// fsyncdir(2): all metadata so far is stored. (The kernel sends no
+    /// syncfs to FUSE daemons, so `sync` alone does not reach here.)
     pub fn sync_metadata(&self) -> FsResult<()> {
         self.journal.sync_all()
     }
 
     /// Stores what `w` wrote. `last`: the handle is being released, so an empty
-    /// file stops being "being written".
+    /// file stops being "being written". Any failure leaves the path as it was.
     fn finish_write(&self, w: &Writer, last: bool) -> FsResult<()> {
         let mut g = lock(&w.w);
         let was_open = g.is_open();
         let result = g.finish();
-        let key = g.key().to_string();
         drop(g);
-        let Some(node) = lock(&self.table).get(w.ino).cloned() else {
-            return Err(FsError::new(
-                libc::EIO,
-                format!("{key:?}: its entry vanished"),
-            ));
-        };
         let result = match result {
             Ok(r) => r,
-            Err(e) => {
-                self.restore(w);
-                return Err(e);
-            }
+            Err(e) => return Err(self.abandon_write(w, e)),
         };
         if !was_open {
             return Ok(());
         }
+        match self.settle_write(w, result, last) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Nothing of this version stands; a later close must not store it.
+                lock(&w.w).abandon();
+                Err(self.abandon_write(w, e))
+            }
+        }
+    }
+
+    /// Records what a finished write stored and marks the file stored.
+    fn settle_write(&self, w: &Writer, result: Finished, last: bool) -> FsResult<()> {
+        let Some(node) = lock(&self.table).get(w.ino).cloned() else {
+            return Err(FsError::new(libc::EIO, "the file's entry vanished"));
+        };
         // The mode given at create stands unless one was set since.
         let attrs = Attrs {
             mode: node.attrs.mode.or(Some(u32::from(w.mode))),
             ..node.attrs
         };
-        let path = node.path;
-        let stored = match result {
+        let record = match result {
             Finished::Unchanged => {
                 // Opened for writing, closed without a change: the old bytes stand.
-                self.restore(w);
+                let v = w.before.as_ref().map(|v| v.attrs);
+                if v.is_some_and(|v| v != node.attrs) {
+                    self.journal.record(vec![Record::Attr {
+                        path: node.path.clone(),
+                        attrs: node.attrs,
+                    }]);
+                }
+                let mut t = lock(&self.table);
+                if let Some(n) = t.get_mut(w.ino) {
+                    if n.origin == Origin::Writing {
+                        n.origin = Origin::Stored;
+                        if let Some(v) = &w.before {
+                            n.size = v.size;
+                            n.data = v.data.clone();
+                        }
+                    }
+                }
                 return Ok(());
             }
             Finished::Empty => {
@@ -1193,40 +1341,68 @@ impl Fs {
                     }
                     return Ok(());
                 }
-                let record = Record::File {
-                    path: path.clone(),
-                    attrs,
+                let ticket = {
+                    let _ns = lock(&self.ns);
+                    let path = self.path_of(w.ino)?;
+                    self.journal.record(vec![Record::File { path, attrs }])
                 };
-                self.settle(w.ino, attrs, record, true, None, 0)?;
-                false
+                if let Err(e) = self.journal.store_or_withdraw(ticket) {
+                    w.empty_recorded.store(false, Ordering::SeqCst);
+                    return Err(e);
+                }
+                if let Some(n) = lock(&self.table).get_mut(w.ino) {
+                    n.attrs = attrs;
+                }
+                if last {
+                    lock(&self.table).mark_stored(w.ino, Instant::now());
+                }
+                return Ok(());
             }
-            Finished::Stored { etag, size } => {
-                log::debug!("stored {path:?}: {size} bytes, ETag {etag}");
-                let own = key == path && w.before.is_none() && self.own_key_free(&path);
-                let record = if own {
-                    // The object at its own path is the file; its mode is metadata.
-                    Record::Attr {
-                        path: path.clone(),
-                        attrs,
-                    }
-                } else {
-                    Record::Bind {
-                        path: path.clone(),
-                        key: key.clone(),
-                        size,
-                        etag: etag.clone(),
-                        attrs,
-                    }
-                };
-                let data = Data { key, etag };
-                self.settle(w.ino, attrs, record, !own, Some(data), size)?;
-                true
+            Finished::Stored { key, etag, size } => {
+                log::debug!("stored {:?}: {size} bytes, ETag {etag}", node.path);
+                (key, etag, size)
             }
         };
-        if stored || last {
-            lock(&self.table).mark_stored(w.ino, Instant::now());
+        let (key, etag, size) = record;
+        // Under the namespace lock: the path is the file's path now, and a
+        // rename cannot slip between reading it and recording it.
+        let (ticket, wait) = {
+            let _ns = lock(&self.ns);
+            let path = self.path_of(w.ino)?;
+            let own = key == path && w.before.is_none() && self.own_key_free(&path);
+            let record = if own {
+                // The object at its own path is the file; its mode is metadata.
+                Record::Attr { path, attrs }
+            } else {
+                Record::Bind {
+                    path,
+                    key: key.clone(),
+                    size,
+                    etag: etag.clone(),
+                    attrs,
+                }
+            };
+            (self.journal.record(vec![record]), !own)
+        };
+        if wait {
+            self.journal.store_or_withdraw(ticket)?;
         }
+        let mut t = lock(&self.table);
+        if let Some(n) = t.get_mut(w.ino) {
+            n.attrs = attrs;
+            n.size = size;
+            n.data = Some(Data { key, etag });
+        }
+        t.mark_stored(w.ino, Instant::now());
         Ok(())
+    }
+
+    /// The current path of `ino`.
+    fn path_of(&self, ino: u64) -> FsResult<String> {
+        lock(&self.table)
+            .get(ino)
+            .map(|n| n.path.clone())
+            .ok_or_else(|| FsError::new(libc::EIO, "the file's entry vanished"))
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {

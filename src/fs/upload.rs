@@ -32,41 +32,97 @@ impl Default for UploadConfig {
     }
 }
 
-/// A byte budget: takers wait while it is spent.
+/// A byte budget for part buffers. A taker never waits for bytes that only an
+/// idle writer (and so only another FUSE request) could give back: it waits
+/// only while parts are in flight, which free themselves; otherwise it is told
+/// to spill to disk, or, when it cannot, it overdraws by one part at a time.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,
-    used: Mutex<u64>,
+    state: Mutex<BudgetState>,
     freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    /// Bytes held by all reservations (buffers filling and parts in flight).
+    used: u64,
+    /// Of those, bytes of parts handed to the workers.
+    in_flight: u64,
+    /// Whether the one overdraft (a reservation beyond the limit) is taken.
+    overdraft: bool,
+}
+
+/// How a reservation was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Within,
+    Overdraft,
 }
 
 impl MemoryBudget {
     pub fn new(limit: u64) -> Arc<MemoryBudget> {
         Arc::new(MemoryBudget {
             limit: limit.max(1),
-            used: Mutex::new(0),
+            state: Mutex::new(BudgetState::default()),
             freed: Condvar::new(),
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Bytes currently held.
     pub fn used(&self) -> u64 {
-        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock().used
     }
 
-    /// Blocks until `n` bytes fit (a request larger than the whole budget waits
-    /// until nothing else is held, so it still makes progress).
-    fn take(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used > 0 && *used + n > self.limit {
-            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+    /// The budget's limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Takes `n` bytes. Waits only while parts are in flight. Then, when nothing
+    /// is in flight and the budget is still spent (by buffers of writers that
+    /// may never write again), returns `None` if the caller may spill to disk,
+    /// else takes the single overdraft (waiting for its holder, an upload that
+    /// progresses on its own, to give it back). A request larger than the
+    /// whole budget is granted when nothing else is held.
+    fn take(&self, n: u64, may_spill: bool) -> Option<Grant> {
+        let mut s = self.lock();
+        loop {
+            if s.used == 0 || s.used + n <= self.limit {
+                s.used += n;
+                return Some(Grant::Within);
+            }
+            if s.in_flight == 0 {
+                if may_spill {
+                    return None;
+                }
+                if !s.overdraft {
+                    s.overdraft = true;
+                    s.used += n;
+                    return Some(Grant::Overdraft);
+                }
+            }
+            s = self.freed.wait(s).unwrap_or_else(|p| p.into_inner());
         }
-        *used += n;
     }
 
-    fn give_back(&self, n: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(n);
+    fn launch(&self, n: u64) {
+        self.lock().in_flight += n;
+    }
+
+    fn give_back(&self, n: u64, launched: bool, overdraft: bool) {
+        let mut s = self.lock();
+        s.used = s.used.saturating_sub(n);
+        if launched {
+            s.in_flight = s.in_flight.saturating_sub(n);
+        }
+        if overdraft {
+            s.overdraft = false;
+        }
         self.freed.notify_all();
     }
 }
@@ -76,18 +132,49 @@ impl MemoryBudget {
 struct Reservation {
     budget: Arc<MemoryBudget>,
     bytes: u64,
+    /// Handed to a worker: counts as in flight.
+    launched: bool,
+    /// This reservation holds the overdraft; it grows without asking.
+    overdraft: bool,
 }
 
 impl Reservation {
-    fn grow(&mut self, n: u64) {
-        self.budget.take(n);
+    fn new(budget: &Arc<MemoryBudget>) -> Reservation {
+        Reservation {
+            budget: Arc::clone(budget),
+            bytes: 0,
+            launched: false,
+            overdraft: false,
+        }
+    }
+
+    /// Grows by `n` bytes; `false` when the caller should spill instead.
+    fn grow(&mut self, n: u64, may_spill: bool) -> bool {
+        if self.overdraft {
+            self.budget.lock().used += n;
+        } else {
+            match self.budget.take(n, may_spill) {
+                Some(g) => self.overdraft = g == Grant::Overdraft,
+                None => return false,
+            }
+        }
         self.bytes += n;
+        true
+    }
+
+    /// The part leaves for a worker: its bytes will come back on their own.
+    fn launch(&mut self) {
+        if !self.launched {
+            self.launched = true;
+            self.budget.launch(self.bytes);
+        }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget.give_back(self.bytes);
+        self.budget
+            .give_back(self.bytes, self.launched, self.overdraft);
     }
 }
 
@@ -157,6 +244,7 @@ impl Uploader {
             fixed_part_size: size.map(|s| part_size_for(self.cfg.part_size, Some(s))),
             fixed_size: size,
             upload_id: None,
+            fallback: None,
             buf: Vec::new(),
             reservation: None,
             next_part: 1,
@@ -190,6 +278,20 @@ impl Drop for Uploader {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Whether the service says the key already has an object or an open upload.
+fn key_taken(e: &StoreError) -> bool {
+    use crate::protocol::ErrorCode as C;
+    matches!(
+        e.code(),
+        Some(
+            C::ObjectAlreadyExists
+                | C::ObjectAlreadyExistsOwnedByYou
+                | C::ObjectAlreadyUploading
+                | C::AlreadyLock
+        )
+    )
 }
 
 /// Results of one upload's parts, shared with the workers.
@@ -231,6 +333,8 @@ pub struct ObjectUpload {
     fixed_part_size: Option<u64>,
     fixed_size: Option<u64>,
     upload_id: Option<String>,
+    /// Where the bytes go instead if `key` is taken when the upload starts.
+    fallback: Option<String>,
     buf: Vec<u8>,
     reservation: Option<Reservation>,
     next_part: u32,
@@ -242,6 +346,13 @@ pub struct ObjectUpload {
 impl ObjectUpload {
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Writes to `key` instead if the first key is taken when the upload starts
+    /// (an orphan upload of a crashed client, or another client's object).
+    pub fn with_fallback(mut self, key: String) -> ObjectUpload {
+        self.fallback = Some(key);
+        self
     }
 
     /// Bytes accepted so far.
@@ -264,9 +375,12 @@ impl ObjectUpload {
             .unwrap_or_else(|| streaming_part_size(self.uploader.cfg.part_size, n))
     }
 
-    /// Appends bytes. Full parts go to the workers; this waits only when the
-    /// memory budget is spent. Fails as soon as any earlier part has failed.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+    /// Appends bytes. Full parts go to the workers. Waits only while parts are
+    /// in flight. Returns `false`, taking nothing, when the memory budget is
+    /// spent by idle buffers and this upload has sent nothing yet: the caller
+    /// takes the unsent bytes (`take_unsent`) and goes on from disk instead.
+    /// Fails as soon as any earlier part has failed.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<bool, StoreError> {
         if let Some(e) = self.state.first_error() {
             return Err(e);
         }
@@ -277,6 +391,7 @@ impl ObjectUpload {
                 rules::MAX_OBJECT_SIZE
             )));
         }
+        let mut taken = false;
         while !data.is_empty() {
             let part_size = self.part_size(self.next_part) as usize;
             // A full buffer goes out only once more bytes arrive, so a file of
@@ -285,43 +400,74 @@ impl ObjectUpload {
                 self.send_part()?;
                 continue;
             }
-            if self.reservation.is_none() {
-                // The whole part is reserved up front: a writer waiting for budget
-                // then holds none, so writers can never wait on each other.
-                let want = match self.fixed_size {
-                    Some(total) => {
-                        (total.saturating_sub(self.written) as usize).clamp(1, part_size)
-                    }
-                    None => part_size,
-                };
-                let mut r = Reservation {
-                    budget: Arc::clone(&self.uploader.budget),
-                    bytes: 0,
-                };
-                r.grow(want as u64);
-                self.reservation = Some(r);
-                self.buf = Vec::with_capacity(want);
-            }
             let n = data.len().min(part_size - self.buf.len());
-            if let Some(r) = self.reservation.as_mut() {
-                // Only when more arrives than a known size promised.
-                let beyond = (self.buf.len() + n) as u64;
-                if beyond > r.bytes {
-                    r.grow(beyond - r.bytes);
-                }
+            let may_spill = !taken && self.upload_id.is_none() && self.fixed_size.is_none();
+            if !self.reserve(self.buf.len() + n, part_size, may_spill) {
+                return Ok(false);
             }
             self.buf.extend_from_slice(&data[..n]);
             self.written += n as u64;
             data = &data[n..];
+            taken = true;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Makes the part buffer's reservation (and capacity) cover `want` bytes.
+    /// Capacity grows by doubling up to `part_size`, so a small file holds
+    /// little of the budget; a known size reserves what is left of it at once.
+    fn reserve(&mut self, want: usize, part_size: usize, may_spill: bool) -> bool {
+        const FIRST: usize = 64 << 10;
+        let have = self.reservation.as_ref().map_or(0, |r| r.bytes) as usize;
+        if want <= have {
+            return true;
+        }
+        let target = match self.fixed_size {
+            Some(total) => {
+                let part_start = self.written - self.buf.len() as u64;
+                (total.saturating_sub(part_start) as usize).clamp(1, part_size)
+            }
+            None => (have * 2).max(FIRST).min(part_size),
+        }
+        .max(want);
+        let budget = &self.uploader.budget;
+        let r = self
+            .reservation
+            .get_or_insert_with(|| Reservation::new(budget));
+        if !r.grow((target - have) as u64, may_spill) {
+            return false;
+        }
+        self.buf
+            .reserve_exact(target.saturating_sub(self.buf.len()));
+        true
+    }
+
+    /// Runs `op` on the key; if the key turns out to be taken (by another
+    /// client's object or open upload), moves once to the fallback key.
+    fn on_free_key<T>(
+        &mut self,
+        op: impl Fn(&dyn ObjectStore, &str) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let store = Arc::clone(&self.uploader.store);
+        match op(store.as_ref(), &self.key) {
+            Err(e) if key_taken(&e) && self.fallback.is_some() => {
+                let to = self.fallback.take().unwrap_or_default();
+                log::info!(
+                    "{:?} is taken in the coffer ({e}); writing to {to:?} instead",
+                    self.key
+                );
+                self.key = to;
+                op(store.as_ref(), &self.key)
+            }
+            r => r,
+        }
     }
 
     fn ensure_initiated(&mut self) -> Result<String, StoreError> {
         if let Some(id) = &self.upload_id {
             return Ok(id.clone());
         }
-        let id = self.uploader.store.initiate(&self.key)?;
+        let id = self.on_free_key(|s, k| s.initiate(k))?;
         log::debug!("{:?}: multipart upload {id} initiated", self.key);
         self.upload_id = Some(id.clone());
         Ok(id)
@@ -331,7 +477,10 @@ impl ObjectUpload {
     fn send_part(&mut self) -> Result<(), StoreError> {
         let upload_id = self.ensure_initiated()?;
         let data = Bytes::from(std::mem::take(&mut self.buf));
-        let reservation = self.reservation.take();
+        let mut reservation = self.reservation.take();
+        if let Some(r) = reservation.as_mut() {
+            r.launch();
+        }
         let part_number = self.next_part;
         if part_number > rules::MAX_PARTS {
             return Err(StoreError::Invalid(format!(
@@ -377,13 +526,21 @@ impl ObjectUpload {
     /// Waits for every part and completes the object (or puts it in one request
     /// when it never filled a part). Returns the object's ETag. On failure the
     /// upload is aborted and the error returned.
-    pub fn finish(mut self) -> Result<String, StoreError> {
+    pub fn finish(self) -> Result<String, StoreError> {
+        self.finish_at().map(|(_, etag)| etag)
+    }
+
+    /// As `finish`, with the key the object landed at (the fallback key when
+    /// the first was taken).
+    pub fn finish_at(mut self) -> Result<(String, String), StoreError> {
         self.finished = true;
-        let result = self.finish_inner();
-        if result.is_err() {
-            self.abort_upload();
+        match self.finish_inner() {
+            Ok(etag) => Ok((self.key.clone(), etag)),
+            Err(e) => {
+                self.abort_upload();
+                Err(e)
+            }
         }
-        result
     }
 
     fn finish_inner(&mut self) -> Result<String, StoreError> {
@@ -399,7 +556,11 @@ impl ObjectUpload {
                 )));
             }
             let data = Bytes::from(std::mem::take(&mut self.buf));
-            let result = store.put(&self.key, data);
+            // A put progresses on its own: writers short of budget may wait for it.
+            if let Some(r) = self.reservation.as_mut() {
+                r.launch();
+            }
+            let result = self.on_free_key(|s, k| s.put(k, data.clone()));
             self.reservation = None;
             return result;
         }

@@ -1,12 +1,15 @@
 //! WriteHandle: one file being written through the mount. Sequential writes stream
 //! into an `ObjectUpload`; anything else (seek back, append to or edit of an
-//! existing file) goes through a local staging file uploaded on close.
+//! existing file, a writer beyond the memory budget) goes through a local
+//! staging file uploaded on close. A handle that failed once stays failed.
 //! Knows nothing of inodes, the journal or FUSE.
 
 use super::error::{FsError, FsResult};
 use super::upload::{ObjectUpload, Uploader};
 use crate::protocol::rules;
+use crate::protocol::{etag_is_md5, hex, unquote_etag};
 use crate::store::{ObjectStore, Range};
+use md5::{Digest, Md5};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -17,17 +20,22 @@ use std::sync::Arc;
 enum State {
     /// Taking bytes.
     Open,
-    /// The object is stored; `etag` is its ETag.
-    Completed { etag: String },
-    /// The object did not land and never will from this handle.
-    Failed,
+    /// The object is stored at `key`; `etag` is its ETag.
+    Completed { key: String, etag: String },
+    /// Poisoned: a write, truncate, copy-in or upload failed. Every later call
+    /// fails with this first error, and nothing from this handle is stored.
+    Failed(FsError),
 }
 
 /// What finishing a handle did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
-    /// The bytes are stored (now or earlier) under the handle's key.
-    Stored { etag: String, size: u64 },
+    /// The bytes are stored (now or earlier) at `key`.
+    Stored {
+        key: String,
+        etag: String,
+        size: u64,
+    },
     /// Nothing was written: there is no object (the journal records an empty file).
     Empty,
     /// An edit that changed nothing: the old bytes stand.
@@ -73,12 +81,17 @@ impl Staging {
     }
 }
 
+/// The stored version an edit starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
 enum Mode {
     /// An edit not yet begun: the old bytes are copied at the first change.
-    Lazy {
-        from: Option<String>,
-        size: u64,
-    },
+    Lazy(Option<Source>),
     Stream(Option<ObjectUpload>),
     Staged {
         file: File,
@@ -91,6 +104,8 @@ pub struct WriteHandle {
     staging: Arc<Staging>,
     /// Where the bytes go.
     key: String,
+    /// Where they go instead if `key` is taken in the coffer.
+    fallback: Option<String>,
     mode: Mode,
     state: State,
     /// Size of the file as written so far.
@@ -105,72 +120,113 @@ fn io(what: &str, e: std::io::Error) -> FsError {
 }
 
 impl WriteHandle {
-    /// A new, empty file whose bytes go to `key`.
-    pub fn new(uploader: &Arc<Uploader>, staging: &Arc<Staging>, key: &str) -> WriteHandle {
-        WriteHandle {
+    /// A new, empty file whose bytes go to `key` (or to `fallback`, if given,
+    /// when `key` turns out to be taken in the coffer).
+    pub fn new(
+        uploader: &Arc<Uploader>,
+        staging: &Arc<Staging>,
+        key: &str,
+        fallback: Option<String>,
+    ) -> WriteHandle {
+        let mut w = WriteHandle {
             uploader: Arc::clone(uploader),
             staging: Arc::clone(staging),
             key: key.to_string(),
-            mode: Mode::Stream(Some(uploader.begin(key, None))),
+            fallback,
+            mode: Mode::Stream(None),
             state: State::Open,
             size: 0,
-        }
+        };
+        w.mode = Mode::Stream(Some(w.begin_upload(None)));
+        w
     }
 
-    /// An edit of existing bytes (object `from`, `size` bytes): at the first
-    /// change they are copied to a staging file; the result goes to `key` on
-    /// close. Opened and closed without a change (touch), nothing is uploaded.
+    /// An edit of existing bytes (`from`; `None` for an empty file): at the
+    /// first change they are copied to a staging file; the result goes to `key`
+    /// on close. Opened and closed without a change (touch), nothing is uploaded.
     pub fn edit(
         uploader: &Arc<Uploader>,
         staging: &Arc<Staging>,
         key: &str,
-        from: Option<&str>,
-        size: u64,
+        from: Option<Source>,
     ) -> WriteHandle {
         WriteHandle {
             uploader: Arc::clone(uploader),
             staging: Arc::clone(staging),
             key: key.to_string(),
-            mode: Mode::Lazy {
-                from: from.map(str::to_string),
-                size,
-            },
+            fallback: None,
+            size: from.as_ref().map_or(0, |s| s.size),
+            mode: Mode::Lazy(from),
             state: State::Open,
-            size,
+        }
+    }
+
+    fn begin_upload(&self, size: Option<u64>) -> ObjectUpload {
+        let up = self.uploader.begin(&self.key, size);
+        match &self.fallback {
+            Some(k) => up.with_fallback(k.clone()),
+            None => up,
         }
     }
 
     /// Copies the old bytes of a lazy edit into a staging file.
     fn begin_edit(&mut self) -> FsResult<()> {
-        let Mode::Lazy { from, size } = &self.mode else {
+        let Mode::Lazy(from) = &self.mode else {
             return Ok(());
         };
-        let (from, size) = (from.clone(), *size);
+        let from = from.clone();
         self.size = 0;
         self.start_staging(&[])?;
         if let Some(src) = from {
             let store = Arc::clone(self.uploader.store());
-            self.copy_in(store.as_ref(), &src, size)?;
+            self.copy_in(store.as_ref(), &src)?;
         }
         Ok(())
     }
 
-    fn copy_in(&mut self, store: &dyn ObjectStore, src: &str, size: u64) -> FsResult<()> {
+    /// Copies `src` whole into the staging file, checking that every byte
+    /// arrived: the length, and the MD5 where the ETag gives it.
+    fn copy_in(&mut self, store: &dyn ObjectStore, src: &Source) -> FsResult<()> {
         const CHUNK: u64 = 8 << 20;
+        let key = &src.key;
+        let mut digest = Md5::new();
         let mut at = 0;
-        while at < size {
-            let end = (at + CHUNK).min(size) - 1;
+        while at < src.size {
+            let end = (at + CHUNK).min(src.size) - 1;
             let got = store
-                .get(src, Some(Range::Bounded(at, end)))
-                .map_err(|e| FsError::io(&format!("reading {src:?} to edit it"), &e))?;
-            if got.start != at || got.data.len() as u64 != end + 1 - at {
+                .get(key, Some(Range::Bounded(at, end)))
+                .map_err(|e| FsError::io(&format!("reading {key:?} to edit it"), &e))?;
+            if got.start != at
+                || got.data.len() as u64 != end + 1 - at
+                || got.object_size != src.size
+            {
                 return Err(FsError::new(
                     libc::EIO,
-                    format!("{src:?}: short read at {at}"),
+                    format!(
+                        "{key:?}: copy for an edit got {} bytes at {} of an object of {} \
+                         (wanted {} at {at} of {})",
+                        got.data.len(),
+                        got.start,
+                        got.object_size,
+                        end + 1 - at,
+                        src.size
+                    ),
                 ));
             }
+            digest.update(&got.data);
             self.write_at(at, &got.data)?;
             at = end + 1;
+        }
+        // A multipart ETag (`…-N`) is not the object's MD5; the length must do.
+        if etag_is_md5(&src.etag) {
+            let want = unquote_etag(&src.etag);
+            let have = hex(&digest.finalize());
+            if !have.eq_ignore_ascii_case(want) {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("{key:?}: copy for an edit has MD5 {have}, its ETag says {want}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -188,6 +244,14 @@ impl WriteHandle {
         self.state == State::Open
     }
 
+    /// The error that poisoned this handle, if one did.
+    pub fn failure(&self) -> Option<&FsError> {
+        match &self.state {
+            State::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
     fn check_open(&self) -> FsResult<()> {
         match &self.state {
             State::Open => Ok(()),
@@ -199,31 +263,28 @@ impl WriteHandle {
                     self.key
                 ),
             )),
-            State::Failed => Err(FsError::new(
-                libc::EIO,
-                format!(
-                    "write {:?}: an earlier failure aborted this upload",
-                    self.key
-                ),
-            )),
+            State::Failed(e) => Err(e.clone()),
         }
     }
 
     /// Moves to a staging file, keeping `bytes` as its start.
     fn start_staging(&mut self, bytes: &[u8]) -> FsResult<()> {
         self.staging.take(bytes.len() as u64)?;
-        let file = tempfile::tempfile_in(&self.staging.dir).map_err(|e| {
-            io(
-                &format!("staging file in {}", self.staging.dir.display()),
-                e,
-            )
-        })?;
-        file.write_all_at(bytes, 0)
-            .map_err(|e| io("writing the staging file", e))?;
+        // Accounted from here on, so that a failure below gives it back.
         self.mode = Mode::Staged {
-            file,
+            file: tempfile::tempfile_in(&self.staging.dir).map_err(|e| {
+                self.staging.give_back(bytes.len() as u64);
+                io(
+                    &format!("staging file in {}", self.staging.dir.display()),
+                    e,
+                )
+            })?,
             held: bytes.len() as u64,
         };
+        if let Mode::Staged { file, .. } = &self.mode {
+            file.write_all_at(bytes, 0)
+                .map_err(|e| io("writing the staging file", e))?;
+        }
         Ok(())
     }
 
@@ -242,36 +303,53 @@ impl WriteHandle {
         Ok(())
     }
 
+    /// Records the first failure: the handle is poisoned and gives up its
+    /// upload and staging file. Returns the error for the caller.
+    fn poison(&mut self, e: FsError) -> FsError {
+        if let State::Failed(first) = &self.state {
+            return first.clone();
+        }
+        self.abandon();
+        self.state = State::Failed(e.clone());
+        e
+    }
+
     /// Takes `data` at `offset`. Sequential writes stream; the first other write
     /// moves the file to staging when no part has left yet, and fails otherwise.
+    /// Any failure poisons the handle.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
         self.check_open()?;
         let end = offset + data.len() as u64;
         if end > rules::MAX_OBJECT_SIZE {
-            return Err(FsError::new(
+            return Err(self.poison(FsError::new(
                 libc::EFBIG,
                 format!(
                     "write {:?}: objects cannot exceed {} bytes",
                     self.key,
                     rules::MAX_OBJECT_SIZE
                 ),
-            ));
+            )));
         }
+        self.write_inner(offset, data).map_err(|e| self.poison(e))
+    }
+
+    fn write_inner(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
         self.begin_edit()?;
         if let Mode::Stream(upload) = &mut self.mode {
+            let Some(u) = upload.as_mut() else {
+                return Err(FsError::new(libc::EIO, "write: no upload"));
+            };
             if offset == self.size {
-                let Some(u) = upload.as_mut() else {
-                    return Err(FsError::new(libc::EIO, "write: no upload"));
-                };
-                if let Err(e) = u.write(data) {
-                    self.fail();
-                    return Err(FsError::io(&format!("UploadPart {:?}", self.key), &e));
+                let taken = u
+                    .write(data)
+                    .map_err(|e| FsError::io(&format!("UploadPart {:?}", self.key), &e))?;
+                if taken {
+                    self.size = end_of(offset, data);
+                    return Ok(());
                 }
-                self.size = end;
-                return Ok(());
+                // The memory budget is held by other writers' buffers: go on from disk.
             }
-            let unsent = upload.as_mut().and_then(|u| u.take_unsent());
-            let Some(bytes) = unsent else {
+            let Some(bytes) = u.take_unsent() else {
                 return Err(FsError::new(
                     libc::EINVAL,
                     format!(
@@ -288,11 +366,16 @@ impl WriteHandle {
     }
 
     /// Sets the size (ftruncate): the same size is a no-op; anything else stages.
+    /// A failure poisons the handle.
     pub fn truncate(&mut self, size: u64) -> FsResult<()> {
         self.check_open()?;
         if size == self.size {
             return Ok(());
         }
+        self.truncate_inner(size).map_err(|e| self.poison(e))
+    }
+
+    fn truncate_inner(&mut self, size: u64) -> FsResult<()> {
         self.begin_edit()?;
         if let Mode::Stream(upload) = &mut self.mode {
             let unsent = upload.as_mut().and_then(|u| u.take_unsent());
@@ -322,52 +405,52 @@ impl WriteHandle {
     }
 
     /// Waits for every part and completes the object (close, fsync). Any
-    /// failure aborts the upload and is `EIO`.
+    /// failure poisons the handle (the upload is aborted).
     pub fn finish(&mut self) -> FsResult<Finished> {
         match &self.state {
-            State::Completed { etag } => {
+            State::Completed { key, etag } => {
                 return Ok(Finished::Stored {
+                    key: key.clone(),
                     etag: etag.clone(),
                     size: self.size,
                 })
             }
-            State::Failed => {
-                return Err(FsError::new(
-                    libc::EIO,
-                    format!("{:?}: an earlier failure aborted this upload", self.key),
-                ))
-            }
+            State::Failed(e) => return Err(e.clone()),
             State::Open => {}
         }
-        if matches!(self.mode, Mode::Lazy { .. }) {
+        if matches!(self.mode, Mode::Lazy(_)) {
             return Ok(Finished::Unchanged);
         }
         if self.size == 0 {
             return Ok(Finished::Empty);
         }
-        let result = match &mut self.mode {
-            Mode::Lazy { .. } => return Ok(Finished::Unchanged),
-            Mode::Stream(upload) => match upload.take() {
-                Some(u) => u.finish(),
-                None => return Err(FsError::new(libc::EIO, "finish: no upload")),
+        let staged = matches!(self.mode, Mode::Staged { .. });
+        let up = staged.then(|| self.begin_upload(Some(self.size)));
+        let result = match (&mut self.mode, up) {
+            (Mode::Stream(upload), _) => match upload.take() {
+                Some(u) => u.finish_at(),
+                None => return Err(self.poison(FsError::new(libc::EIO, "finish: no upload"))),
             },
-            Mode::Staged { file, .. } => upload_file(&self.uploader, &self.key, file, self.size),
+            (Mode::Staged { file, .. }, Some(up)) => upload_file(up, file, self.size),
+            _ => return Ok(Finished::Unchanged),
         };
         match result {
-            Ok(etag) => {
-                self.state = State::Completed { etag: etag.clone() };
+            Ok((key, etag)) => {
+                self.key = key.clone();
+                self.state = State::Completed {
+                    key: key.clone(),
+                    etag: etag.clone(),
+                };
                 self.release_staging();
                 Ok(Finished::Stored {
+                    key,
                     etag,
                     size: self.size,
                 })
             }
             Err(e) => {
-                self.fail();
-                Err(FsError::io(
-                    &format!("storing {:?} ({} bytes)", self.key, self.size),
-                    &e,
-                ))
+                let e = FsError::io(&format!("storing {:?} ({} bytes)", self.key, self.size), &e);
+                Err(self.poison(e))
             }
         }
     }
@@ -388,14 +471,16 @@ impl WriteHandle {
         }
         self.release_staging();
         if self.state == State::Open {
-            self.state = State::Failed;
+            self.state = State::Failed(FsError::new(
+                libc::EIO,
+                format!("{:?}: this write was abandoned", self.key),
+            ));
         }
     }
+}
 
-    fn fail(&mut self) {
-        self.abandon();
-        self.state = State::Failed;
-    }
+fn end_of(offset: u64, data: &[u8]) -> u64 {
+    offset + data.len() as u64
 }
 
 impl Drop for WriteHandle {
@@ -404,25 +489,28 @@ impl Drop for WriteHandle {
     }
 }
 
-/// Uploads a staging file of `size` bytes as `key`.
+/// Uploads a staging file of `size` bytes through `up`; returns the key it
+/// landed at and its ETag.
 fn upload_file(
-    uploader: &Arc<Uploader>,
-    key: &str,
+    mut up: ObjectUpload,
     file: &File,
     size: u64,
-) -> Result<String, crate::store::StoreError> {
-    let mut up = uploader.begin(key, Some(size));
+) -> Result<(String, String), crate::store::StoreError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
     while at < size {
         let n = ((size - at) as usize).min(buf.len());
         file.read_exact_at(&mut buf[..n], at).map_err(|e| {
-            crate::store::StoreError::Invalid(format!("reading the staging file of {key:?}: {e}"))
+            crate::store::StoreError::Invalid(format!(
+                "reading the staging file of {:?}: {e}",
+                up.key()
+            ))
         })?;
+        // A known size never spills: it waits for parts in flight or overdraws.
         up.write(&buf[..n])?;
         at += n as u64;
     }
-    up.finish()
+    up.finish_at()
 }
 
 #[cfg(test)]
@@ -452,10 +540,19 @@ mod tests {
         (store, up, staging, dir)
     }
 
+    /// The stored version at `key` holding `data`, as an edit starts from it.
+    fn source(key: &str, data: &[u8]) -> Source {
+        Source {
+            key: key.into(),
+            etag: hex(&crate::protocol::md5(data)),
+            size: data.len() as u64,
+        }
+    }
+
     #[test]
     fn a_write_after_completion_is_refused_not_dropped() {
         let (store, up, st, _d) = setup();
-        let mut h = WriteHandle::new(&up, &st, "k");
+        let mut h = WriteHandle::new(&up, &st, "k", None);
         h.write(0, b"abc").expect("write");
         assert!(matches!(h.finish(), Ok(Finished::Stored { size: 3, .. })));
         let e = h.write(3, b"d").expect_err("write after fsync");
@@ -466,7 +563,7 @@ mod tests {
     #[test]
     fn a_seek_back_in_a_small_file_moves_it_to_staging() {
         let (store, up, st, _d) = setup();
-        let mut h = WriteHandle::new(&up, &st, "k");
+        let mut h = WriteHandle::new(&up, &st, "k", None);
         h.write(0, b"hello world").expect("write");
         h.write(0, b"J").expect("seek back");
         h.write(20, b"!").expect("hole");
@@ -480,7 +577,7 @@ mod tests {
     #[test]
     fn a_seek_back_after_parts_left_is_refused() {
         let (_store, up, st, _d) = setup();
-        let mut h = WriteHandle::new(&up, &st, "k");
+        let mut h = WriteHandle::new(&up, &st, "k", None);
         h.write(0, &vec![1u8; 3 << 20]).expect("write");
         assert_eq!(h.write(1, b"x").map_err(|e| e.errno), Err(libc::EINVAL));
     }
@@ -491,7 +588,7 @@ mod tests {
         store
             .put("old", bytes::Bytes::from_static(b"abc"))
             .expect("put");
-        let mut h = WriteHandle::edit(&up, &st, "new", Some("old"), 3);
+        let mut h = WriteHandle::edit(&up, &st, "new", Some(source("old", b"abc")));
         h.write(3, b"def").expect("append");
         assert!(matches!(h.finish(), Ok(Finished::Stored { size: 6, .. })));
         assert_eq!(store.object("new").as_deref(), Some(&b"abcdef"[..]));
@@ -504,7 +601,7 @@ mod tests {
         store
             .put("old", bytes::Bytes::from_static(b"abc"))
             .expect("put");
-        let mut h = WriteHandle::edit(&up, &st, "new", Some("old"), 3);
+        let mut h = WriteHandle::edit(&up, &st, "new", Some(source("old", b"abc")));
         assert_eq!(h.finish(), Ok(Finished::Unchanged));
         assert!(store.object("new").is_none());
     }
@@ -512,7 +609,7 @@ mod tests {
     #[test]
     fn an_empty_file_is_reported_for_the_journal() {
         let (_store, up, st, _d) = setup();
-        let mut h = WriteHandle::new(&up, &st, "k");
+        let mut h = WriteHandle::new(&up, &st, "k", None);
         assert_eq!(h.finish(), Ok(Finished::Empty));
         // Still open: a later write through another descriptor is kept.
         h.write(0, b"x").expect("write");
@@ -523,7 +620,7 @@ mod tests {
     fn a_failed_part_makes_finish_eio_and_leaves_no_object() {
         let (store, up, st, _d) = setup();
         *store.fail_parts.lock().unwrap() = (1..100).collect();
-        let mut h = WriteHandle::new(&up, &st, "k");
+        let mut h = WriteHandle::new(&up, &st, "k", None);
         let _ = h.write(0, &vec![7u8; 3 << 20]);
         let e = h.finish().expect_err("must fail");
         assert_eq!(e.errno, libc::EIO);
@@ -535,12 +632,116 @@ mod tests {
     fn staging_beyond_its_limit_is_enospc() {
         let (_store, up, _st, d) = setup();
         let small = Staging::new(d.path(), 10);
-        let mut h = WriteHandle::new(&up, &small, "k");
+        let mut h = WriteHandle::new(&up, &small, "k", None);
         h.write(0, b"12345").expect("write");
         h.write(0, b"x").expect("staged");
         assert_eq!(
             h.write(5, b"678901").map_err(|e| e.errno),
             Err(libc::ENOSPC)
         );
+    }
+
+    #[test]
+    fn a_failed_write_poisons_the_handle_with_its_first_errno() {
+        let (store, up, _st, d) = setup();
+        let small = Staging::new(d.path(), 10);
+        let mut h = WriteHandle::new(&up, &small, "k", None);
+        h.write(0, b"12345").expect("write");
+        h.write(0, b"x").expect("staged");
+        assert_eq!(
+            h.write(5, b"678901").map_err(|e| e.errno),
+            Err(libc::ENOSPC)
+        );
+        // Even a write that would fit, and the close, fail the same way.
+        assert_eq!(h.write(5, b"6").map_err(|e| e.errno), Err(libc::ENOSPC));
+        assert_eq!(h.truncate(1).map_err(|e| e.errno), Err(libc::ENOSPC));
+        assert_eq!(h.finish().map_err(|e| e.errno), Err(libc::ENOSPC));
+        assert!(store.object("k").is_none());
+    }
+
+    #[test]
+    fn an_edit_whose_copy_fails_stores_nothing() {
+        let (store, up, st, _d) = setup();
+        // The old version's bytes are not where the journal says.
+        let mut h = WriteHandle::edit(&up, &st, "new", Some(source("gone", b"abc")));
+        assert_eq!(h.write(3, b"def").map_err(|e| e.errno), Err(libc::EIO));
+        assert!(h.write(3, b"def").is_err(), "poisoned");
+        assert!(h.finish().is_err());
+        assert!(store.object("new").is_none());
+    }
+
+    #[test]
+    fn an_edit_whose_copy_does_not_match_its_etag_stores_nothing() {
+        let (store, up, st, _d) = setup();
+        store
+            .put("old", bytes::Bytes::from_static(b"abc"))
+            .expect("put");
+        let mut wrong = source("old", b"abc");
+        wrong.etag = hex(&crate::protocol::md5(b"abd"));
+        let mut h = WriteHandle::edit(&up, &st, "new", Some(wrong));
+        assert_eq!(h.write(3, b"d").map_err(|e| e.errno), Err(libc::EIO));
+        assert_eq!(h.finish().map_err(|e| e.errno), Err(libc::EIO));
+        assert!(store.object("new").is_none());
+        // A shorter object than the journal says is refused too.
+        let mut longer = source("old", b"abcdef");
+        longer.etag = "x-2".into();
+        let mut h = WriteHandle::edit(&up, &st, "new2", Some(longer));
+        assert!(h.truncate(1).is_err());
+        assert!(h.finish().is_err());
+        assert!(store.object("new2").is_none());
+    }
+
+    #[test]
+    fn a_new_file_whose_key_is_taken_lands_at_its_fallback() {
+        let (store, up, st, _d) = setup();
+        // An orphan upload of a crashed client holds the key.
+        store.initiate("k").expect("initiate");
+        let mut h = WriteHandle::new(&up, &st, "k", Some("alt".into()));
+        h.write(0, b"abc").expect("write");
+        match h.finish() {
+            Ok(Finished::Stored { key, size: 3, .. }) => assert_eq!(key, "alt"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.object("alt").as_deref(), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn writers_beyond_the_memory_budget_go_on_through_staging() {
+        let store = Arc::new(MemoryStore::new());
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let up = Uploader::new(
+            dyn_store,
+            UploadConfig {
+                part_size: 1 << 20,
+                memory: 1 << 20,
+                concurrency: 2,
+            },
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = Staging::new(dir.path(), 64 << 20);
+        // Many open writers, each holding a little, none ever filling a part:
+        // none may wait for another.
+        let mut hs: Vec<WriteHandle> = (0..40)
+            .map(|i| WriteHandle::new(&up, &st, &format!("k{i}"), None))
+            .collect();
+        for round in 0..3u8 {
+            for h in hs.iter_mut() {
+                let at = h.size();
+                h.write(at, &[round; 40_000]).expect("write");
+            }
+        }
+        assert!(up.budget().used() <= up.budget().limit());
+        for (i, h) in hs.iter_mut().enumerate() {
+            assert!(matches!(
+                h.finish(),
+                Ok(Finished::Stored { size: 120_000, .. })
+            ));
+            let got = store.object(&format!("k{i}")).expect("stored");
+            assert_eq!(
+                &got[..],
+                &[[0u8; 40_000], [1; 40_000], [2; 40_000]].concat()[..]
+            );
+        }
+        assert_eq!(up.budget().used(), 0);
     }
 }

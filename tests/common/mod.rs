@@ -398,3 +398,26 @@ pub fn client(endpoint: &str) -> cofferfs::client::CdcsClient {
     cfg.idle_timeout = Duration::from_secs(20);
     cofferfs::client::CdcsClient::new(cfg, COFFER).expect("client")
 }
+
+/// Shell-quotes a path.
+pub fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The bytes the server holds for `key`, read directly (not through the mount).
+pub fn stored(server: &Server, key: &str) -> Option<Vec<u8>> {
+    use cofferfs::store::ObjectStore;
+    let c = client(&server.endpoint);
+    c.head(key).expect("head")?;
+    Some(c.get(key, None).expect("get").data.to_vec())
+}
+
+/// Multipart uploads open on the server.
+pub fn open_uploads(server: &Server) -> usize {
+    use cofferfs::store::ObjectStore;
+    client(&server.endpoint)
+        .list_uploads("", "")
+        .expect("list uploads")
+        .uploads
+        .len()
+}
