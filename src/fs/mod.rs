@@ -372,7 +372,8 @@ impl Fs {
     }
 
     fn writable(&self, op: &str, path: &str) -> FsResult<()> {
-        if self.cfg.read_only {
+        // The journal turns the mount read-only when it meets a later format.
+        if self.cfg.read_only || self.journal.read_only() {
             return Err(FsError::new(
                 libc::EROFS,
                 format!("{op} {path:?}: mounted read-only"),
