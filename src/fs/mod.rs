@@ -1145,7 +1145,9 @@ impl Fs {
         self.journal.sync_all()
     }
 
-    /// fsyncdir(2), and syncfs through it: all metadata so far is stored.
+    /// fsyncdir(2): all metadata so far is stored. sync(1) and syncfs(2) never
+    /// get here: Linux sends FUSE_SYNCFS only to virtiofs, so for a FUSE mount
+    /// they return at once (the group commit stores within a second anyway).
     pub fn sync_metadata(&self) -> FsResult<()> {
         self.journal.sync_all()
     }
