@@ -1,9 +1,12 @@
 //! The metadata journal through real mounts: rsync, tar -p, cp -a, renames seen by a
-//! second mount, a crash after tar -x. Every mount is unmounted on every path and
-//! every wait is bounded.
+//! second mount, a crash after tar -x; damaged and later-format batches, records
+//! naming missing objects; fsync and unmount storing metadata. Every mount is
+//! unmounted on every path and every wait is bounded.
 
 mod common;
 
+use bytes::Bytes;
+use cofferfs::fs::journal;
 use cofferfs::store::{ListAll, ObjectStore};
 use common::{client, random_bytes, sh, wait_for, CliOutput, Mount, Server};
 use std::path::Path;
@@ -235,4 +238,218 @@ fn tar_x_of_a_thousand_small_files_costs_few_requests_beyond_the_data() {
     );
     let m = Mount::start(&server, &[]);
     ok(&format!("cd {} && tar -df {}", q(&m.dir), q(&archive)));
+}
+
+// ---- a fragile journal: damaged batches, later formats, missing objects ----
+
+/// Stores `body` as a journal batch of a foreign mount, keyed at the current time.
+fn put_batch(server: &Server, body: &str) -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    let key = journal::batch_key(micros, "00000000000000fe", 1);
+    client(&server.endpoint)
+        .put(&key, Bytes::from(body.to_string()))
+        .expect("put batch");
+    key
+}
+
+/// Lines of the mount's log that mention `needle`.
+fn log_lines(m: &Mount, needle: &str) -> Vec<String> {
+    m.log_text()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+/// A shell command's stderr, requiring it to fail.
+fn fails(script: &str) -> String {
+    let out = sh(script, LIMIT);
+    assert!(!out.ok, "{script} succeeded:\n{}", out.stdout);
+    out.stderr
+}
+
+#[test]
+fn a_batch_of_a_later_format_mounts_read_only_with_one_log_line() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    ok(&format!(
+        "echo kept > {f} && chmod 0640 {f} && mkdir {d}",
+        f = q(&m.path("kept.txt")),
+        d = q(&m.path("dir"))
+    ));
+    m.unmount();
+    let key = put_batch(
+        &server,
+        r#"{"format":"cofferfs-journal","version":2,"mount":"00000000000000fe","seq":1,"records":[]}"#,
+    );
+
+    let m = Mount::start(&server, &["--metadata-ttl", "1s"]);
+    assert_eq!(std::fs::read(m.path("kept.txt")).expect("read"), b"kept\n");
+    let mode = ok(&format!("stat -c %a {}", q(&m.path("kept.txt"))));
+    assert_eq!(mode.stdout.trim(), "640");
+    assert!(m.path("dir").is_dir());
+    for script in [
+        format!("echo new > {}", q(&m.path("new.txt"))),
+        format!("mkdir {}", q(&m.path("dir2"))),
+        format!("chmod 0600 {}", q(&m.path("kept.txt"))),
+        format!("mv {} {}", q(&m.path("kept.txt")), q(&m.path("moved.txt"))),
+    ] {
+        let err = fails(&script);
+        assert!(err.contains("Read-only file system"), "{script}: {err}");
+    }
+    // Reloads come and go without a word more.
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = log_lines(&m, &key);
+    assert_eq!(lines.len(), 1, "{}", m.log_text());
+    assert!(
+        lines[0].contains("version 2") && lines[0].contains("read-only"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn a_later_format_met_by_a_reload_turns_a_mount_read_only() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &["--metadata-ttl", "1s"]);
+    ok(&format!("echo before > {}", q(&m.path("before.txt"))));
+    let key = put_batch(&server, r#"{"format":"cofferfs-journal","version":2}"#);
+    let mut n = 0;
+    let turned = wait_for(Duration::from_secs(30), || {
+        // A fresh name each time: the kernel answers EEXIST itself for a name
+        // it knows.
+        n += 1;
+        sh(
+            &format!("mkdir {}", q(&m.path(&format!("probe{n}")))),
+            LIMIT,
+        )
+        .stderr
+        .contains("Read-only file system")
+    });
+    assert!(turned, "the mount still takes writes:\n{}", m.log_text());
+    let err = fails(&format!("echo x > {}", q(&m.path("after.txt"))));
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(
+        std::fs::read(m.path("before.txt")).expect("read"),
+        b"before\n"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(log_lines(&m, &key).len(), 1, "{}", m.log_text());
+}
+
+#[test]
+fn a_damaged_batch_is_reported_once_and_the_mount_works_on() {
+    let server = Server::start(&[]);
+    let key = put_batch(&server, "{this is not a batch");
+    let m = Mount::start(&server, &["--metadata-ttl", "1s"]);
+    ok(&format!(
+        "echo fine > {f} && chmod 0600 {f}",
+        f = q(&m.path("f.txt"))
+    ));
+    assert_eq!(std::fs::read(m.path("f.txt")).expect("read"), b"fine\n");
+    let gets = server.requests("GetObject");
+    // Several reloads (one a second).
+    std::thread::sleep(Duration::from_secs(4));
+    let lines = log_lines(&m, &key);
+    assert_eq!(lines.len(), 1, "{}", m.log_text());
+    assert_eq!(
+        server.requests("GetObject"),
+        gets,
+        "the damaged batch was fetched again"
+    );
+    let mode = ok(&format!("stat -c %a {}", q(&m.path("f.txt"))));
+    assert_eq!(mode.stdout.trim(), "600");
+}
+
+#[test]
+fn a_record_naming_a_missing_object_reads_enoent_and_logs_the_key() {
+    let server = Server::start(&[]);
+    let batch = journal::Batch::new(
+        "00000000000000fe",
+        1,
+        vec![journal::Record::Bind {
+            path: "ghost.txt".into(),
+            key: ".cofferfs/data/never-stored".into(),
+            size: 5,
+            etag: "0123456789abcdef0123456789abcdef".into(),
+            attrs: journal::Attrs::default(),
+        }],
+    );
+    put_batch(
+        &server,
+        std::str::from_utf8(&batch.encode()).expect("utf-8"),
+    );
+    let m = Mount::start(&server, &[]);
+    // Listed (the mount does not HEAD every bound key), but not readable.
+    let ls = ok(&format!("ls {}", q(&m.dir)));
+    assert!(ls.stdout.contains("ghost.txt"), "{}", ls.stdout);
+    let err = fails(&format!("cat {}", q(&m.path("ghost.txt"))));
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert!(
+        !log_lines(&m, ".cofferfs/data/never-stored").is_empty(),
+        "{}",
+        m.log_text()
+    );
+}
+
+// ---- metadata durability: fsync and unmount store it ----
+
+/// Makes `f.txt` and waits until its own records are stored, so what follows
+/// starts a fresh group-commit window.
+fn settled_file(server: &Server) -> Mount {
+    let m = Mount::start(server, &[]);
+    ok(&format!("echo data > {}", q(&m.path("f.txt"))));
+    std::thread::sleep(Duration::from_millis(1500));
+    m
+}
+
+/// Kills the mount at once, remounts, and gives the mode of `f.txt`.
+fn mode_after_kill_9(server: &Server, mut m: Mount) -> String {
+    m.kill9();
+    drop(m);
+    let m = Mount::start(server, &[]);
+    ok(&format!("stat -c %a {}", q(&m.path("f.txt"))))
+        .stdout
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn fsync_of_a_directory_stores_a_chmod_before_returning() {
+    let server = Server::start(&[]);
+    let m = settled_file(&server);
+    // coreutils `sync DIR` is open(DIR, O_RDONLY) + fsync: FUSE_FSYNCDIR. The
+    // kill follows well within the one-second group commit.
+    ok(&format!(
+        "chmod 0600 {} && sync {}",
+        q(&m.path("f.txt")),
+        q(&m.dir)
+    ));
+    assert_eq!(mode_after_kill_9(&server, m), "600");
+}
+
+#[test]
+fn fsync_of_a_file_stores_a_chmod_before_returning() {
+    let server = Server::start(&[]);
+    let m = settled_file(&server);
+    // `sync FILE` is open(FILE, O_RDONLY) + fsync: FUSE_FSYNC.
+    ok(&format!(
+        "chmod 0600 {f} && sync {f}",
+        f = q(&m.path("f.txt"))
+    ));
+    assert_eq!(mode_after_kill_9(&server, m), "600");
+}
+
+#[test]
+fn unmount_stores_a_chmod_made_just_before() {
+    let server = Server::start(&[]);
+    let m = settled_file(&server);
+    ok(&format!("chmod 0600 {}", q(&m.path("f.txt"))));
+    m.unmount();
+    let m = Mount::start(&server, &[]);
+    let mode = ok(&format!("stat -c %a {}", q(&m.path("f.txt"))));
+    assert_eq!(mode.stdout.trim(), "600");
 }

@@ -177,7 +177,19 @@ impl BlockCache {
         let got = self
             .store
             .get(key, Some(Range::Bounded(start, end - 1)))
-            .map_err(|e| FsError::io(&format!("GetObject {key:?}"), &e))?;
+            .map_err(|e| {
+                if e.is_not_found() {
+                    // Expired by the coffer's lifecycle rule, or a record names
+                    // an object never stored: the bytes are not there (ENOENT),
+                    // not unreadable (EIO).
+                    FsError::new(
+                        libc::ENOENT,
+                        format!("GetObject {key:?}: the object is not in the coffer: {e}"),
+                    )
+                } else {
+                    FsError::io(&format!("GetObject {key:?}"), &e)
+                }
+            })?;
         if got.etag != *id.object.etag {
             return Err(FsError::new(
                 libc::EIO,
@@ -251,6 +263,18 @@ impl BlockCache {
                 });
             }
         }
+        self.read_blocks(object, offset, end).inspect_err(|e| {
+            if e.errno == libc::ENOENT {
+                // The FUSE layer logs ENOENT quietly (lookups miss all the time);
+                // a file whose bytes are gone deserves a line.
+                log::warn!("read: {}", e.message);
+            }
+        })
+    }
+
+    /// Bytes `offset..end` of `object`, block by block.
+    fn read_blocks(&self, object: &ObjectId, offset: u64, end: u64) -> FsResult<Bytes> {
+        let bs = self.cfg.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
         if first == last {
             let b = self.block(&BlockId {
@@ -347,6 +371,20 @@ mod tests {
             cache.read(&id, &mut st, off, 4096).expect("read");
         }
         assert!(cache.bytes() <= 3 * 4096);
+    }
+
+    #[test]
+    fn a_missing_object_reads_enoent_not_eio() {
+        let (_s, cache, id, _data) = setup(1 << 20);
+        let gone = ObjectId {
+            key: "never-stored".into(),
+            ..id
+        };
+        let e = cache
+            .read(&gone, &mut ReadState::default(), 0, 10)
+            .expect_err("missing");
+        assert_eq!(e.errno, libc::ENOENT, "{}", e.message);
+        assert!(e.message.contains("never-stored"), "{}", e.message);
     }
 
     #[test]

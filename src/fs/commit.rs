@@ -38,6 +38,15 @@ struct State {
     /// `base` plus the records not yet stored: what the mount shows.
     overlay: Overlay,
     applied: BTreeSet<String>,
+    /// Batches that cannot be used (damaged, or gone between listing and
+    /// reading): reported once, never fetched again by this mount.
+    skipped: BTreeSet<String>,
+    /// The first object of a later format met (a batch or checkpoint): the
+    /// mount is read-only from then on and writes no checkpoint.
+    newer: Option<String>,
+    /// A batch of a later format was met: the view stays as of the batch
+    /// before it and later batches are not read.
+    halted: bool,
     /// Records being stored now, then those waiting, each with its number
     /// (records are numbered 1, 2, … in the order they were appended).
     in_flight: Vec<(u64, Record)>,
@@ -320,7 +329,9 @@ impl Journal {
                     return Ok(());
                 }
                 Err(e @ JournalError::Version { .. }) => {
-                    return Err(FsError::new(libc::EPROTO, e.to_string()))
+                    // Start from an older one; the batches after it say the rest,
+                    // up to the first of the later format.
+                    self.note_newer(&mut self.lock(), &e);
                 }
                 Err(e) => log::warn!("{e}; trying an older checkpoint"),
             }
@@ -336,11 +347,41 @@ impl Journal {
             .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))
     }
 
+    /// Remembers that the coffer holds an object of a later format: from now on
+    /// the mount is read-only. Logs one line, the first time only.
+    fn note_newer(&self, s: &mut State, e: &JournalError) {
+        if s.newer.is_some() {
+            log::debug!("{e}");
+            return;
+        }
+        let why = format!(
+            "{e}: mounted read-only (writes fail with EROFS); the view shows the journal up to \
+             the first batch of the later format; a newer cofferfs shows and changes the rest"
+        );
+        log::warn!("{why}");
+        s.newer = Some(why);
+    }
+
+    /// Whether the mount must be read-only (`newer_format` says why).
+    pub fn read_only(&self) -> bool {
+        self.lock().newer.is_some()
+    }
+
+    /// Why the mount must be read-only: the coffer holds a journal object of a
+    /// later format (see docs/journal.md). `None` while all is readable.
+    pub fn newer_format(&self) -> Option<String> {
+        self.lock().newer.clone()
+    }
+
     /// Reads batches other mounts stored since the last look. Returns whether
-    /// the overlay changed.
+    /// the overlay changed. A damaged batch is logged once and skipped; a batch
+    /// of a later format ends replay for good (`newer_format`).
     pub fn reload(&self) -> FsResult<bool> {
         let (floor, window) = {
             let s = self.lock();
+            if s.halted {
+                return Ok(false);
+            }
             let from = s
                 .last_micros()
                 .saturating_sub(LATE_WINDOW.as_micros() as u64);
@@ -353,7 +394,7 @@ impl Journal {
             let last = s.applied.iter().next_back().cloned();
             let new: Vec<String> = keys
                 .iter()
-                .filter(|k| !s.applied.contains(*k))
+                .filter(|k| !s.applied.contains(*k) && !s.skipped.contains(*k))
                 .cloned()
                 .collect();
             let rebuild = match (&last, new.first()) {
@@ -370,21 +411,42 @@ impl Journal {
         } else {
             new
         };
+        let skipped = self.lock().skipped.clone();
         let mut batches = Vec::with_capacity(wanted.len());
-        for key in &wanted {
-            let got = self
-                .store
-                .get(key, None)
-                .map_err(|e| FsError::io(&format!("reading journal batch {key:?}"), &e))?;
+        let mut bad = Vec::new();
+        let mut newer = None;
+        for key in wanted.iter().filter(|k| !skipped.contains(*k)) {
+            let got = match self.store.get(key, None) {
+                Ok(g) => g,
+                Err(e) if e.is_not_found() => {
+                    log::warn!("journal batch {key:?} is gone (expired?): {e}; skipped");
+                    bad.push(key.clone());
+                    continue;
+                }
+                Err(e) => {
+                    return Err(FsError::io(&format!("reading journal batch {key:?}"), &e));
+                }
+            };
             match Batch::decode(key, &got.data) {
                 Ok(b) => batches.push((key.clone(), b)),
                 Err(e @ JournalError::Version { .. }) => {
-                    return Err(FsError::new(libc::EPROTO, e.to_string()))
+                    // Later records may build on this batch's: applying them
+                    // without it could show what never was. Stop here.
+                    newer = Some(e);
+                    break;
                 }
-                Err(e) => log::error!("{e}; skipped"),
+                Err(e) => {
+                    log::error!("{e}; skipped (this mount will not read it again)");
+                    bad.push(key.clone());
+                }
             }
         }
         let mut s = self.lock();
+        s.skipped.extend(bad);
+        if let Some(e) = &newer {
+            self.note_newer(&mut s, e);
+            s.halted = true;
+        }
         if rebuild {
             // Another mount's batch sorts before one already applied: replay all
             // since the checkpoint, so every mount ends with the same overlay.
@@ -392,13 +454,18 @@ impl Journal {
             s.applied.clear();
             s.since_checkpoint = 0;
         }
+        let mut changed = rebuild;
         for (key, b) in &batches {
             if s.applied.insert(key.clone()) {
                 for r in &b.records {
                     s.base.apply(r);
                 }
                 s.since_checkpoint += 1;
+                changed = true;
             }
+        }
+        if !changed {
+            return Ok(false);
         }
         s.rebuild_overlay();
         Ok(true)
@@ -409,6 +476,11 @@ impl Journal {
     fn write_checkpoint(&self) {
         let (upto, overlay) = {
             let s = self.lock();
+            if s.newer.is_some() {
+                // It would claim to cover batches of the later format that it
+                // leaves out.
+                return;
+            }
             match s.applied.iter().next_back() {
                 Some(k) => (k.clone(), s.base.clone()),
                 None => return,
@@ -513,6 +585,111 @@ mod tests {
         // One checkpoint and the one batch after it, not all seven batches.
         assert_eq!(store.calls("GetObject") - gets_before, 2);
         again.shutdown();
+    }
+
+    fn put_raw(store: &MemoryStore, micros: u64, body: &str) -> String {
+        let key = batch_key(micros, "00000000000000ff", 1);
+        store.put(&key, Bytes::from(body.to_string())).expect("put");
+        key
+    }
+
+    fn batch_of(records: Vec<Record>) -> String {
+        String::from_utf8(Batch::new("00000000000000aa", 1, records).encode()).expect("utf-8")
+    }
+
+    #[test]
+    fn a_damaged_batch_is_fetched_once_and_later_batches_still_apply() {
+        let store = Arc::new(MemoryStore::new());
+        let t0 = now_micros();
+        put_raw(&store, t0, &batch_of(vec![mkdir("before")]));
+        put_raw(&store, t0 + 1, "{not json");
+        put_raw(&store, t0 + 2, &batch_of(vec![mkdir("after")]));
+        let j = Journal::open(store.clone()).expect("open despite a damaged batch");
+        assert!(j.with_overlay(|o| o.get("before").is_some() && o.get("after").is_some()));
+        assert_eq!(j.newer_format(), None);
+        let gets = store.calls("GetObject");
+        assert_eq!(gets, 3, "each batch read once at open");
+        for _ in 0..3 {
+            assert!(!j.reload().expect("reload"), "nothing changed");
+        }
+        assert_eq!(
+            store.calls("GetObject"),
+            gets,
+            "the damaged batch was read again"
+        );
+        // Another mount's batch still comes through, and alone.
+        put_raw(&store, now_micros(), &batch_of(vec![mkdir("later")]));
+        assert!(j.reload().expect("reload"));
+        assert!(j.with_overlay(|o| o.get("later").is_some()));
+        assert_eq!(store.calls("GetObject"), gets + 1);
+        j.shutdown();
+    }
+
+    #[test]
+    fn a_batch_of_a_later_version_opens_read_only_as_of_the_batch_before_it() {
+        let store = Arc::new(MemoryStore::new());
+        let t0 = now_micros();
+        put_raw(&store, t0, &batch_of(vec![mkdir("before")]));
+        let v2 = put_raw(
+            &store,
+            t0 + 1,
+            r#"{"format":"cofferfs-journal","version":2,"mount":"m","seq":1,"records":[]}"#,
+        );
+        put_raw(&store, t0 + 2, &batch_of(vec![mkdir("after")]));
+        let j = Journal::open(store.clone()).expect("open");
+        let why = j.newer_format().expect("the later format is reported");
+        assert!(why.contains(&v2) && why.contains("version 2"), "{why}");
+        assert!(j.read_only());
+        assert!(j.with_overlay(|o| o.get("before").is_some()));
+        assert!(
+            j.with_overlay(|o| o.get("after").is_none()),
+            "a batch after the later-format one was applied"
+        );
+        // Reloads stop: nothing is read again, nothing fails.
+        let gets = store.calls("GetObject");
+        put_raw(&store, now_micros(), &batch_of(vec![mkdir("later")]));
+        assert!(!j.reload().expect("reload"));
+        assert_eq!(store.calls("GetObject"), gets);
+        j.shutdown();
+    }
+
+    #[test]
+    fn a_later_version_met_by_a_reload_turns_the_mount_read_only() {
+        let store = Arc::new(MemoryStore::new());
+        let j = Journal::open(store.clone()).expect("open");
+        assert!(!j.read_only());
+        put_raw(
+            &store,
+            now_micros(),
+            r#"{"format":"cofferfs-journal","version":2}"#,
+        );
+        assert!(!j.reload().expect("a reload does not fail"));
+        assert!(j.read_only());
+        assert!(!j.reload().expect("nor does the next"));
+        // What was recorded before still goes up; no checkpoint claims to
+        // cover the later-format batch.
+        let t = j.record(vec![mkdir("mine")]);
+        j.sync(t).expect("sync");
+        j.write_checkpoint();
+        assert_eq!(ListAll::new(store.as_ref(), CHECKPOINT_PREFIX).count(), 0);
+        j.shutdown();
+    }
+
+    #[test]
+    fn a_checkpoint_of_a_later_version_falls_back_to_the_batches() {
+        let store = Arc::new(MemoryStore::new());
+        put_raw(&store, now_micros(), &batch_of(vec![mkdir("d")]));
+        let cp = checkpoint_key(&batch_key(now_micros(), "00000000000000ff", 9), "ee");
+        store
+            .put(
+                &cp,
+                Bytes::from(r#"{"format":"cofferfs-checkpoint","version":2}"#),
+            )
+            .expect("put");
+        let j = Journal::open(store.clone()).expect("open");
+        assert!(j.read_only());
+        assert!(j.with_overlay(|o| o.get("d").is_some()));
+        j.shutdown();
     }
 
     #[test]

@@ -93,13 +93,48 @@ pub struct Batch {
     pub records: Vec<Record>,
 }
 
-/// Why a batch cannot be used.
+/// Why a batch or checkpoint cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal batch {key:?} is not JSON cofferfs understands: {detail}")]
+    #[error("journal object {key:?} is not JSON cofferfs understands: {detail}")]
     Unreadable { key: String, detail: String },
-    #[error("journal batch {key:?} has format version {version}; this cofferfs reads {VERSION}")]
-    Version { key: String, version: u32 },
+    /// Written by a later cofferfs: readable only by it.
+    #[error("journal object {key:?} has format version {version}; this cofferfs reads version {VERSION}")]
+    Version { key: String, version: u64 },
+}
+
+/// The fields every version keeps, read before the rest: a later version may
+/// change everything else, and must be told apart from a damaged object.
+#[derive(Deserialize)]
+struct Header {
+    format: String,
+    version: u64,
+}
+
+/// Checks the format name and version of `bytes`, then reads the whole.
+fn decode_versioned<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+    format: &str,
+) -> Result<T, JournalError> {
+    let unreadable = |detail: String| JournalError::Unreadable {
+        key: key.into(),
+        detail,
+    };
+    let h: Header = serde_json::from_slice(bytes).map_err(|e| unreadable(e.to_string()))?;
+    if h.format != format {
+        return Err(unreadable(format!("format {:?}", h.format)));
+    }
+    if h.version > u64::from(VERSION) {
+        return Err(JournalError::Version {
+            key: key.into(),
+            version: h.version,
+        });
+    }
+    if h.version != u64::from(VERSION) {
+        return Err(unreadable(format!("version {}", h.version)));
+    }
+    serde_json::from_slice(bytes).map_err(|e| unreadable(e.to_string()))
 }
 
 impl Batch {
@@ -119,23 +154,7 @@ impl Batch {
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Batch, JournalError> {
-        let b: Batch = serde_json::from_slice(bytes).map_err(|e| JournalError::Unreadable {
-            key: key.into(),
-            detail: e.to_string(),
-        })?;
-        if b.format != FORMAT {
-            return Err(JournalError::Unreadable {
-                key: key.into(),
-                detail: format!("format {:?}", b.format),
-            });
-        }
-        if b.version != VERSION {
-            return Err(JournalError::Version {
-                key: key.into(),
-                version: b.version,
-            });
-        }
-        Ok(b)
+        decode_versioned(key, bytes, FORMAT)
     }
 }
 
@@ -165,24 +184,7 @@ impl Checkpoint {
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Checkpoint, JournalError> {
-        let c: Checkpoint =
-            serde_json::from_slice(bytes).map_err(|e| JournalError::Unreadable {
-                key: key.into(),
-                detail: e.to_string(),
-            })?;
-        if c.format != CHECKPOINT_FORMAT {
-            return Err(JournalError::Unreadable {
-                key: key.into(),
-                detail: format!("format {:?}", c.format),
-            });
-        }
-        if c.version != VERSION {
-            return Err(JournalError::Version {
-                key: key.into(),
-                version: c.version,
-            });
-        }
-        Ok(c)
+        decode_versioned(key, bytes, CHECKPOINT_FORMAT)
     }
 }
 
@@ -427,7 +429,32 @@ mod tests {
             Batch::decode("k", doc),
             Err(JournalError::Version { version: 2, .. })
         ));
-        assert!(Batch::decode("k", b"not json").is_err());
+        // A later version may drop or reshape every other field: still "newer".
+        let reshaped = br#"{"format":"cofferfs-journal","version":2,"ops":{"a":1}}"#;
+        assert!(matches!(
+            Batch::decode("k", reshaped),
+            Err(JournalError::Version { version: 2, .. })
+        ));
+        let cp = br#"{"format":"cofferfs-checkpoint","version":3,"tree":[]}"#;
+        assert!(matches!(
+            Checkpoint::decode("c", cp),
+            Err(JournalError::Version { version: 3, .. })
+        ));
+        for damaged in [
+            &b"not json"[..],
+            br#"{"format":"cofferfs-journal","version":1,"records":7}"#,
+            br#"{"format":"something-else","version":9}"#,
+            br#"{"format":"cofferfs-journal","version":0,"mount":"m","seq":1,"records":[]}"#,
+        ] {
+            assert!(
+                matches!(
+                    Batch::decode("k", damaged),
+                    Err(JournalError::Unreadable { .. })
+                ),
+                "{}",
+                String::from_utf8_lossy(damaged)
+            );
+        }
     }
 
     #[test]

@@ -423,7 +423,8 @@ impl Fs {
     }
 
     fn writable(&self, op: &str, path: &str) -> FsResult<()> {
-        if self.cfg.read_only {
+        // The journal turns the mount read-only when it meets a later format.
+        if self.cfg.read_only || self.journal.read_only() {
             return Err(FsError::new(
                 libc::EROFS,
                 format!("{op} {path:?}: mounted read-only"),
@@ -1271,8 +1272,9 @@ impl Fs {
         self.journal.sync_all()
     }
 
-    /// fsyncdir(2): all metadata so far is stored. (The kernel sends no
-    /// syncfs to FUSE daemons, so `sync` alone does not reach here.)
+    /// fsyncdir(2): all metadata so far is stored. sync(1) and syncfs(2) never
+    /// get here: Linux sends FUSE_SYNCFS only to virtiofs, so for a FUSE mount
+    /// they return at once (the group commit stores within a second anyway).
     pub fn sync_metadata(&self) -> FsResult<()> {
         self.journal.sync_all()
     }
