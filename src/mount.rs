@@ -364,7 +364,7 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
         fuser::MountOption::Subtype("cofferfs".into()),
         fuser::MountOption::DefaultPermissions,
     ];
-    if cfg.fs.read_only {
+    if fs.read_only() {
         options.push(fuser::MountOption::RO);
     }
     options.extend(cfg.fuse_options.iter().filter_map(|o| fuse_option(o)));

@@ -503,11 +503,13 @@ impl Journal {
     }
 
     /// Stores what is left and stops the committer (unmount).
-    pub fn shutdown(&self) {
+    /// `checkpoint`: whether this mount may write one (not when read-only).
+    pub fn shutdown(&self, checkpoint: bool) {
         if let Err(e) = self.sync_all() {
             log::error!("unmount: {}", e.message);
         }
-        let due = self.lock().since_checkpoint >= CHECKPOINT_AT_UNMOUNT.min(self.checkpoint_every);
+        let due = checkpoint
+            && self.lock().since_checkpoint >= CHECKPOINT_AT_UNMOUNT.min(self.checkpoint_every);
         if due {
             self.write_checkpoint();
         }
@@ -546,8 +548,8 @@ mod tests {
             other.with_overlay(|o| o.get("b").map(|e| e.shape.clone())),
             Some(Shape::Dir)
         );
-        j.shutdown();
-        other.shutdown();
+        j.shutdown(true);
+        other.shutdown(true);
     }
 
     #[test]
@@ -561,8 +563,8 @@ mod tests {
         assert!(b.reload().expect("reload"));
         assert!(b.with_overlay(|o| o.get("from-a").is_some()));
         assert!(!b.reload().expect("reload"), "nothing new the second time");
-        a.shutdown();
-        b.shutdown();
+        a.shutdown(true);
+        b.shutdown(true);
     }
 
     #[test]
@@ -573,7 +575,7 @@ mod tests {
             let t = j.record(vec![mkdir(&format!("d{i}"))]);
             j.sync(t).expect("sync");
         }
-        j.shutdown();
+        j.shutdown(true);
         let gets_before = store.calls("GetObject");
         let again = Journal::open(store.clone()).expect("open");
         for i in 0..7 {
@@ -584,7 +586,7 @@ mod tests {
         }
         // One checkpoint and the one batch after it, not all seven batches.
         assert_eq!(store.calls("GetObject") - gets_before, 2);
-        again.shutdown();
+        again.shutdown(true);
     }
 
     fn put_raw(store: &MemoryStore, micros: u64, body: &str) -> String {
@@ -622,7 +624,7 @@ mod tests {
         assert!(j.reload().expect("reload"));
         assert!(j.with_overlay(|o| o.get("later").is_some()));
         assert_eq!(store.calls("GetObject"), gets + 1);
-        j.shutdown();
+        j.shutdown(true);
     }
 
     #[test]
@@ -650,7 +652,7 @@ mod tests {
         put_raw(&store, now_micros(), &batch_of(vec![mkdir("later")]));
         assert!(!j.reload().expect("reload"));
         assert_eq!(store.calls("GetObject"), gets);
-        j.shutdown();
+        j.shutdown(true);
     }
 
     #[test]
@@ -672,7 +674,7 @@ mod tests {
         j.sync(t).expect("sync");
         j.write_checkpoint();
         assert_eq!(ListAll::new(store.as_ref(), CHECKPOINT_PREFIX).count(), 0);
-        j.shutdown();
+        j.shutdown(true);
     }
 
     #[test]
@@ -689,7 +691,7 @@ mod tests {
         let j = Journal::open(store.clone()).expect("open");
         assert!(j.read_only());
         assert!(j.with_overlay(|o| o.get("d").is_some()));
-        j.shutdown();
+        j.shutdown(true);
     }
 
     #[test]
@@ -697,9 +699,9 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let j = Journal::open(store.clone()).expect("open");
         j.record(vec![mkdir("late")]);
-        j.shutdown();
+        j.shutdown(true);
         let again = Journal::open(store.clone()).expect("open");
         assert!(again.with_overlay(|o| o.get("late").is_some()));
-        again.shutdown();
+        again.shutdown(true);
     }
 }

@@ -422,9 +422,14 @@ impl Fs {
         fh
     }
 
+    /// Mounted read-only, or turned read-only by a journal of a later format.
+    pub fn read_only(&self) -> bool {
+        self.cfg.read_only || self.journal.read_only()
+    }
+
     fn writable(&self, op: &str, path: &str) -> FsResult<()> {
         // The journal turns the mount read-only when it meets a later format.
-        if self.cfg.read_only || self.journal.read_only() {
+        if self.read_only() {
             return Err(FsError::new(
                 libc::EROFS,
                 format!("{op} {path:?}: mounted read-only"),
@@ -1515,7 +1520,8 @@ impl Fs {
                 }
             }
         }
-        self.journal.shutdown();
+        // A read-only mount writes nothing to the coffer, not even a checkpoint.
+        self.journal.shutdown(!self.read_only());
         self.uploader.shutdown();
         self.cache.shutdown();
     }
