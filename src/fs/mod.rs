@@ -330,7 +330,7 @@ impl Fs {
             n => Some(disk_cache::DiskTier::open(&cfg.cache_dir, n).map_err(cache_dir_err)?),
         };
         let fs = Arc::new(Fs {
-            uploader: Uploader::new(Arc::clone(&store), cfg.upload),
+            uploader: Uploader::with_spill_dir(Arc::clone(&store), cfg.upload, dir.path()),
             cache: BlockCache::new(Arc::clone(&store), cfg.cache, disk),
             negative: Mutex::new(HashMap::new()),
             kernel_cached: Mutex::new(HashMap::new()),

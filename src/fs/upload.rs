@@ -7,6 +7,8 @@ use crate::protocol::{hex, md5};
 use crate::store::{CompletedPart, ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -184,12 +186,28 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
     cfg: UploadConfig,
+    /// Where a part of a streamed file goes while memory is short (`None`:
+    /// such a writer overdraws instead; fine for the one-file CLI).
+    spill_dir: Option<std::path::PathBuf>,
     budget: Arc<MemoryBudget>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Uploader {
+    /// As `new`; a streamed part that finds no memory goes to a file in `dir`.
+    pub fn with_spill_dir(
+        store: Arc<dyn ObjectStore>,
+        cfg: UploadConfig,
+        dir: &std::path::Path,
+    ) -> Arc<Uploader> {
+        let mut up = Uploader::new(store, cfg);
+        if let Some(u) = Arc::get_mut(&mut up) {
+            u.spill_dir = Some(dir.to_path_buf());
+        }
+        up
+    }
+
     pub fn new(store: Arc<dyn ObjectStore>, cfg: UploadConfig) -> Arc<Uploader> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -219,6 +237,7 @@ impl Uploader {
             .collect();
         Arc::new(Uploader {
             store,
+            spill_dir: None,
             budget: MemoryBudget::new(cfg.memory),
             cfg,
             jobs: Mutex::new(Some(tx)),
@@ -244,6 +263,7 @@ impl Uploader {
             fixed_part_size: size.map(|s| part_size_for(self.cfg.part_size, Some(s))),
             fixed_size: size,
             upload_id: None,
+            spilled: None,
             fallback: None,
             buf: Vec::new(),
             reservation: None,
@@ -278,6 +298,10 @@ impl Drop for Uploader {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+fn spill_error(key: &str, e: std::io::Error) -> StoreError {
+    StoreError::Invalid(format!("{key:?}: keeping a part on disk: {e}"))
 }
 
 /// Whether the service says the key already has an object or an open upload.
@@ -333,6 +357,8 @@ pub struct ObjectUpload {
     fixed_part_size: Option<u64>,
     fixed_size: Option<u64>,
     upload_id: Option<String>,
+    /// The current part, when memory was short: its bytes so far, on disk.
+    spilled: Option<(std::fs::File, usize)>,
     /// Where the bytes go instead if `key` is taken when the upload starts.
     fallback: Option<String>,
     buf: Vec<u8>,
@@ -392,25 +418,75 @@ impl ObjectUpload {
             )));
         }
         let mut taken = false;
+        // A streamed file never overdraws: an idle writer could hold the
+        // overdraft for good. It hands its bytes back (nothing sent yet) or
+        // keeps its current part on disk.
+        let streamed = self.fixed_size.is_none() && self.uploader.spill_dir.is_some();
         while !data.is_empty() {
             let part_size = self.part_size(self.next_part) as usize;
             // A full buffer goes out only once more bytes arrive, so a file of
             // exactly one part still becomes a single PutObject.
-            if self.buf.len() >= part_size {
+            let held = self.buffered();
+            if held >= part_size {
                 self.send_part()?;
                 continue;
             }
-            let n = data.len().min(part_size - self.buf.len());
-            let may_spill = !taken && self.upload_id.is_none() && self.fixed_size.is_none();
-            if !self.reserve(self.buf.len() + n, part_size, may_spill) {
+            let n = data.len().min(part_size - held);
+            if let Some((file, len)) = self.spilled.as_mut() {
+                file.write_all_at(&data[..n], *len as u64)
+                    .map_err(|e| spill_error(&self.key, e))?;
+                *len += n;
+            } else if self.reserve(held + n, part_size, streamed) {
+                self.buf.extend_from_slice(&data[..n]);
+            } else if self.upload_id.is_none() && !taken {
                 return Ok(false);
+            } else {
+                self.spill_part()?;
+                continue;
             }
-            self.buf.extend_from_slice(&data[..n]);
             self.written += n as u64;
             data = &data[n..];
             taken = true;
         }
         Ok(true)
+    }
+
+    /// Bytes of the current part so far.
+    fn buffered(&self) -> usize {
+        self.spilled.as_ref().map_or(self.buf.len(), |(_, n)| *n)
+    }
+
+    /// Moves the current part's bytes to a file and gives its memory back.
+    fn spill_part(&mut self) -> Result<(), StoreError> {
+        let dir = self.uploader.spill_dir.as_deref().unwrap_or(Path::new("."));
+        let file = tempfile::tempfile_in(dir).map_err(|e| spill_error(&self.key, e))?;
+        file.write_all_at(&self.buf, 0)
+            .map_err(|e| spill_error(&self.key, e))?;
+        log::debug!(
+            "{:?}: part {} goes to disk while upload memory is short",
+            self.key,
+            self.next_part
+        );
+        self.spilled = Some((file, self.buf.len()));
+        self.buf = Vec::new();
+        self.reservation = None;
+        Ok(())
+    }
+
+    /// Brings a spilled part back into memory to send it at once: it may
+    /// overdraw, since it goes straight to a worker.
+    fn unspill(&mut self) -> Result<(), StoreError> {
+        let Some((file, len)) = self.spilled.take() else {
+            return Ok(());
+        };
+        let mut r = Reservation::new(&self.uploader.budget);
+        r.grow(len as u64, false);
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, 0)
+            .map_err(|e| spill_error(&self.key, e))?;
+        self.buf = buf;
+        self.reservation = Some(r);
+        Ok(())
     }
 
     /// Makes the part buffer's reservation (and capacity) cover `want` bytes.
@@ -476,6 +552,7 @@ impl ObjectUpload {
     /// Hands the current buffer to a worker as the next part.
     fn send_part(&mut self) -> Result<(), StoreError> {
         let upload_id = self.ensure_initiated()?;
+        self.unspill()?;
         let data = Bytes::from(std::mem::take(&mut self.buf));
         let mut reservation = self.reservation.take();
         if let Some(r) = reservation.as_mut() {
@@ -549,6 +626,7 @@ impl ObjectUpload {
         }
         let store = Arc::clone(&self.uploader.store);
         if self.upload_id.is_none() {
+            self.unspill()?;
             if self.buf.is_empty() {
                 return Err(StoreError::Invalid(format!(
                     "{:?}: the coffer cannot hold empty objects (ObjectEmpty)",
@@ -564,7 +642,7 @@ impl ObjectUpload {
             self.reservation = None;
             return result;
         }
-        if !self.buf.is_empty() {
+        if self.buffered() > 0 {
             self.send_part()?;
         }
         self.state.wait_idle();
@@ -606,6 +684,7 @@ impl ObjectUpload {
 
     fn abort_upload(&mut self) {
         self.buf = Vec::new();
+        self.spilled = None;
         self.reservation = None;
         self.state.wait_idle();
         if let Some(id) = self.upload_id.take() {
@@ -755,6 +834,54 @@ mod tests {
                 10 * MIB as usize
             );
         }
+    }
+
+    #[test]
+    fn a_streamed_part_short_of_memory_goes_to_disk_instead_of_waiting() {
+        let store = Arc::new(MemoryStore::new());
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = UploadConfig {
+            part_size: MIB,
+            memory: 2 * MIB,
+            concurrency: 1,
+        };
+        let up = Uploader::with_spill_dir(dyn_store, cfg, dir.path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let mut a = up.begin("a", None);
+            let mut b = up.begin("b", None);
+            assert!(a.write(&bytes(MIB as usize + 1)).unwrap());
+            assert!(b.write(&bytes(MIB as usize + 1)).unwrap());
+            // Idle writers that never filled a part hold most of the budget.
+            while up.budget().used() > 2 * 64 * 1024 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let mut idle: Vec<ObjectUpload> = (0..2)
+                .map(|i| up.begin(&format!("idle{i}"), None))
+                .collect();
+            for u in idle.iter_mut() {
+                assert!(u.write(&bytes(900 * 1024)).unwrap());
+            }
+            // Writers with parts sent go on; nothing waits for the idle ones.
+            assert!(a.write(&bytes(MIB as usize)).unwrap());
+            assert!(b.write(&bytes(MIB as usize)).unwrap());
+            a.finish().unwrap();
+            b.finish().unwrap();
+            for u in idle {
+                u.finish().unwrap();
+            }
+            tx.send(up.budget().used()).unwrap();
+        });
+        let used = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("writers hung on the memory budget");
+        worker.join().unwrap();
+        assert_eq!(used, 0);
+        let want = [bytes(MIB as usize + 1), bytes(MIB as usize)].concat();
+        assert_eq!(store.object("a").unwrap().as_ref(), want.as_slice());
+        assert_eq!(store.object("b").unwrap().as_ref(), want.as_slice());
+        assert_eq!(store.object("idle1").unwrap().len(), 900 * 1024);
     }
 
     #[derive(Default)]
