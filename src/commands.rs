@@ -41,6 +41,8 @@ pub struct Target {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub credentials_file: Option<PathBuf>,
+    /// A request fails after this long without a byte moving; `None` keeps the default.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Target {
@@ -56,6 +58,9 @@ impl Target {
             }
         };
         cfg.credentials = credentials::load(self.credentials_file.as_deref())?;
+        if let Some(t) = self.idle_timeout {
+            cfg.idle_timeout = t;
+        }
         Ok(cfg)
     }
 

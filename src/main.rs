@@ -49,6 +49,10 @@ struct TargetArgs {
     /// File with secret_id/secret_key (mode 600); default: TENCENTCLOUD_SECRET_ID/_KEY.
     #[arg(long, global = true)]
     credentials: Option<PathBuf>,
+    /// A request fails after this long without a byte moving either way [default: 60s].
+    /// Never a limit on a whole request: a merge may take minutes.
+    #[arg(long, global = true, value_name = "DUR", value_parser = mount::parse_idle_timeout)]
+    idle_timeout: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -226,6 +230,7 @@ fn target(t: &TargetArgs) -> Target {
         endpoint: t.endpoint.clone(),
         region: t.region.clone(),
         credentials_file: t.credentials.clone(),
+        idle_timeout: t.idle_timeout,
     }
 }
 

@@ -39,6 +39,15 @@ pub struct MountConfig {
     pub retries: Option<u32>,
 }
 
+/// `--idle-timeout`: a duration above zero.
+pub fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("the idle timeout must be above zero".into()),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
+}
+
 /// Options that mount(8) and fstab add and that mean nothing here.
 const IGNORED: &[&str] = &[
     "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "_netdev", "nofail",
@@ -96,6 +105,10 @@ impl MountConfig {
                 }
                 "log_file" => self.log_file = Some(PathBuf::from(need()?)),
                 "retries" => self.retries = Some(num()? as u32),
+                "idle_timeout" => {
+                    self.target.idle_timeout =
+                        Some(parse_idle_timeout(need()?).map_err(|e| bad(o, e))?)
+                }
                 "ro" | "read_only" => self.fs.read_only = true,
                 "allow_delete" => self.fs.allow_delete = true,
                 "cache_dir_size" => self.fs.cache_dir_size = size()?,
@@ -517,6 +530,7 @@ mod tests {
                 endpoint: None,
                 region: None,
                 credentials_file: None,
+                idle_timeout: None,
             },
             local: None,
             foreground: false,
@@ -550,6 +564,7 @@ mod tests {
         assert!(cfg().apply_options(&["bogus".into()]).is_err());
         assert!(cfg().apply_options(&["endpoint".into()]).is_err());
         assert!(cfg().apply_options(&["file_mode=999".into()]).is_err());
+        assert!(cfg().apply_options(&["idle_timeout=0".into()]).is_err());
     }
 
     #[test]
