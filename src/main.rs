@@ -55,6 +55,15 @@ struct TargetArgs {
     idle_timeout: Option<Duration>,
 }
 
+/// A parsed `--abort-uploads-older-than` (`None`: never); a newtype so clap does
+/// not read the `Option` as "the flag may be absent".
+#[derive(Clone)]
+struct Age(Option<Duration>);
+
+fn parse_age(s: &str) -> Result<Age, String> {
+    mount::parse_abort_age(s).map(Age)
+}
+
 #[derive(Args)]
 struct TransferArgs {
     /// Preferred part (or range) size.
@@ -159,6 +168,10 @@ struct MountArgs {
     /// Attempts per request before an operation fails (the first included).
     #[arg(long)]
     retries: Option<u32>,
+    /// At start, abort open multipart uploads started longer ago than this
+    /// (orphans of a killed mount, which block their path); 0: never.
+    #[arg(long, value_name = "DUR", default_value = "1d", value_parser = parse_age)]
+    abort_uploads_older_than: Age,
     /// Options in fstab form: endpoint=URL,part_size=16MiB,ro,allow_other,...
     #[arg(short = 'o', value_name = "OPT,...")]
     options: Vec<String>,
@@ -272,6 +285,7 @@ fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandErro
         log_file: m.log_file,
         fuse_threads: m.fuse_threads,
         retries: m.retries,
+        abort_uploads_older_than: m.abort_uploads_older_than.0,
     };
     if let Some(u) = m.uid {
         cfg.fs.uid = u;
