@@ -212,3 +212,28 @@ fn cli_put_survives_a_merge_longer_than_its_idle_timeout() {
     let got = c.get("big", None).unwrap();
     assert!(got.data.as_ref() == data.as_slice(), "same bytes");
 }
+
+#[test]
+fn close_in_a_mount_succeeds_through_a_merge_longer_than_the_idle_timeout() {
+    let server = Server::start(&[
+        "--keepalive-interval",
+        "200ms",
+        "--faults",
+        "CompleteMultipartUpload:slow=8s:1",
+    ]);
+    let m = common::Mount::start(&server, &["--idle-timeout", "2s", "--part-size", "1MiB"]);
+    let data = random_bytes(3 * MIB + 1, 8);
+    let started = Instant::now();
+    std::fs::write(m.path("merged.bin"), &data).expect("close succeeds");
+    assert!(
+        started.elapsed() >= Duration::from_secs(8),
+        "the merge was held"
+    );
+    assert!(std::fs::read(m.path("merged.bin")).unwrap() == data);
+    let c = common::client(&server.endpoint);
+    assert_eq!(
+        c.head("merged.bin").unwrap().map(|o| o.size),
+        Some(data.len() as u64)
+    );
+    m.unmount();
+}
