@@ -41,6 +41,8 @@ pub struct Target {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub credentials_file: Option<PathBuf>,
+    /// A request fails after this long without a byte moving; `None` keeps the default.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Target {
@@ -56,6 +58,9 @@ impl Target {
             }
         };
         cfg.credentials = credentials::load(self.credentials_file.as_deref())?;
+        if let Some(t) = self.idle_timeout {
+            cfg.idle_timeout = t;
+        }
         Ok(cfg)
     }
 
@@ -369,6 +374,31 @@ pub fn uploads_list(
     Ok(ups.len())
 }
 
+/// Aborts the open uploads under `prefix` started more than `older_than` ago
+/// (all when `None`), telling `each` how every abort went. Returns how many were
+/// aborted and the first failure; an error only when they cannot be listed.
+/// `uploads abort` and a starting mount share it.
+pub fn abort_uploads(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    older_than: Option<Duration>,
+    each: &mut dyn FnMut(&crate::store::UploadMeta, &Result<(), StoreError>),
+) -> Result<(usize, Option<StoreError>), CommandError> {
+    let mut first_error = None;
+    let mut aborted = 0;
+    for u in open_uploads(store, prefix, older_than)? {
+        let outcome = store.abort(&u.key, &u.upload_id);
+        each(&u, &outcome);
+        match outcome {
+            Ok(()) => aborted += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Ok((aborted, first_error))
+}
+
 /// `cofferfs uploads abort`: aborts each matching upload; fails if any abort failed.
 pub fn uploads_abort(
     store: &dyn ObjectStore,
@@ -376,21 +406,18 @@ pub fn uploads_abort(
     older_than: Option<Duration>,
     out: &mut dyn std::io::Write,
 ) -> Result<usize, CommandError> {
-    let ups = open_uploads(store, prefix, older_than)?;
-    let mut first_error = None;
-    let mut aborted = 0;
-    for u in &ups {
-        match store.abort(&u.key, &u.upload_id) {
+    let mut write_error = None;
+    let (aborted, first_error) =
+        abort_uploads(store, prefix, older_than, &mut |u, outcome| match outcome {
             Ok(()) => {
-                aborted += 1;
-                writeln!(out, "aborted {}  {}", u.upload_id, u.key)
-                    .map_err(io_err(Path::new("stdout")))?;
+                if let Err(e) = writeln!(out, "aborted {}  {}", u.upload_id, u.key) {
+                    write_error.get_or_insert(e);
+                }
             }
-            Err(e) => {
-                log::error!("cannot abort {} ({:?}): {e}", u.upload_id, u.key);
-                first_error.get_or_insert(e);
-            }
-        }
+            Err(e) => log::error!("cannot abort {} ({:?}): {e}", u.upload_id, u.key),
+        })?;
+    if let Some(e) = write_error {
+        return Err(io_err(Path::new("stdout"))(e));
     }
     match first_error {
         Some(e) => Err(e.into()),

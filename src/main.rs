@@ -49,6 +49,19 @@ struct TargetArgs {
     /// File with secret_id/secret_key (mode 600); default: TENCENTCLOUD_SECRET_ID/_KEY.
     #[arg(long, global = true)]
     credentials: Option<PathBuf>,
+    /// A request fails after this long without a byte moving either way [default: 60s].
+    /// Never a limit on a whole request: a merge may take minutes.
+    #[arg(long, global = true, value_name = "DUR", value_parser = mount::parse_idle_timeout)]
+    idle_timeout: Option<Duration>,
+}
+
+/// A parsed `--abort-uploads-older-than` (`None`: never); a newtype so clap does
+/// not read the `Option` as "the flag may be absent".
+#[derive(Clone)]
+struct Age(Option<Duration>);
+
+fn parse_age(s: &str) -> Result<Age, String> {
+    mount::parse_abort_age(s).map(Age)
 }
 
 #[derive(Args)]
@@ -155,6 +168,10 @@ struct MountArgs {
     /// Attempts per request before an operation fails (the first included).
     #[arg(long)]
     retries: Option<u32>,
+    /// At start, abort open multipart uploads started longer ago than this
+    /// (orphans of a killed mount, which block their path); 0: never.
+    #[arg(long, value_name = "DUR", default_value = "1d", value_parser = parse_age)]
+    abort_uploads_older_than: Age,
     /// Options in fstab form: endpoint=URL,part_size=16MiB,ro,allow_other,...
     #[arg(short = 'o', value_name = "OPT,...")]
     options: Vec<String>,
@@ -226,6 +243,7 @@ fn target(t: &TargetArgs) -> Target {
         endpoint: t.endpoint.clone(),
         region: t.region.clone(),
         credentials_file: t.credentials.clone(),
+        idle_timeout: t.idle_timeout,
     }
 }
 
@@ -267,6 +285,7 @@ fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandErro
         log_file: m.log_file,
         fuse_threads: m.fuse_threads,
         retries: m.retries,
+        abort_uploads_older_than: m.abort_uploads_older_than.0,
     };
     if let Some(u) = m.uid {
         cfg.fs.uid = u;

@@ -37,6 +37,30 @@ pub struct MountConfig {
     pub fuse_threads: usize,
     /// Attempts per request (the first included); `None` keeps the default.
     pub retries: Option<u32>,
+    /// At start, abort open uploads initiated longer ago than this (orphans of a
+    /// mount that was killed); `None` never does.
+    pub abort_uploads_older_than: Option<Duration>,
+}
+
+/// The default of `--abort-uploads-older-than`: one day.
+pub const ABORT_UPLOADS_DEFAULT: Duration = Duration::from_secs(86400);
+
+/// `--abort-uploads-older-than`: a duration (`1d`, `2h`, `30m`); `0` means never.
+pub fn parse_abort_age(s: &str) -> Result<Option<Duration>, String> {
+    if s.trim() == "0" {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+/// `--idle-timeout`: a duration above zero.
+pub fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("the idle timeout must be above zero".into()),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 /// Options that mount(8) and fstab add and that mean nothing here.
@@ -96,6 +120,14 @@ impl MountConfig {
                 }
                 "log_file" => self.log_file = Some(PathBuf::from(need()?)),
                 "retries" => self.retries = Some(num()? as u32),
+                "idle_timeout" => {
+                    self.target.idle_timeout =
+                        Some(parse_idle_timeout(need()?).map_err(|e| bad(o, e))?)
+                }
+                "abort_uploads_older_than" => {
+                    self.abort_uploads_older_than =
+                        parse_abort_age(need()?).map_err(|e| bad(o, e))?
+                }
                 "ro" | "read_only" => self.fs.read_only = true,
                 "allow_delete" => self.fs.allow_delete = true,
                 "cache_dir_size" => self.fs.cache_dir_size = size()?,
@@ -353,6 +385,9 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
     let probe = CdcsClient::new(probe_cfg, &cfg.coffer)?;
     check_coffer(&probe, &cfg.coffer)?;
     let store: Arc<dyn ObjectStore> = Arc::new(CdcsClient::new(client_cfg, &cfg.coffer)?);
+    if let Some(age) = cfg.abort_uploads_older_than {
+        abort_orphans(store.as_ref(), age);
+    }
     let fs = Fs::new(store, cfg.fs.clone()).map_err(|e| {
         CommandError::Usage(format!(
             "reading the coffer's metadata journal: {}",
@@ -474,6 +509,33 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Aborts uploads older than `age`: orphans of a mount killed mid-write, which
+/// would block their key for good. Logs each; failures are warnings only.
+fn abort_orphans(store: &dyn ObjectStore, age: Duration) {
+    let result = crate::commands::abort_uploads(store, "", Some(age), &mut |u, outcome| {
+        let old = u
+            .initiated
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
+            .unwrap_or_else(|| "?".into());
+        match outcome {
+            Ok(()) => log::info!(
+                "aborted orphan upload {} of {:?} (started {old} ago)",
+                u.upload_id,
+                u.key
+            ),
+            Err(e) => log::warn!(
+                "cannot abort orphan upload {} of {:?} (started {old} ago): {e}",
+                u.upload_id,
+                u.key
+            ),
+        }
+    });
+    if let Err(e) = result {
+        log::warn!("cannot list open uploads to abort orphans: {e}");
+    }
+}
+
 /// One listing request: the coffer exists, the credentials work, the endpoint answers.
 fn check_coffer(client: &CdcsClient, coffer: &str) -> Result<(), CommandError> {
     match client.list("", "", 1) {
@@ -517,6 +579,7 @@ mod tests {
                 endpoint: None,
                 region: None,
                 credentials_file: None,
+                idle_timeout: None,
             },
             local: None,
             foreground: false,
@@ -526,6 +589,7 @@ mod tests {
             log_file: None,
             fuse_threads: 4,
             retries: None,
+            abort_uploads_older_than: Some(ABORT_UPLOADS_DEFAULT),
         }
     }
 
@@ -543,6 +607,13 @@ mod tests {
         assert_eq!(c.fs.file_mode, 0o600);
         assert!(c.fs.read_only);
         assert_eq!(c.fuse_options, ["noatime"]);
+        c.apply_options(&["idle_timeout=5m,abort-uploads-older-than=2h".into()])
+            .expect("options");
+        assert_eq!(c.target.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(c.abort_uploads_older_than, Some(Duration::from_secs(7200)));
+        c.apply_options(&["abort_uploads_older_than=0".into()])
+            .expect("options");
+        assert_eq!(c.abort_uploads_older_than, None, "0 means never");
     }
 
     #[test]
@@ -550,6 +621,10 @@ mod tests {
         assert!(cfg().apply_options(&["bogus".into()]).is_err());
         assert!(cfg().apply_options(&["endpoint".into()]).is_err());
         assert!(cfg().apply_options(&["file_mode=999".into()]).is_err());
+        assert!(cfg().apply_options(&["idle_timeout=0".into()]).is_err());
+        assert!(cfg()
+            .apply_options(&["abort_uploads_older_than=soon".into()])
+            .is_err());
     }
 
     #[test]

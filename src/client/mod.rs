@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod retry;
+mod transport;
 
 use crate::protocol::encode::{key_path, url_encode};
 use crate::protocol::rules::{self, MAX_PART_SIZE, MAX_PUT_SIZE};
@@ -12,12 +13,12 @@ use crate::protocol::types::*;
 use crate::protocol::{self as proto, ErrorBody, ErrorCode};
 use crate::store::*;
 use bytes::Bytes;
-use reqwest::blocking::Client;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Method;
 use retry::{is_retryable, RetryPolicy};
-use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use transport::Http;
 
 /// How to reach the service and how patiently.
 #[derive(Debug, Clone)]
@@ -29,12 +30,14 @@ pub struct ClientConfig {
     /// Signs every request when set.
     pub credentials: Option<Credentials>,
     pub retry: RetryPolicy,
-    /// Longest wait for any single read or for the answer's headers: bounds idle
-    /// time, not total time, since a Complete may stream spaces for minutes.
+    /// A request fails when no byte has moved (sent or received) for this long.
+    /// It bounds idle time, never total time: a Complete may stream spaces for
+    /// minutes, a large part may go up slowly.
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
-    /// Slowest upload rate tolerated, to bound the time a request body may take.
-    pub min_upload_rate: u64,
+    /// How long a Complete waits for a merge already running (its own cut-off
+    /// attempt, answered `AlreadyLock`) before it gives up.
+    pub merge_wait: Duration,
 }
 
 impl ClientConfig {
@@ -46,7 +49,7 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
-            min_upload_rate: 256 * 1024,
+            merge_wait: Duration::from_secs(30 * 60),
         }
     }
 
@@ -98,6 +101,9 @@ struct Request<'a> {
     range: Option<Range>,
     /// The answer body is object data, never an error document, on success.
     data_answer: bool,
+    /// `AlreadyLock` goes back to the caller at once instead of being retried
+    /// (Complete waits for a running merge its own way).
+    lock_to_caller: bool,
 }
 
 impl<'a> Request<'a> {
@@ -112,6 +118,7 @@ impl<'a> Request<'a> {
             md5: None,
             range: None,
             data_answer: false,
+            lock_to_caller: false,
         }
     }
 
@@ -144,8 +151,8 @@ impl Answer {
 /// A CDCS coffer over HTTP. Cheap to clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct CdcsClient {
-    http: Client,
-    cfg: std::sync::Arc<ClientConfig>,
+    http: Arc<Http>,
+    cfg: Arc<ClientConfig>,
     coffer: String,
 }
 
@@ -165,25 +172,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Words for a reqwest error without its URL (URLs carry keys, never secrets, but
-/// the key is logged separately) and with its cause chain.
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        "connection failed".to_string()
-    };
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 impl CdcsClient {
     /// A client of `coffer` (`name-appid`).
     pub fn new(cfg: ClientConfig, coffer: &str) -> Result<CdcsClient, StoreError> {
@@ -192,17 +180,10 @@ impl CdcsClient {
                 "invalid coffer {coffer:?}: expected NAME-APPID (lowercase letters, digits, '-')"
             )));
         }
-        let http = Client::builder()
-            .timeout(cfg.idle_timeout)
-            .connect_timeout(cfg.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| StoreError::Invalid(format!("cannot build HTTP client: {e}")))?;
+        let http = Http::new(cfg.connect_timeout).map_err(StoreError::Invalid)?;
         Ok(CdcsClient {
-            http,
-            cfg: std::sync::Arc::new(cfg),
+            http: Arc::new(http),
+            cfg: Arc::new(cfg),
             coffer: coffer.to_string(),
         })
     }
@@ -327,7 +308,6 @@ impl CdcsClient {
                 headers.insert(reqwest::header::RANGE, h);
             }
         }
-        let mut builder = self.http.request(req.method.clone(), url).headers(headers);
         if let Some(body) = &req.body {
             let json = matches!(req.op, "CompleteMultipartUpload" | "PutCoffer");
             let content_type = if json {
@@ -335,54 +315,36 @@ impl CdcsClient {
             } else {
                 "application/octet-stream"
             };
-            // The whole body must go up within the idle timeout plus its size at the
-            // slowest rate we tolerate.
-            let budget = self.cfg.idle_timeout
-                + Duration::from_secs(body_len as u64 / self.cfg.min_upload_rate.max(1));
-            builder = builder
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .timeout(budget)
-                .body(body.clone());
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
+            headers.insert(
+                reqwest::header::CONTENT_LENGTH,
+                HeaderValue::from(body.len()),
+            );
         }
+        let http_req = self
+            .http
+            .client()
+            .request(req.method.clone(), url)
+            .headers(headers)
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("cannot build the request: {e}")))?;
         let started = Instant::now();
-        let mut resp = builder.send().map_err(|e| transport(describe(&e)))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
+        let transport::Exchange {
+            status,
+            headers,
+            body,
+        } = self
+            .http
+            .exchange(http_req, req.body.clone(), self.cfg.idle_timeout)
+            .map_err(transport)?;
         let request_id = headers
             .get(proto::REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        // Sized from Content-Length (capped), so a block's buffer is not left
-        // with up to twice its length of spare capacity.
-        let announced = headers
-            .get(reqwest::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = Vec::with_capacity(announced.min(64 << 20));
-        if req.method != Method::HEAD {
-            // Read, not bytes(): the blocking client's timeout then bounds each
-            // read (idle time), so a long merge streaming spaces is fine.
-            resp.read_to_end(&mut body).map_err(|e| {
-                transport(format!(
-                    "answer body broken after {} bytes: {e}",
-                    body.len()
-                ))
-            })?;
-            if let Some(expected) = headers
-                .get(reqwest::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok())
-            {
-                if expected != body.len() {
-                    return Err(transport(format!(
-                        "answer body truncated: {} of {expected} bytes",
-                        body.len()
-                    )));
-                }
-            }
-        }
         log::debug!(
             "{} {:?} -> {status} ({} bytes, {} ms, request id {request_id})",
             req.op,
@@ -472,6 +434,9 @@ impl CdcsClient {
             match result {
                 Ok(a) => return (Ok(a), attempt),
                 Err(e) if !is_retryable(&e) => return (Err(e), attempt),
+                Err(e) if req.lock_to_caller && e.code() == Some(&ErrorCode::AlreadyLock) => {
+                    return (Err(e), attempt)
+                }
                 Err(e) => {
                     if !self.cfg.retry.wait_before_retry(attempt, started) {
                         log::warn!("{}: giving up after {attempt} attempts: {e}", req.op);
@@ -859,7 +824,7 @@ impl ObjectStore for CdcsClient {
         })
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let md5 = proto::md5(&body);
-        let req = Request::new(
+        let mut req = Request::new(
             "CompleteMultipartUpload",
             Method::POST,
             Host::Object,
@@ -867,28 +832,59 @@ impl ObjectStore for CdcsClient {
         )
         .param("uploadId", upload_id)
         .body(Bytes::from(body), md5);
-        match self.run_json::<CompleteResult>(&req) {
-            (Ok(r), _) => Ok(proto::unquote_etag(&r.etag).to_string()),
-            // API.md §9: after a retried Complete, these mean an earlier attempt
-            // may have finished the object; the key's size decides.
-            (Err(e), attempts)
-                if attempts > 1
-                    && matches!(
-                        e.code(),
-                        Some(ErrorCode::MultipartAlreadyCompleted | ErrorCode::NoSuchUpload)
-                    ) =>
-            {
-                match self.landed(key, size, None)? {
-                    Some(etag) => {
-                        log::info!(
-                            "CompleteMultipartUpload {key:?}: an earlier attempt completed it"
+        req.lock_to_caller = true;
+        let started = Instant::now();
+        // Whether an attempt before the last may have reached the server (and
+        // merged): then "already completed" or "no such upload" are not final.
+        let mut earlier = false;
+        let mut waits = 0;
+        loop {
+            let (result, attempts) = self.run_json::<CompleteResult>(&req);
+            earlier |= attempts > 1;
+            let e = match result {
+                Ok(r) => return Ok(proto::unquote_etag(&r.etag).to_string()),
+                Err(e) => e,
+            };
+            match e.code() {
+                // A merge of this upload is running: our own attempt whose
+                // connection was cut, most likely. Wait for it (bounded), then
+                // ask again: the answer then says how it ended.
+                Some(ErrorCode::AlreadyLock) => {
+                    earlier = true;
+                    waits += 1;
+                    let pause = self.cfg.retry.backoff(waits);
+                    if started.elapsed() + pause > self.cfg.merge_wait {
+                        log::warn!(
+                            "CompleteMultipartUpload {key:?}: still merging after {:?}; giving up",
+                            started.elapsed()
                         );
-                        Ok(etag)
+                        return Err(StoreError::GaveUp {
+                            attempts: waits,
+                            last: Box::new(e),
+                        });
                     }
-                    None => Err(e),
+                    if waits == 1 {
+                        log::info!(
+                            "CompleteMultipartUpload {key:?}: a merge is already running; waiting for it"
+                        );
+                    }
+                    std::thread::sleep(pause);
                 }
+                // API.md §9: an earlier attempt may have finished the object;
+                // the key's size decides.
+                Some(ErrorCode::MultipartAlreadyCompleted | ErrorCode::NoSuchUpload) if earlier => {
+                    return match self.landed(key, size, None)? {
+                        Some(etag) => {
+                            log::info!(
+                                "CompleteMultipartUpload {key:?}: an earlier attempt completed it"
+                            );
+                            Ok(etag)
+                        }
+                        None => Err(e),
+                    };
+                }
+                _ => return Err(e),
             }
-            (Err(e), _) => Err(e),
         }
     }
 

@@ -44,6 +44,12 @@ pub enum Fault {
     Truncate,
     /// Complete: 200 and spaces, then an InternalError body; nothing committed.
     After200,
+    /// Complete: 200, then silence (no keep-alive spaces) while the commit is
+    /// held this long: a server that hangs.
+    Stall(Duration),
+    /// Complete: 200 and spaces; the connection drops after this long while the
+    /// merge goes on as long again, then commits: a cut mid-merge.
+    Cut(Duration),
 }
 
 impl Fault {
@@ -51,7 +57,7 @@ impl Fault {
     fn applies_to(self, op: &str) -> bool {
         match self {
             Fault::Truncate => op == "GetObject",
-            Fault::After200 => op == "CompleteMultipartUpload",
+            Fault::After200 | Fault::Stall(_) | Fault::Cut(_) => op == "CompleteMultipartUpload",
             _ => true,
         }
     }
@@ -94,18 +100,24 @@ fn parse_rules(spec: &str) -> Result<Vec<Rule>, String> {
             "reset-after" => Fault::ResetAfter,
             "truncate" => Fault::Truncate,
             "after200" => Fault::After200,
-            other => match other.strip_prefix("slow=") {
-                Some(d) => Fault::Slow(
+            other => {
+                let (name, d) = other.split_once('=').unwrap_or((other, ""));
+                let dur = || {
                     humantime::parse_duration(d)
-                        .map_err(|e| format!("bad duration in {kind:?}: {e}"))?,
-                ),
-                None => {
-                    return Err(format!(
-                        "unknown fault kind {kind:?} \
-                         (503, 500, reset, reset-after, slow=DUR, truncate, after200)"
-                    ))
+                        .map_err(|e| format!("bad duration in {kind:?}: {e}"))
+                };
+                match name {
+                    "slow" => Fault::Slow(dur()?),
+                    "stall" => Fault::Stall(dur()?),
+                    "cut" => Fault::Cut(dur()?),
+                    _ => {
+                        return Err(format!(
+                            "unknown fault kind {kind:?} (503, 500, reset, reset-after, \
+                             slow=DUR, truncate, after200, stall=DUR, cut=DUR)"
+                        ))
+                    }
                 }
-            },
+            }
         };
         if let Some(op) = op {
             if !fault.applies_to(op) {
@@ -165,10 +177,13 @@ mod tests {
     fn specs_parse_every_kind() {
         let rules = parse_rules(
             "UploadPart:503:0.2, *:reset:0.1,completemultipartupload:slow=3s:1,\
-             GetObject:truncate:0.5,CompleteMultipartUpload:after200:1,PutObject:reset-after:1,*:500:0",
+             GetObject:truncate:0.5,CompleteMultipartUpload:after200:1,PutObject:reset-after:1,*:500:0,\
+             CompleteMultipartUpload:stall=2s:1,CompleteMultipartUpload:cut=500ms:1",
         )
         .unwrap();
-        assert_eq!(rules.len(), 7);
+        assert_eq!(rules.len(), 9);
+        assert_eq!(rules[7].kind, Fault::Stall(Duration::from_secs(2)));
+        assert_eq!(rules[8].kind, Fault::Cut(Duration::from_millis(500)));
         assert_eq!(rules[0].op, Some("UploadPart"));
         assert_eq!(rules[1].op, None);
         assert_eq!(rules[2].op, Some("CompleteMultipartUpload"));
@@ -187,6 +202,8 @@ mod tests {
             "*:503:1.5",
             "*:slow=x:1",
             "PutObject:truncate:1",
+            "UploadPart:stall=1s:1",
+            "*:cut:1",
         ] {
             assert!(parse_rules(bad).is_err(), "{bad}");
         }

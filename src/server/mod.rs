@@ -1352,8 +1352,14 @@ async fn complete(
     let request_id = call.request_id.clone();
     tokio::spawn(async move {
         let hold = match fault {
-            Some(Fault::Slow(d)) => d,
+            Some(Fault::Slow(d) | Fault::Stall(d)) => d,
+            Some(Fault::Cut(d)) => d * 2,
             _ => Duration::ZERO,
+        };
+        let silent = matches!(fault, Some(Fault::Stall(_)));
+        let cut_at = match fault {
+            Some(Fault::Cut(d)) => Some(tokio::time::Instant::now() + d),
+            _ => None,
         };
         let after200 = fault == Some(Fault::After200);
         let (c2, k2, id2) = (coffer.clone(), key.clone(), id.clone());
@@ -1369,10 +1375,25 @@ async fn complete(
         });
         tokio::pin!(work);
         let mut tick = tokio::time::interval(interval);
+        let cut = tokio::time::sleep_until(
+            cut_at
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(365 * 86400)),
+        );
+        tokio::pin!(cut);
+        let mut cutting = cut_at.is_some();
         let result = loop {
             tokio::select! {
                 r = &mut work => break r,
-                _ = tick.tick() => { let _ = tx.send(Ok(Bytes::from_static(b" "))).await; }
+                _ = tick.tick() => {
+                    if !silent {
+                        let _ = tx.send(Ok(Bytes::from_static(b" "))).await;
+                    }
+                }
+                // The connection goes; the merge (spawn_blocking) goes on.
+                _ = &mut cut, if cutting => {
+                    cutting = false;
+                    kill.notify_one();
+                }
             }
         };
         unlock.unlock_complete(&id);
