@@ -421,7 +421,8 @@ impl ObjectUpload {
         // A streamed file never overdraws: an idle writer could hold the
         // overdraft for good. It hands its bytes back (nothing sent yet) or
         // keeps its current part on disk.
-        let streamed = self.fixed_size.is_none() && self.uploader.spill_dir.is_some();
+        let streamed = self.fixed_size.is_none();
+        let can_spill = self.uploader.spill_dir.is_some();
         while !data.is_empty() {
             let part_size = self.part_size(self.next_part) as usize;
             // A full buffer goes out only once more bytes arrive, so a file of
@@ -436,7 +437,11 @@ impl ObjectUpload {
                 file.write_all_at(&data[..n], *len as u64)
                     .map_err(|e| spill_error(&self.key, e))?;
                 *len += n;
-            } else if self.reserve(held + n, part_size, streamed) {
+            } else if self.reserve(
+                held + n,
+                part_size,
+                streamed && (can_spill || (self.upload_id.is_none() && !taken)),
+            ) {
                 self.buf.extend_from_slice(&data[..n]);
             } else if self.upload_id.is_none() && !taken {
                 return Ok(false);
