@@ -519,6 +519,20 @@ impl Journal {
             let _ = t.join();
         }
     }
+
+    /// Test seam (tests/model.rs models a crash with it): stops the committer at
+    /// once and drops the records not yet stored, as a killed process would.
+    pub fn abandon(&self) {
+        {
+            let mut s = self.lock();
+            s.pending.clear();
+            s.stop = true;
+        }
+        self.changed.notify_all();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1525,4 +1525,19 @@ impl Fs {
         self.uploader.shutdown();
         self.cache.shutdown();
     }
+    /// Test seam (tests/model.rs models a crash with it): ends the mount as a
+    /// killed process would. Open writers are dropped unfinished and journal
+    /// records not yet stored are lost; the threads end. Pair it with a store
+    /// that refuses every request from now on, so nothing the dying mount still
+    /// sends can land.
+    pub fn crash(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let open: Vec<Arc<Handle>> = lock(&self.handles).drain().map(|(_, h)| h).collect();
+        drop(open);
+        self.journal.abandon();
+        self.uploader.shutdown();
+        self.cache.shutdown();
+    }
 }

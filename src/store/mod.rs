@@ -6,6 +6,7 @@ use crate::protocol::ErrorCode;
 use bytes::Bytes;
 use std::time::SystemTime;
 
+pub mod faulty;
 pub mod memory;
 
 /// What a listing or HEAD tells about an object.

@@ -1,0 +1,638 @@
+//! The reference model: a plain in-memory tree of what a user of the mount may
+//! expect (POSIX plus the README's write-once rules), the open write handles,
+//! and what a crash may keep. It never looks at `Fs`; the harness feeds it
+//! each operation's outcome and it says whether that outcome was allowed.
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// The part size the mounts use: a streamed file whose first part has left can
+/// only grow sequentially.
+pub const PART: usize = 1 << 20;
+
+/// An expected modification time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MTime {
+    /// Exactly this (set by utimens, or seen once and kept since).
+    Pinned(SystemTime),
+    /// Changed by this mount just now: any time during the test.
+    Fresh,
+    /// Unchanged or changed just now (POSIX would change it; the product may not).
+    FreshOr(SystemTime),
+    /// Not modelled (directories implied by objects).
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum What {
+    File(Bytes),
+    Dir,
+    Symlink(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub what: What,
+    pub mode: u32,
+    pub mtime: MTime,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        self.what == What::Dir
+    }
+
+    fn touched(&mut self) {
+        if let MTime::Pinned(t) = self.mtime {
+            self.mtime = MTime::FreshOr(t);
+        }
+    }
+}
+
+/// A path's stored version: what remounts and other mounts see.
+pub type Tree = BTreeMap<String, Node>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HState {
+    /// Taking writes; the path shows as being written.
+    Open,
+    /// A write or truncate failed: every later write and the close fail, and
+    /// the path shows its previous version.
+    Poisoned,
+    /// fsync stored its bytes; later writes fail with EPERM, close succeeds.
+    Completed,
+}
+
+/// How the bytes travel (README: sequential writes stream; others stage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Opened for editing, nothing changed yet.
+    Lazy,
+    Stream,
+    Staged,
+}
+
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub fh: u64,
+    pub ino: u64,
+    pub path: String,
+    pub buf: Vec<u8>,
+    /// The mode the file has once closed.
+    pub mode: u32,
+    pub state: HState,
+    pub how: How,
+    /// Closing changes the file (else it is an unchanged edit).
+    pub dirty: bool,
+    /// An fsync stored everything written so far.
+    pub synced: bool,
+    /// Writes changed the time.
+    pub wrote: bool,
+    /// A fault was armed while this handle was open: a part upload may have
+    /// failed in the background, so its later writes and close may fail.
+    pub tainted: bool,
+}
+
+impl Handle {
+    /// Shown as being written (EBUSY to readers and other writers).
+    pub fn live(&self) -> bool {
+        self.state == HState::Open
+    }
+}
+
+/// What the walk of a mount must find at a path.
+#[derive(Debug, Clone)]
+pub enum Want {
+    Node(Node),
+    Writing { size: u64, mode: u32 },
+}
+
+/// What the model makes of a lookup.
+pub enum Found<'a> {
+    Node(&'a Node),
+    Writing,
+}
+
+/// An operation's expected result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exp {
+    Ok,
+    Err(i32),
+    /// Any error (which one is not specified: a poisoned handle).
+    Fail,
+    /// Ok or any error (a fault was armed, or the outcome is the product's choice).
+    Either,
+}
+
+pub struct Model {
+    pub tree: Tree,
+    pub handles: Vec<Handle>,
+    /// Views since the last point where everything was stored, oldest first,
+    /// with absolute step numbers: a crash may leave any of them.
+    pub snaps: Vec<(u64, Tree)>,
+    step: u64,
+    /// Files whose close stored them under their own key without waiting for
+    /// a journal record, with the step of that close: after a crash they show
+    /// even in views from before it.
+    pub own: Vec<(String, Bytes, u64)>,
+    /// This step made everything so far durable (fsync, a close that waited).
+    pub durable_after_step: bool,
+}
+
+pub fn parent_of(path: &str) -> Option<&str> {
+    path.rsplit_once('/').map(|(p, _)| p)
+}
+
+pub fn name_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, n)| n)
+}
+
+/// `path` is `dir` or beneath it.
+pub fn within(path: &str, dir: &str) -> bool {
+    path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            tree: Tree::new(),
+            handles: Vec::new(),
+            snaps: vec![(0, Tree::new())],
+            step: 0,
+            own: Vec::new(),
+            durable_after_step: false,
+        }
+    }
+}
+
+impl Model {
+    /// What a lookup of `path` finds, or its errno.
+    pub fn find(&self, path: &str) -> Result<Found<'_>, i32> {
+        if let Some(p) = parent_of(path) {
+            match self.find(p)? {
+                Found::Node(n) if n.is_dir() => {}
+                _ => return Err(libc::ENOTDIR),
+            }
+        }
+        if self.handles.iter().any(|h| h.live() && h.path == path) {
+            return Ok(Found::Writing);
+        }
+        self.tree.get(path).map(Found::Node).ok_or(libc::ENOENT)
+    }
+
+    /// Where a new entry `path` may go: its parent is a directory, the name is
+    /// not reserved, and nothing is there.
+    pub fn can_add(&self, path: &str) -> Result<(), i32> {
+        if let Some(p) = parent_of(path) {
+            match self.find(p)? {
+                Found::Node(n) if n.is_dir() => {}
+                _ => return Err(libc::ENOTDIR),
+            }
+        }
+        if path == ".cofferfs" {
+            return Err(libc::EPERM);
+        }
+        match self.find(path) {
+            Ok(_) => Err(libc::EEXIST),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The whole view this mount shows, writers included.
+    pub fn live(&self) -> BTreeMap<String, Want> {
+        let mut m: BTreeMap<String, Want> = self
+            .tree
+            .iter()
+            .map(|(p, n)| (p.clone(), Want::Node(n.clone())))
+            .collect();
+        for h in self.handles.iter().filter(|h| h.live()) {
+            m.insert(
+                h.path.clone(),
+                Want::Writing {
+                    size: h.buf.len() as u64,
+                    mode: h.mode,
+                },
+            );
+        }
+        m
+    }
+
+    /// The parent directory of `path` had an entry added or removed.
+    fn touch_parent(&mut self, path: &str) {
+        if let Some(n) = parent_of(path).and_then(|p| self.tree.get_mut(p)) {
+            n.touched();
+        }
+    }
+
+    /// Ends a step: its view joins those a crash may leave.
+    pub fn end_step(&mut self) {
+        self.step += 1;
+        if std::mem::take(&mut self.durable_after_step) {
+            self.snaps.clear();
+            self.own.clear();
+        }
+        self.snaps.push((self.step, self.tree.clone()));
+    }
+
+    /// Everything so far is stored: a crash keeps at least this.
+    fn durable(&mut self) {
+        self.snaps = vec![(self.step, self.tree.clone())];
+        self.own.clear();
+    }
+
+    /// Replaces the state after a remount or crash.
+    pub fn reset(&mut self, tree: Tree) {
+        self.tree = tree;
+        self.handles.clear();
+        self.durable();
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    // ---- handles ------------------------------------------------------------
+
+    pub fn open_new(&mut self, fh: u64, ino: u64, path: &str, mode: u32) {
+        self.handles.push(Handle {
+            fh,
+            ino,
+            path: path.to_string(),
+            buf: Vec::new(),
+            mode,
+            state: HState::Open,
+            how: How::Stream,
+            dirty: true,
+            synced: false,
+            wrote: true,
+            tainted: false,
+        });
+    }
+
+    pub fn open_existing(&mut self, fh: u64, ino: u64, path: &str, trunc: bool) {
+        let Some(n) = self.tree.get(path) else { return };
+        let old = match &n.what {
+            What::File(b) => b.to_vec(),
+            _ => Vec::new(),
+        };
+        self.handles.push(Handle {
+            fh,
+            ino,
+            path: path.to_string(),
+            buf: if trunc { Vec::new() } else { old },
+            mode: n.mode,
+            state: HState::Open,
+            how: if trunc { How::Stream } else { How::Lazy },
+            dirty: trunc,
+            synced: false,
+            wrote: false,
+            tainted: false,
+        });
+    }
+
+    /// The expected result of writing `len` bytes at `offset` through handle `i`.
+    pub fn expect_write(&self, i: usize, offset: usize) -> Exp {
+        let h = &self.handles[i];
+        let exp = match h.state {
+            HState::Poisoned => Exp::Fail,
+            HState::Completed => Exp::Err(libc::EPERM),
+            HState::Open => {
+                if h.how == How::Stream && offset != h.buf.len() && h.buf.len() > PART {
+                    // README: a file whose first part has left grows sequentially only.
+                    Exp::Err(libc::EINVAL)
+                } else {
+                    Exp::Ok
+                }
+            }
+        };
+        if h.tainted && exp == Exp::Ok {
+            Exp::Either
+        } else {
+            exp
+        }
+    }
+
+    /// The expected result of ftruncate through handle `i`.
+    pub fn expect_ftruncate(&self, i: usize, size: usize) -> Exp {
+        let h = &self.handles[i];
+        let exp = match h.state {
+            HState::Poisoned => Exp::Fail,
+            HState::Completed => Exp::Err(libc::EPERM),
+            HState::Open if size == h.buf.len() => Exp::Ok,
+            HState::Open if h.how == How::Stream && h.buf.len() > PART => Exp::Err(libc::EINVAL),
+            HState::Open => Exp::Ok,
+        };
+        if h.tainted && exp == Exp::Ok {
+            Exp::Either
+        } else {
+            exp
+        }
+    }
+
+    /// A write or truncate through handle `i` succeeded.
+    pub fn wrote(&mut self, i: usize, offset: usize, data: &[u8]) {
+        let h = &mut self.handles[i];
+        if !(h.how == How::Stream && offset == h.buf.len()) {
+            h.how = How::Staged;
+        }
+        let end = offset + data.len();
+        if h.buf.len() < end {
+            h.buf.resize(end, 0);
+        }
+        h.buf[offset..end].copy_from_slice(data);
+        h.dirty = true;
+        h.synced = false;
+        h.wrote = true;
+    }
+
+    pub fn truncated(&mut self, i: usize, size: usize) {
+        let h = &mut self.handles[i];
+        if size == h.buf.len() {
+            return;
+        }
+        h.how = How::Staged;
+        h.buf.resize(size, 0);
+        h.dirty = true;
+        h.synced = false;
+        h.wrote = true;
+    }
+
+    /// A write or truncate failed (or was refused): the handle is poisoned and
+    /// the path shows its previous version (DESIGN: "a handle on which a write,
+    /// truncate or copy-in failed is poisoned").
+    pub fn poison(&mut self, i: usize) {
+        let h = &mut self.handles[i];
+        if h.state == HState::Open {
+            h.state = HState::Poisoned;
+        }
+    }
+
+    /// The expected result of close (flush) of handle `i`.
+    pub fn expect_close(&self, i: usize) -> Exp {
+        let h = &self.handles[i];
+        match h.state {
+            HState::Poisoned => Exp::Fail,
+            HState::Completed => Exp::Ok,
+            HState::Open if h.tainted && h.dirty => Exp::Either,
+            HState::Open => Exp::Ok,
+        }
+    }
+
+    /// The file's new stored version, as handle `i` leaves it.
+    fn store_handle(&mut self, i: usize) {
+        let h = &self.handles[i];
+        let old = self.tree.get(&h.path).map(|n| n.mtime);
+        let mtime = match (h.wrote, old) {
+            (true, _) | (false, None) => MTime::Fresh,
+            (false, Some(MTime::Pinned(t))) => MTime::FreshOr(t),
+            (false, Some(m)) => m,
+        };
+        let node = Node {
+            what: What::File(Bytes::from(h.buf.clone())),
+            mode: h.mode,
+            mtime,
+        };
+        let path = h.path.clone();
+        let new = !self.tree.contains_key(&path);
+        self.tree.insert(path.clone(), node);
+        if new {
+            self.touch_parent(&path);
+        }
+    }
+
+    /// Close of handle `i` returned `ok`. `own`: its bytes went to an object at
+    /// the path's own key (no journal record waited for).
+    pub fn closed(&mut self, i: usize, ok: bool, own: bool) {
+        let h = self.handles.remove(i);
+        if !ok || h.state != HState::Open || !h.dirty {
+            return;
+        }
+        let synced = h.synced;
+        let (path, buf) = (h.path.clone(), h.buf.clone());
+        self.handles.insert(i, h);
+        self.store_handle(i);
+        self.handles.remove(i);
+        if own {
+            self.own.push((path, Bytes::from(buf), self.step + 1));
+        } else if !synced {
+            // close waited for the file's journal record; records are stored in
+            // order, so everything before it is stored too.
+            self.durable_after_step = true;
+        }
+    }
+
+    /// The expected result of fsync of handle `i`.
+    pub fn expect_fsync(&self, i: usize) -> Exp {
+        let h = &self.handles[i];
+        match h.state {
+            HState::Poisoned => Exp::Fail,
+            HState::Open if h.tainted && h.dirty => Exp::Either,
+            _ => Exp::Ok,
+        }
+    }
+
+    /// fsync of handle `i` succeeded: its bytes and all metadata are stored.
+    pub fn fsynced(&mut self, i: usize) {
+        let h = &self.handles[i];
+        if h.state == HState::Open && h.dirty {
+            let empty = h.buf.is_empty();
+            self.store_handle(i);
+            let h = &mut self.handles[i];
+            h.synced = true;
+            h.wrote = false;
+            if !empty {
+                // The object is complete; the coffer takes nothing more of it.
+                h.state = HState::Completed;
+            }
+        }
+        self.durable_after_step = true;
+    }
+}
+
+impl Model {
+    // ---- namespace ------------------------------------------------------------
+
+    /// rename(2), in the order `Fs` checks (a user sees one errno either way).
+    pub fn expect_rename(&self, from: &str, to: &str, noreplace: bool) -> Exp {
+        let src = match self.find(from) {
+            Err(e) => return Exp::Err(e),
+            Ok(f) => f,
+        };
+        if let Some(p) = parent_of(to) {
+            match self.find(p) {
+                Err(e) => return Exp::Err(e),
+                Ok(Found::Node(n)) if n.is_dir() => {}
+                Ok(_) => return Exp::Err(libc::ENOTDIR),
+            }
+        }
+        if to == ".cofferfs" {
+            return Exp::Err(libc::EPERM);
+        }
+        let Found::Node(src) = src else {
+            return Exp::Err(libc::EBUSY);
+        };
+        if to == from {
+            return Exp::Ok;
+        }
+        if within(to, from) {
+            return Exp::Err(libc::EINVAL);
+        }
+        match self.find(to) {
+            Err(_) => {}
+            Ok(_) if noreplace => return Exp::Err(libc::EEXIST),
+            Ok(Found::Writing) => return Exp::Err(libc::EBUSY),
+            Ok(Found::Node(dst)) => match (src.is_dir(), dst.is_dir()) {
+                (true, false) => return Exp::Err(libc::ENOTDIR),
+                (false, true) => return Exp::Err(libc::EISDIR),
+                (true, true) if !self.is_empty_dir(to) => return Exp::Err(libc::ENOTEMPTY),
+                _ => {}
+            },
+        }
+        if src.is_dir()
+            && self
+                .handles
+                .iter()
+                .any(|h| h.live() && within(&h.path, from))
+        {
+            return Exp::Err(libc::EBUSY);
+        }
+        Exp::Ok
+    }
+
+    fn is_empty_dir(&self, dir: &str) -> bool {
+        !self.tree.keys().any(|p| p != dir && within(p, dir))
+            && !self
+                .handles
+                .iter()
+                .any(|h| h.live() && parent_of(&h.path) == Some(dir))
+    }
+
+    /// rename succeeded: the subtree moves with its contents and times.
+    pub fn renamed(&mut self, from: &str, to: &str) {
+        if from == to {
+            return;
+        }
+        let moved: Vec<String> = self
+            .tree
+            .keys()
+            .filter(|p| within(p, from))
+            .cloned()
+            .collect();
+        let gone: Vec<String> = self
+            .tree
+            .keys()
+            .filter(|p| within(p, to))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.tree.remove(&p);
+        }
+        for p in moved {
+            if let Some(n) = self.tree.remove(&p) {
+                let q = format!("{to}{}", &p[from.len()..]);
+                self.tree.insert(q, n);
+            }
+        }
+        for h in &mut self.handles {
+            if !h.live() && within(&h.path, from) {
+                h.path = format!("{to}{}", &h.path[from.len()..]);
+            }
+        }
+        self.touch_parent(from);
+        self.touch_parent(to);
+    }
+
+    /// mkdir or symlink at `path`.
+    pub fn expect_add(&self, path: &str) -> Exp {
+        match self.can_add(path) {
+            Ok(()) => Exp::Ok,
+            Err(e) => Exp::Err(e),
+        }
+    }
+
+    pub fn added(&mut self, path: &str, what: What, mode: u32) {
+        self.tree.insert(
+            path.to_string(),
+            Node {
+                what,
+                mode,
+                mtime: MTime::Fresh,
+            },
+        );
+        self.touch_parent(path);
+    }
+
+    pub fn expect_unlink(&self, path: &str) -> Exp {
+        match self.find(path) {
+            Err(e) => Exp::Err(e),
+            Ok(Found::Writing) => Exp::Err(libc::EBUSY),
+            Ok(Found::Node(n)) if n.is_dir() => Exp::Err(libc::EISDIR),
+            Ok(_) => Exp::Ok,
+        }
+    }
+
+    pub fn expect_rmdir(&self, path: &str) -> Exp {
+        match self.find(path) {
+            Err(e) => Exp::Err(e),
+            Ok(Found::Node(n)) if n.is_dir() => {
+                if self.is_empty_dir(path) {
+                    Exp::Ok
+                } else {
+                    Exp::Err(libc::ENOTEMPTY)
+                }
+            }
+            Ok(_) => Exp::Err(libc::ENOTDIR),
+        }
+    }
+
+    pub fn removed(&mut self, path: &str) {
+        self.tree.remove(path);
+        self.touch_parent(path);
+    }
+
+    /// A stored file, directory or symlink at `path` (not one being written).
+    pub fn stored(&self, path: &str) -> Result<&Node, i32> {
+        match self.find(path)? {
+            Found::Node(n) => Ok(n),
+            Found::Writing => Err(libc::EBUSY),
+        }
+    }
+
+    pub fn chmodded(&mut self, path: &str, mode: u32) {
+        if let Some(n) = self.tree.get_mut(path) {
+            n.mode = mode;
+        }
+    }
+
+    pub fn utimensed(&mut self, path: &str, t: SystemTime) {
+        if let Some(n) = self.tree.get_mut(path) {
+            n.mtime = MTime::Pinned(t);
+        }
+    }
+
+    /// truncate(2) of a stored file succeeded.
+    pub fn truncated_path(&mut self, path: &str, size: usize) {
+        if let Some(n) = self.tree.get_mut(path) {
+            if let What::File(b) = &n.what {
+                if b.len() == size {
+                    return;
+                }
+                let mut v = b.to_vec();
+                v.resize(size, 0);
+                n.what = What::File(Bytes::from(v));
+                n.touched();
+                // New bytes for an existing path are reachable only through a
+                // journal record, and truncate waits for it.
+                self.durable_after_step = true;
+            }
+        }
+    }
+
+    /// Marks every open handle as possibly hit by a background fault.
+    pub fn taint_all(&mut self) {
+        for h in &mut self.handles {
+            h.tainted = true;
+        }
+    }
+}
