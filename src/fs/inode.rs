@@ -403,6 +403,7 @@ impl Table {
         entry: ViewEntry,
         overlay: &Overlay,
         now: Instant,
+        deferred: &mut Vec<(String, ViewEntry)>,
     ) -> Option<u64> {
         let parts: Vec<&str> = rel.split('/').collect();
         let (leaf, dirs) = parts.split_last()?;
@@ -418,7 +419,24 @@ impl Table {
                 now,
             )?;
         }
+        if let Some(old) = self.child(at, leaf) {
+            if old.kind == Kind::Dir && entry.kind != Kind::Dir && old.origin == Origin::Stored {
+                // Decided once the whole listing is in: the directory may be
+                // stale (renamed away elsewhere) or still hold entries.
+                deferred.push((rel.to_string(), entry));
+                return None;
+            }
+        }
         self.upsert(at, leaf, entry, Origin::Stored, now)
+    }
+
+    /// The node at `rel` below `dir`.
+    fn find(&self, dir: u64, rel: &str) -> Option<&Node> {
+        let mut at = self.nodes.get(&dir)?;
+        for part in rel.split('/') {
+            at = self.child(at.ino, part)?;
+        }
+        Some(at)
     }
 
     /// Fills the subtree of directory `dir` from a complete listing of its prefix
@@ -436,6 +454,7 @@ impl Table {
             return;
         };
         let mut seen: HashSet<u64> = HashSet::from([dir]);
+        let mut deferred = Vec::new();
         for obj in objects {
             let Some(rest) = obj.key.strip_prefix(&prefix) else {
                 continue;
@@ -468,7 +487,7 @@ impl Table {
                 log::debug!("listing: key {:?} has no path in the mount", obj.key);
                 continue;
             }
-            if let Some(i) = self.place(dir, rel, entry, overlay, now) {
+            if let Some(i) = self.place(dir, rel, entry, overlay, now, &mut deferred) {
                 self.mark_seen(i, dir, &mut seen);
             }
         }
@@ -480,9 +499,25 @@ impl Table {
                 continue;
             }
             if let Some(v) = ViewEntry::from_journal(&e.shape, e.attrs) {
-                if let Some(i) = self.place(dir, rest, v, overlay, now) {
+                if let Some(i) = self.place(dir, rest, v, overlay, now, &mut deferred) {
                     self.mark_seen(i, dir, &mut seen);
                 }
+            }
+        }
+        // A directory the listing gave no sign of gives way to the file or
+        // link now shown at its name; one that still holds entries wins.
+        for (rel, entry) in deferred {
+            let Some(old) = self.find(dir, &rel) else {
+                continue;
+            };
+            let ino = old.ino;
+            if seen.contains(&ino) {
+                log::warn!("{:?} is hidden by the directory of the same name", old.path);
+                continue;
+            }
+            self.remove(ino);
+            if let Some(i) = self.place(dir, &rel, entry, overlay, now, &mut Vec::new()) {
+                self.mark_seen(i, dir, &mut seen);
             }
         }
         self.prune(dir, &seen, now);

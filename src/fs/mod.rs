@@ -108,6 +108,15 @@ pub struct SetAttr {
     pub mtime: Option<SystemTime>,
 }
 
+/// What ends a round of writing: fsync(2) keeps the file open, a close by
+/// its opener ends it for the user, the release ends the handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Fsync,
+    Close,
+    Release,
+}
+
 /// A file open for writing, and what its path showed before (restored if the
 /// write fails).
 struct Writer {
@@ -118,10 +127,16 @@ struct Writer {
     /// An empty close already recorded the file (a dup'd descriptor was closed
     /// while the writer goes on, as dd and shells do).
     empty_recorded: AtomicBool,
+    /// ... and an fsync(2) then said it was stored, with these attributes:
+    /// it is the version a failure of this handle falls back to.
+    empty_synced: Mutex<Option<Attrs>>,
     /// The process that opened it (0: unknown). Only its closes store the
     /// file: a child that inherited the descriptor (`{ cat a; cat b; } > f`)
     /// closes its copy while the opener goes on writing.
     opener: u32,
+    /// Its failure was handled: the path shows its old version again, and
+    /// may since be another handle's to write.
+    abandoned: AtomicBool,
 }
 
 enum Handle {
@@ -527,6 +542,14 @@ impl Fs {
                 None => Err(FsError::not_found()),
             };
         };
+        // The view's answer stands over what the table remembers: a directory
+        // renamed away elsewhere must not shadow what took its name.
+        if let Some(old) = t.child(parent, name) {
+            if old.kind != entry.kind && old.origin == Origin::Stored {
+                let ino = old.ino;
+                t.remove(ino);
+            }
+        }
         let ino = t
             .upsert(parent, name, entry, Origin::Stored, now)
             .ok_or_else(FsError::not_found)?;
@@ -599,7 +622,21 @@ impl Fs {
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<Attr> {
-        let node = self.node(ino)?;
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            // ftruncate on a finished handle of a file since removed: the
+            // handle's own answer (EPERM after fsync, or its first error).
+            Err(e) => match (set.size, fh.map(|f| self.handle(f))) {
+                (Some(size), Some(Ok(h))) => match &*h {
+                    Handle::Write(w) if w.ino == ino => {
+                        lock(&w.w).truncate(size)?;
+                        return Err(e);
+                    }
+                    _ => return Err(e),
+                },
+                _ => return Err(e),
+            },
+        };
         self.writable("setattr", &node.path)?;
         if let Some(size) = set.size {
             self.truncate(&node, fh, size)?;
@@ -644,13 +681,22 @@ impl Fs {
         }
         if let Some(h) = self.writer_of(node.ino, fh) {
             if let Handle::Write(w) = &*h {
-                let result = lock(&w.w).truncate(size);
-                if let Err(e) = result {
-                    return Err(self.abandon_write(w, e));
+                let mut g = lock(&w.w);
+                let changes = g.size() != size;
+                let was_open = g.is_open();
+                let result = g.truncate(size);
+                drop(g);
+                match result {
+                    Err(e) if was_open => return Err(self.abandon_write(w, e)),
+                    Err(e) => return Err(e),
+                    Ok(()) => {}
                 }
                 if let Some(n) = lock(&self.table).get_mut(node.ino) {
                     n.size = size;
-                    n.attrs = n.attrs.merged(touched_now());
+                    // As POSIX says: the times change when the size does.
+                    if changes {
+                        n.attrs = n.attrs.merged(touched_now());
+                    }
                 }
                 return Ok(());
             }
@@ -690,10 +736,7 @@ impl Fs {
 
     /// Whether an open, unfailed write handle holds `ino`.
     fn being_written(&self, ino: u64) -> bool {
-        match self.writer_of(ino, None).as_deref() {
-            Some(Handle::Write(w)) => lock(&w.w).is_open(),
-            _ => false,
-        }
+        self.writer_of(ino, None).is_some()
     }
 
     fn writer_of(&self, ino: u64, fh: Option<u64>) -> Option<Arc<Handle>> {
@@ -703,9 +746,19 @@ impl Fs {
                 return Some(Arc::clone(h));
             }
         }
-        hs.values()
-            .find(|h| matches!(&***h, Handle::Write(w) if w.ino == ino))
+        // Otherwise an open, unfailed writer of the file (a completed or
+        // failed handle says nothing about the path any more). Checked after
+        // the table of handles is let go: a writer's lock may be held by a
+        // close that waits on the network.
+        let writers: Vec<Arc<Handle>> = hs
+            .values()
+            .filter(|h| matches!(&***h, Handle::Write(w) if w.ino == ino))
             .cloned()
+            .collect();
+        drop(hs);
+        writers
+            .into_iter()
+            .find(|h| matches!(&**h, Handle::Write(w) if lock(&w.w).is_open()))
     }
 
     /// Records what a file now is, waits until the record is stored (bytes
@@ -905,7 +958,9 @@ impl Fs {
             before: None,
             mode: (mode & 0o7777) as u16,
             empty_recorded: AtomicBool::new(false),
+            empty_synced: Mutex::new(None),
             opener: process_of(pid),
+            abandoned: AtomicBool::new(false),
         })));
         Ok((attr, fh))
     }
@@ -980,7 +1035,9 @@ impl Fs {
                 before: Some(view_of(&n)),
                 mode: self.attr(&n).perm,
                 empty_recorded: AtomicBool::new(false),
+                empty_synced: Mutex::new(None),
                 opener: process_of(pid),
+                abandoned: AtomicBool::new(false),
             }))),
             false,
         ))
@@ -1054,11 +1111,26 @@ impl Fs {
         Ok(())
     }
 
-    /// Hides the path; its bytes stay in the coffer.
+    /// Hides the path; its bytes stay in the coffer. A directory that only
+    /// its entries implied is recorded first, so it stays when its last
+    /// entry goes, as directories do.
     fn hide(&self, n: &Node, op: &str) {
-        self.journal.record(vec![Record::Hide {
+        let mut records = Vec::new();
+        if let Some(parent) = n.path.rsplit_once('/').map(|(p, _)| p) {
+            let explicit = self.journal.with_overlay(|o| {
+                o.get(parent)
+                    .is_some_and(|e| e.shape == journal::Shape::Dir)
+            });
+            if !explicit {
+                if let Some(p) = lock(&self.table).get(n.parent) {
+                    records.push(record_for(&view_of(p), parent));
+                }
+            }
+        }
+        records.push(Record::Hide {
             path: n.path.clone(),
-        }]);
+        });
+        self.journal.record(records);
         lock(&self.table).remove(n.ino);
         log::info!("{op} {:?}: hidden (its bytes stay in the coffer)", n.path);
     }
@@ -1100,7 +1172,8 @@ impl Fs {
                 format!("rename {:?} into itself", src.path),
             ));
         }
-        if let Some(dst) = self.lookup_opt(newparent, newname)? {
+        let replaces = self.lookup_opt(newparent, newname)?;
+        if let Some(dst) = &replaces {
             let dst = self.node(dst.ino)?;
             if noreplace {
                 return Err(FsError::new(libc::EEXIST, format!("rename: {to:?} exists")));
@@ -1143,7 +1216,13 @@ impl Fs {
             ctime: touched_now().ctime,
             ..Attrs::default()
         });
-        let mut records = vec![record_for(&moved, &to)];
+        // What was at the new path goes first, attributes and all: the moved
+        // entry keeps only its own.
+        let mut records = match replaces {
+            Some(_) => vec![Record::Hide { path: to.clone() }],
+            None => Vec::new(),
+        };
+        records.push(record_for(&moved, &to));
         for n in t.subtree(src.ino) {
             let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
             let at = format!("{to}{rel}");
@@ -1198,6 +1277,7 @@ impl Fs {
             return Err(FsError::new(libc::EBADF, "write: not open for writing"));
         };
         let mut g = lock(&w.w);
+        let was_open = g.is_open();
         let result = g.write(offset, data);
         let size = g.size();
         drop(g);
@@ -1209,7 +1289,10 @@ impl Fs {
                 }
                 Ok(data.len() as u32)
             }
-            Err(e) => Err(self.abandon_write(w, e)),
+            // Only the failure that ends an open handle gives the path back;
+            // a finished handle's refusals change nothing.
+            Err(e) if was_open => Err(self.abandon_write(w, e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -1217,6 +1300,9 @@ impl Fs {
     /// path shows what it showed before, also in the journal when an earlier
     /// close of this handle recorded it empty. Returns `e`.
     fn abandon_write(&self, w: &Writer, e: FsError) -> FsError {
+        if w.abandoned.swap(true, Ordering::SeqCst) {
+            return e;
+        }
         let path = {
             let _ns = lock(&self.ns);
             let mut t = lock(&self.table);
@@ -1227,7 +1313,14 @@ impl Fs {
                 return e;
             }
             let path = n.path.clone();
+            let synced = *lock(&w.empty_synced);
             match &w.before {
+                _ if synced.is_some() => {
+                    n.origin = Origin::Stored;
+                    n.size = 0;
+                    n.data = None;
+                    n.attrs = synced.unwrap_or_default();
+                }
                 None => t.remove(w.ino),
                 Some(v) => {
                     n.origin = Origin::Stored;
@@ -1239,7 +1332,7 @@ impl Fs {
             }
             path
         };
-        if w.empty_recorded.load(Ordering::SeqCst) {
+        if w.empty_recorded.load(Ordering::SeqCst) && lock(&w.empty_synced).is_none() {
             // A close of a dup'd descriptor stored this file empty; undo that.
             let undo = match &w.before {
                 None => Record::Hide { path },
@@ -1265,14 +1358,14 @@ impl Fs {
                 return Ok(());
             }
         }
-        self.finish_write(w, false)
+        self.finish_write(w, End::Close)
     }
 
     /// fsync(2): the file's bytes and every metadata change so far are stored.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         if let Handle::Write(w) = &*h {
-            self.finish_write(w, false)?;
+            self.finish_write(w, End::Fsync)?;
         }
         self.journal.sync_all()
     }
@@ -1286,30 +1379,32 @@ impl Fs {
 
     /// Stores what `w` wrote. `last`: the handle is being released, so an empty
     /// file stops being "being written". Any failure leaves the path as it was.
-    fn finish_write(&self, w: &Writer, last: bool) -> FsResult<()> {
+    fn finish_write(&self, w: &Writer, end: End) -> FsResult<()> {
         let mut g = lock(&w.w);
         let was_open = g.is_open();
         let result = g.finish();
         drop(g);
         let result = match result {
             Ok(r) => r,
-            Err(e) => return Err(self.abandon_write(w, e)),
+            Err(e) if was_open => return Err(self.abandon_write(w, e)),
+            Err(e) => return Err(e),
         };
         if !was_open {
             return Ok(());
         }
-        match self.settle_write(w, result, last) {
+        match self.settle_write(w, result, end) {
             Ok(()) => Ok(()),
             Err(e) => {
-                // Nothing of this version stands; a later close must not store it.
-                lock(&w.w).abandon();
+                // Nothing of this version stands; a later close must fail too.
+                lock(&w.w).fail_with(e.clone());
                 Err(self.abandon_write(w, e))
             }
         }
     }
 
     /// Records what a finished write stored and marks the file stored.
-    fn settle_write(&self, w: &Writer, result: Finished, last: bool) -> FsResult<()> {
+    fn settle_write(&self, w: &Writer, result: Finished, end: End) -> FsResult<()> {
+        let last = end == End::Release;
         let Some(node) = lock(&self.table).get(w.ino).cloned() else {
             return Err(FsError::new(libc::EIO, "the file's entry vanished"));
         };
@@ -1330,7 +1425,8 @@ impl Fs {
                 }
                 let mut t = lock(&self.table);
                 if let Some(n) = t.get_mut(w.ino) {
-                    if n.origin == Origin::Writing {
+                    // fsync leaves the file open for writing; a close ends it.
+                    if n.origin == Origin::Writing && end != End::Fsync {
                         n.origin = Origin::Stored;
                         if let Some(v) = &w.before {
                             n.size = v.size;
@@ -1341,7 +1437,11 @@ impl Fs {
                 return Ok(());
             }
             Finished::Empty => {
+                let synced = end == End::Fsync;
                 if w.empty_recorded.swap(true, Ordering::SeqCst) {
+                    if synced {
+                        *lock(&w.empty_synced) = Some(node.attrs);
+                    }
                     // An earlier close recorded it; this one only ends the writing.
                     if last {
                         lock(&self.table).mark_stored(w.ino, Instant::now());
@@ -1357,8 +1457,13 @@ impl Fs {
                     w.empty_recorded.store(false, Ordering::SeqCst);
                     return Err(e);
                 }
+                if synced {
+                    *lock(&w.empty_synced) = Some(attrs);
+                }
                 if let Some(n) = lock(&self.table).get_mut(w.ino) {
                     n.attrs = attrs;
+                    n.size = 0;
+                    n.data = None;
                 }
                 if last {
                     lock(&self.table).mark_stored(w.ino, Instant::now());
@@ -1423,7 +1528,7 @@ impl Fs {
             return Ok(());
         }
         // The kernel flushes on every close; this is the safety net.
-        self.finish_write(w, true)
+        self.finish_write(w, End::Release)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
@@ -1513,7 +1618,7 @@ impl Fs {
         for h in open {
             if let Handle::Write(w) = &*h {
                 if lock(&w.w).is_open() {
-                    match self.finish_write(w, true) {
+                    match self.finish_write(w, End::Release) {
                         Ok(()) => log::info!("unmount: stored {:?}", lock(&w.w).key()),
                         Err(e) => log::error!("unmount: {}", e.message),
                     }

@@ -462,6 +462,13 @@ impl WriteHandle {
         }
     }
 
+    /// Poisons the handle with `e` even after its object was completed: what
+    /// the object was for (its record) failed, so nothing of it stands.
+    pub fn fail_with(&mut self, e: FsError) {
+        self.abandon();
+        self.state = State::Failed(e);
+    }
+
     /// Gives up: aborts any multipart upload, drops the staging file.
     pub fn abandon(&mut self) {
         if let Mode::Stream(upload) = &mut self.mode {

@@ -365,7 +365,10 @@ impl Harness {
         let exp = loosen(self.model.expect_add(path), faulty);
         let got = self.parent(path).and_then(|p| {
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-            errno(self.a().create(p, OsStr::new(name_of(path)), mode, flags))
+            errno(
+                self.a()
+                    .create(p, OsStr::new(name_of(path)), mode, flags, 0),
+            )
         });
         if check("create", exp, &got)? {
             let (attr, fh) = got.map_err(|e| e.to_string())?;
@@ -396,7 +399,7 @@ impl Harness {
         };
         let got = self
             .resolve(path)
-            .and_then(|a| errno(self.a().open(a.ino, flags)).map(|(fh, _)| (a.ino, fh)));
+            .and_then(|a| errno(self.a().open(a.ino, flags, 0)).map(|(fh, _)| (a.ino, fh)));
         if check("open", exp, &got)? {
             let (ino, fh) = got.map_err(|e| e.to_string())?;
             self.model.open_existing(fh, ino, path, trunc);
@@ -450,7 +453,7 @@ impl Harness {
         let fh = self.model.handles[i].fh;
         let exp = loosen(self.model.expect_close(i), faulty);
         let mark = self.ledger.mark();
-        let got = errno(self.a().flush(fh));
+        let got = errno(self.a().flush(fh, 0));
         // release's answer reaches nobody (close(2) returned flush's).
         let _ = self.a().release(fh);
         let ok = check("close", exp, &got)?;
@@ -640,7 +643,7 @@ impl Harness {
         };
         let fs = Arc::clone(self.a());
         let got = self.resolve(path).and_then(|a| {
-            let (fh, _) = errno(fs.open(a.ino, libc::O_RDONLY))?;
+            let (fh, _) = errno(fs.open(a.ino, libc::O_RDONLY, 0))?;
             let r = errno(fs.read(fh, offset as u64, len as u32));
             let _ = fs.release(fh);
             r
@@ -850,7 +853,7 @@ fn walk(fs: &Fs) -> R<BTreeMap<String, Seen>> {
                     fs.readlink(a.ino)
                         .map_err(|err| format!("readlink {path:?}: {err}"))?,
                 ),
-                Kind::File => match fs.open(a.ino, libc::O_RDONLY) {
+                Kind::File => match fs.open(a.ino, libc::O_RDONLY, 0) {
                     Err(err) if err.errno == libc::EBUSY => SeenWhat::Busy,
                     Err(err) => return Err(format!("open {path:?}: {err}")),
                     Ok((fh, _)) => {

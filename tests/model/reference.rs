@@ -489,14 +489,7 @@ impl Model {
                 _ => {}
             },
         }
-        if src.is_dir()
-            && self
-                .handles
-                .iter()
-                .any(|h| h.live() && within(&h.path, from))
-        {
-            return Exp::Err(libc::EBUSY);
-        }
+        // Files being written inside a renamed directory move with it.
         Exp::Ok
     }
 
@@ -535,7 +528,7 @@ impl Model {
             }
         }
         for h in &mut self.handles {
-            if !h.live() && within(&h.path, from) {
+            if within(&h.path, from) {
                 h.path = format!("{to}{}", &h.path[from.len()..]);
             }
         }
