@@ -7,6 +7,7 @@ use super::journal::{
     batch_key, checkpoint_key, Batch, Checkpoint, JournalError, Overlay, Record, CHECKPOINT_PREFIX,
     JOURNAL_PREFIX,
 };
+use crate::protocol::{hex, md5, unquote_etag};
 use crate::store::{ListAll, ObjectStore};
 use bytes::Bytes;
 use std::collections::BTreeSet;
@@ -267,7 +268,20 @@ impl Journal {
                 (Batch::new(&self.mount_id, s.seq, records), key)
             };
             let n = batch.records.len() as u64;
-            let result = self.store.put(&key, Bytes::from(batch.encode()));
+            let body = Bytes::from(batch.encode());
+            let result = match self.store.put(&key, body.clone()) {
+                // The request may have landed and only its answer been lost:
+                // a batch that is there is stored, whatever the answer said.
+                Err(e) => match self.store.head(&key) {
+                    Ok(Some(m))
+                        if unquote_etag(&m.etag).eq_ignore_ascii_case(&hex(&md5(&body))) =>
+                    {
+                        Ok(m.etag)
+                    }
+                    _ => Err(e),
+                },
+                ok => ok,
+            };
             let mut s = self.lock();
             let failed = match result {
                 Ok(_) => {

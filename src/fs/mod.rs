@@ -126,7 +126,8 @@ struct Writer {
     mode: u16,
     /// An empty close already recorded the file (a dup'd descriptor was closed
     /// while the writer goes on, as dd and shells do).
-    empty_recorded: AtomicBool,
+    /// With the attributes it was recorded with.
+    empty_recorded: Mutex<Option<Attrs>>,
     /// ... and an fsync(2) then said it was stored, with these attributes:
     /// it is the version a failure of this handle falls back to.
     empty_synced: Mutex<Option<Attrs>>,
@@ -687,7 +688,7 @@ impl Fs {
                 let result = g.truncate(size);
                 drop(g);
                 match result {
-                    Err(e) if was_open => return Err(self.abandon_write(w, e)),
+                    Err(e) if was_open => return Err(self.abandon_write(w, e, false)),
                     Err(e) => return Err(e),
                     Ok(()) => {}
                 }
@@ -957,7 +958,7 @@ impl Fs {
             w: Mutex::new(w),
             before: None,
             mode: (mode & 0o7777) as u16,
-            empty_recorded: AtomicBool::new(false),
+            empty_recorded: Mutex::new(None),
             empty_synced: Mutex::new(None),
             opener: process_of(pid),
             abandoned: AtomicBool::new(false),
@@ -1034,7 +1035,7 @@ impl Fs {
                 w: Mutex::new(w),
                 before: Some(view_of(&n)),
                 mode: self.attr(&n).perm,
-                empty_recorded: AtomicBool::new(false),
+                empty_recorded: Mutex::new(None),
                 empty_synced: Mutex::new(None),
                 opener: process_of(pid),
                 abandoned: AtomicBool::new(false),
@@ -1291,15 +1292,17 @@ impl Fs {
             }
             // Only the failure that ends an open handle gives the path back;
             // a finished handle's refusals change nothing.
-            Err(e) if was_open => Err(self.abandon_write(w, e)),
+            Err(e) if was_open => Err(self.abandon_write(w, e, false)),
             Err(e) => Err(e),
         }
     }
 
     /// After a write, truncate or close failed (the handle is poisoned): the
     /// path shows what it showed before, also in the journal when an earlier
-    /// close of this handle recorded it empty. Returns `e`.
-    fn abandon_write(&self, w: &Writer, e: FsError) -> FsError {
+    /// close of this handle recorded it empty. `finishing`: the failure came
+    /// from storing the object, which may have landed all the same (a lost
+    /// answer). Returns `e`.
+    fn abandon_write(&self, w: &Writer, e: FsError, finishing: bool) -> FsError {
         if w.abandoned.swap(true, Ordering::SeqCst) {
             return e;
         }
@@ -1332,13 +1335,19 @@ impl Fs {
             }
             path
         };
-        if w.empty_recorded.load(Ordering::SeqCst) && lock(&w.empty_synced).is_none() {
-            // A close of a dup'd descriptor stored this file empty; undo that.
-            let undo = match &w.before {
-                None => Record::Hide { path },
-                Some(v) => record_for(v, &path),
-            };
-            self.journal.record(vec![undo]);
+        if lock(&w.empty_recorded).is_some() {
+            if lock(&w.empty_synced).is_none() {
+                // A close of a dup'd descriptor stored this file empty; undo that.
+                let undo = match &w.before {
+                    None => Record::Hide { path },
+                    Some(v) => record_for(v, &path),
+                };
+                self.journal.record(vec![undo]);
+            }
+        } else if finishing && w.before.is_none() && lock(&w.w).key() == path {
+            // A new file's object at its own path may have landed though the
+            // answer said otherwise: keep it out of the view for good.
+            self.journal.record(vec![Record::Hide { path }]);
         }
         e
     }
@@ -1386,7 +1395,7 @@ impl Fs {
         drop(g);
         let result = match result {
             Ok(r) => r,
-            Err(e) if was_open => return Err(self.abandon_write(w, e)),
+            Err(e) if was_open => return Err(self.abandon_write(w, e, true)),
             Err(e) => return Err(e),
         };
         if !was_open {
@@ -1397,7 +1406,7 @@ impl Fs {
             Err(e) => {
                 // Nothing of this version stands; a later close must fail too.
                 lock(&w.w).fail_with(e.clone());
-                Err(self.abandon_write(w, e))
+                Err(self.abandon_write(w, e, true))
             }
         }
     }
@@ -1437,33 +1446,25 @@ impl Fs {
                 return Ok(());
             }
             Finished::Empty => {
-                let synced = end == End::Fsync;
-                if w.empty_recorded.swap(true, Ordering::SeqCst) {
-                    if synced {
-                        *lock(&w.empty_synced) = Some(node.attrs);
+                let mut recorded = lock(&w.empty_recorded);
+                // Recorded by an earlier close unless the attributes changed
+                // since (written, then truncated back to empty).
+                if *recorded != Some(attrs) {
+                    let ticket = {
+                        let _ns = lock(&self.ns);
+                        let path = self.path_of(w.ino)?;
+                        self.journal.record(vec![Record::File { path, attrs }])
+                    };
+                    self.journal.store_or_withdraw(ticket)?;
+                    *recorded = Some(attrs);
+                    if let Some(n) = lock(&self.table).get_mut(w.ino) {
+                        n.attrs = attrs;
+                        n.size = 0;
+                        n.data = None;
                     }
-                    // An earlier close recorded it; this one only ends the writing.
-                    if last {
-                        lock(&self.table).mark_stored(w.ino, Instant::now());
-                    }
-                    return Ok(());
                 }
-                let ticket = {
-                    let _ns = lock(&self.ns);
-                    let path = self.path_of(w.ino)?;
-                    self.journal.record(vec![Record::File { path, attrs }])
-                };
-                if let Err(e) = self.journal.store_or_withdraw(ticket) {
-                    w.empty_recorded.store(false, Ordering::SeqCst);
-                    return Err(e);
-                }
-                if synced {
+                if end == End::Fsync {
                     *lock(&w.empty_synced) = Some(attrs);
-                }
-                if let Some(n) = lock(&self.table).get_mut(w.ino) {
-                    n.attrs = attrs;
-                    n.size = 0;
-                    n.data = None;
                 }
                 if last {
                     lock(&self.table).mark_stored(w.ino, Instant::now());

@@ -643,7 +643,13 @@ impl ObjectUpload {
             if let Some(r) = self.reservation.as_mut() {
                 r.launch();
             }
-            let result = self.on_free_key(|s, k| s.put(k, data.clone()));
+            let want = hex(&md5(&data));
+            let result = match self.on_free_key(|s, k| s.put(k, data.clone())) {
+                Err(e) if !key_taken(&e) => self.landed_anyway(e, |m| {
+                    crate::protocol::unquote_etag(&m.etag).eq_ignore_ascii_case(&want)
+                }),
+                r => r,
+            };
             self.reservation = None;
             return result;
         }
@@ -675,10 +681,35 @@ impl ObjectUpload {
             )));
         }
         let id = self.upload_id.clone().unwrap_or_default();
-        let etag = store.complete(&self.key, &id, &parts, self.written)?;
+        let size = self.written;
+        let etag = match store.complete(&self.key, &id, &parts, size) {
+            Err(e) if !key_taken(&e) => self.landed_anyway(e, |m| m.size == size)?,
+            r => r?,
+        };
         // Completed: nothing to abort any more.
         self.upload_id = None;
         Ok(etag)
+    }
+
+    /// After a put or complete that failed (the request may have landed and
+    /// only its answer been lost): success if the key now holds an object
+    /// that `is_ours` (the put's MD5; the complete's size, as API.md §9
+    /// decides a retried Complete), else the error.
+    fn landed_anyway(
+        &self,
+        e: StoreError,
+        is_ours: impl Fn(&crate::store::ObjectMeta) -> bool,
+    ) -> Result<String, StoreError> {
+        match self.uploader.store.head(&self.key) {
+            Ok(Some(m)) if is_ours(&m) => {
+                log::info!(
+                    "{:?}: its answer was lost ({e}), but the object is there",
+                    self.key
+                );
+                Ok(m.etag)
+            }
+            _ => Err(e),
+        }
     }
 
     /// Abandons the object: waits for in-flight parts, then aborts the upload.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cofferfs::fs::inode::Kind;
 use cofferfs::fs::upload::UploadConfig;
 use cofferfs::fs::{Attr, Fs, FsConfig, SetAttr};
-use cofferfs::store::faulty::{FaultyStore, Ledger, Scope, StoreOp};
+use cofferfs::store::faulty::{FaultyStore, Ledger};
 use cofferfs::store::memory::MemoryStore;
 use cofferfs::store::ObjectStore;
 use proptest::sample::Index;
@@ -132,7 +132,7 @@ impl Harness {
                 // Room for two part buffers: a third writer must not wait forever
                 // for the others (DESIGN: "writers continue through staging (or
                 // are refused at open), never block forever").
-                memory: if masked("budget") { 8 << 20 } else { 2 << 20 },
+                memory: 2 << 20,
                 concurrency: 2,
             },
             cache_dir: dir.path().to_path_buf(),
@@ -339,11 +339,7 @@ impl Harness {
             Op::Faulty { faults, op } => {
                 let store = &self.a.as_ref().expect("mounted").store;
                 for f in faults {
-                    let skip = (masked("journal-faults") && f.scope == Scope::Journal)
-                        || (masked("copy-in") && f.op == StoreOp::Get);
-                    if !skip {
-                        store.arm(*f);
-                    }
+                    store.arm(*f);
                 }
                 // Parts upload in the background: a fault may hit any open file.
                 self.model.taint_all();
@@ -422,9 +418,7 @@ impl Harness {
                 return Err(format!("write returned {got:?}, not {len}"));
             }
             self.model.wrote(i, offset, &data);
-        } else if self.model.handles[i].state == HState::Open
-            && !(masked("einval") && got == Err(libc::EINVAL))
-        {
+        } else if self.model.handles[i].state == HState::Open {
             self.model.poison(i);
         }
         Ok(())
@@ -441,9 +435,7 @@ impl Harness {
         let got = errno(self.a().setattr(h.ino, Some(h.fh), set));
         if check("ftruncate", exp, &got)? {
             self.model.truncated(i, size);
-        } else if self.model.handles[i].state == HState::Open
-            && !(masked("einval") && got.as_ref().err() == Some(&libc::EINVAL))
-        {
+        } else if self.model.handles[i].state == HState::Open {
             self.model.poison(i);
         }
         Ok(())
@@ -465,20 +457,11 @@ impl Harness {
 
     fn fsync(&mut self, h: &Index, faulty: bool) -> R<()> {
         let Some(i) = self.pick(h) else { return Ok(()) };
-        if masked("fsync-unchanged") && !self.model.handles[i].dirty {
-            return Ok(());
-        }
-        if masked("fsync-empty") && self.model.handles[i].buf.is_empty() {
-            return Ok(());
-        }
         let fh = self.model.handles[i].fh;
         let exp = loosen(self.model.expect_fsync(i), faulty);
         let got = errno(self.a().fsync(fh));
         if check("fsync", exp, &got)? {
             self.model.fsynced(i);
-            if masked("completed") && self.model.handles[i].state == HState::Completed {
-                self.close(i, faulty)?;
-            }
         } else if self.model.handles[i].state != HState::Poisoned {
             // What a failed fsync left is for the close to settle: the bytes are
             // stored (close succeeds) or the previous version stands (it fails).
@@ -512,9 +495,6 @@ impl Harness {
     }
 
     fn rename(&mut self, from: &str, to: &str, noreplace: bool, faulty: bool) -> R<()> {
-        if masked("rename-over") && from != to && self.model.find(to).is_ok() {
-            return Ok(());
-        }
         let exp = loosen(self.model.expect_rename(from, to, noreplace), faulty);
         let got = self.parent(from).and_then(|p| {
             let np = self.parent(to)?;
@@ -702,14 +682,6 @@ impl Harness {
             a.store.kill();
             a.fs.crash();
         }
-        if masked("stale-upload") {
-            // What `cofferfs uploads abort` would do after the crash.
-            if let Ok(page) = self.mem.list_uploads("", "") {
-                for u in page.uploads {
-                    let _ = self.mem.abort(&u.key, &u.upload_id);
-                }
-            }
-        }
         self.a = Some(self.mount()?);
         let seen = walk(self.a())?;
         let mut why = Vec::new();
@@ -764,9 +736,6 @@ impl Harness {
     fn second_mount(&mut self) -> R<()> {
         check("sync_metadata", Exp::Ok, &errno(self.a().sync_metadata()))?;
         self.model.durable_after_step = true;
-        if masked("reload") {
-            self.end_second();
-        }
         match &self.b {
             Some(b) => b.fs.reload_journal(),
             None => self.b = Some(self.mount()?),
@@ -908,25 +877,7 @@ fn plausible(t: SystemTime, started: SystemTime) -> bool {
     t + Duration::from_secs(2) >= started && t <= SystemTime::now() + Duration::from_secs(2)
 }
 
-/// `MODEL_MASK` (comma-separated) steers around known defects while exploring
-/// for others; never set in CI. Each token names what it avoids:
-/// - `mtime`: times are not compared;
-/// - `einval`: a refused non-sequential write or truncate does not poison;
-/// - `fsync-unchanged`, `fsync-empty`: no fsync of an unchanged edit / empty file;
-/// - `completed`: a handle is closed right after fsync completed its object;
-/// - `journal-faults`: no faults on journal batches; `copy-in`: none on GetObject;
-/// - `rename-over`: no rename onto an existing entry;
-/// - `stale-upload`: uploads a crash left open are aborted before remounting;
-/// - `budget`: room in the upload budget for every writer's part buffer;
-/// - `reload`: the second mount starts afresh instead of re-reading the journal.
-pub fn masked(what: &str) -> bool {
-    std::env::var("MODEL_MASK").is_ok_and(|v| v.split(',').any(|m| m == what))
-}
-
 fn mtime_ok(m: MTime, t: SystemTime, started: SystemTime) -> bool {
-    if masked("mtime") {
-        return true;
-    }
     match m {
         MTime::Pinned(p) => p == t,
         MTime::Fresh => plausible(t, started),
