@@ -532,13 +532,26 @@ mod tests {
         Arc<Staging>,
         tempfile::TempDir,
     ) {
+        setup_with(4 << 20)
+    }
+
+    /// A store, an uploader of 1 MiB parts with `memory` for part buffers,
+    /// and 64 MiB of staging.
+    fn setup_with(
+        memory: u64,
+    ) -> (
+        Arc<MemoryStore>,
+        Arc<Uploader>,
+        Arc<Staging>,
+        tempfile::TempDir,
+    ) {
         let store = Arc::new(MemoryStore::new());
         let dyn_store: Arc<dyn ObjectStore> = store.clone();
         let up = Uploader::new(
             dyn_store,
             UploadConfig {
                 part_size: 1 << 20,
-                memory: 4 << 20,
+                memory,
                 concurrency: 2,
             },
         );
@@ -714,18 +727,7 @@ mod tests {
 
     #[test]
     fn writers_beyond_the_memory_budget_go_on_through_staging() {
-        let store = Arc::new(MemoryStore::new());
-        let dyn_store: Arc<dyn ObjectStore> = store.clone();
-        let up = Uploader::new(
-            dyn_store,
-            UploadConfig {
-                part_size: 1 << 20,
-                memory: 1 << 20,
-                concurrency: 2,
-            },
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let st = Staging::new(dir.path(), 64 << 20);
+        let (store, up, st, _dir) = setup_with(1 << 20);
         // Many open writers, each holding a little, none ever filling a part:
         // none may wait for another.
         let mut hs: Vec<WriteHandle> = (0..40)
