@@ -519,7 +519,8 @@ fn abort_orphans(store: &dyn ObjectStore, age: Duration) {
             .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
             .unwrap_or_else(|| "?".into());
         match outcome {
-            Ok(()) => log::info!(
+            // At warn: the default filter shows it, since the parts are gone.
+            Ok(()) => log::warn!(
                 "aborted orphan upload {} of {:?} (started {old} ago)",
                 u.upload_id,
                 u.key
