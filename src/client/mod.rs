@@ -509,24 +509,6 @@ impl CdcsClient {
             .body(Bytes::from(body), md5);
         self.run(&req).map(|_| ())
     }
-
-    /// HEAD the key and say whether it holds an object of `size` bytes (and, when
-    /// both are MD5s, of `md5`): how a retried write learns its first try landed.
-    fn landed(
-        &self,
-        key: &str,
-        size: u64,
-        md5: Option<&str>,
-    ) -> Result<Option<String>, StoreError> {
-        let Some(meta) = self.head(key)? else {
-            return Ok(None);
-        };
-        let etag_ok = match md5 {
-            Some(m) if proto::etag_is_md5(&meta.etag) => meta.etag.eq_ignore_ascii_case(m),
-            _ => true,
-        };
-        Ok((meta.size == size && etag_ok).then_some(meta.etag))
-    }
 }
 
 fn header_etag(a: &Answer) -> Option<String> {
@@ -642,7 +624,7 @@ impl ObjectStore for CdcsClient {
             (Err(e), attempts)
                 if attempts > 1 && e.code() == Some(&ErrorCode::ObjectAlreadyExists) =>
             {
-                match self.landed(key, size, Some(&md5_hex))? {
+                match crate::store::landed(self, key, size, Some(&md5_hex))? {
                     Some(etag) => {
                         log::info!("PutObject {key:?}: an earlier attempt landed; object matches");
                         Ok(etag)
@@ -873,7 +855,7 @@ impl ObjectStore for CdcsClient {
                 // API.md §9: an earlier attempt may have finished the object;
                 // the key's size decides.
                 Some(ErrorCode::MultipartAlreadyCompleted | ErrorCode::NoSuchUpload) if earlier => {
-                    return match self.landed(key, size, None)? {
+                    return match crate::store::landed(self, key, size, None)? {
                         Some(etag) => {
                             log::info!(
                                 "CompleteMultipartUpload {key:?}: an earlier attempt completed it"

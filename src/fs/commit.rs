@@ -7,8 +7,8 @@ use super::journal::{
     batch_key, checkpoint_key, Batch, Checkpoint, JournalError, Overlay, Record, CHECKPOINT_PREFIX,
     JOURNAL_PREFIX,
 };
-use crate::protocol::{hex, md5, unquote_etag};
-use crate::store::{ListAll, ObjectStore};
+use crate::protocol::{hex, md5};
+use crate::store::{landed, ListAll, ObjectStore};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -272,14 +272,13 @@ impl Journal {
             let result = match self.store.put(&key, body.clone()) {
                 // The request may have landed and only its answer been lost:
                 // a batch that is there is stored, whatever the answer said.
-                Err(e) => match self.store.head(&key) {
-                    Ok(Some(m))
-                        if unquote_etag(&m.etag).eq_ignore_ascii_case(&hex(&md5(&body))) =>
-                    {
-                        Ok(m.etag)
+                Err(e) => {
+                    let md5 = hex(&md5(&body));
+                    match landed(self.store.as_ref(), &key, body.len() as u64, Some(&md5)) {
+                        Ok(Some(etag)) => Ok(etag),
+                        _ => Err(e),
                     }
-                    _ => Err(e),
-                },
+                }
                 ok => ok,
             };
             let mut s = self.lock();

@@ -645,9 +645,7 @@ impl ObjectUpload {
             }
             let want = hex(&md5(&data));
             let result = match self.on_free_key(|s, k| s.put(k, data.clone())) {
-                Err(e) if !key_taken(&e) => self.landed_anyway(e, |m| {
-                    crate::protocol::unquote_etag(&m.etag).eq_ignore_ascii_case(&want)
-                }),
+                Err(e) if !key_taken(&e) => self.landed_anyway(e, data.len() as u64, Some(&want)),
                 r => r,
             };
             self.reservation = None;
@@ -683,7 +681,7 @@ impl ObjectUpload {
         let id = self.upload_id.clone().unwrap_or_default();
         let size = self.written;
         let etag = match store.complete(&self.key, &id, &parts, size) {
-            Err(e) if !key_taken(&e) => self.landed_anyway(e, |m| m.size == size)?,
+            Err(e) if !key_taken(&e) => self.landed_anyway(e, size, None)?,
             r => r?,
         };
         // Completed: nothing to abort any more.
@@ -692,21 +690,21 @@ impl ObjectUpload {
     }
 
     /// After a put or complete that failed (the request may have landed and
-    /// only its answer been lost): success if the key now holds an object
-    /// that `is_ours` (the put's MD5; the complete's size, as API.md §9
-    /// decides a retried Complete), else the error.
+    /// only its answer been lost): success if the key now holds these bytes
+    /// (`store::landed`: the size, and the MD5 where both are MD5s), else `e`.
     fn landed_anyway(
         &self,
         e: StoreError,
-        is_ours: impl Fn(&crate::store::ObjectMeta) -> bool,
+        size: u64,
+        md5: Option<&str>,
     ) -> Result<String, StoreError> {
-        match self.uploader.store.head(&self.key) {
-            Ok(Some(m)) if is_ours(&m) => {
+        match crate::store::landed(self.uploader.store.as_ref(), &self.key, size, md5) {
+            Ok(Some(etag)) => {
                 log::info!(
                     "{:?}: its answer was lost ({e}), but the object is there",
                     self.key
                 );
-                Ok(m.etag)
+                Ok(etag)
             }
             _ => Err(e),
         }

@@ -138,6 +138,28 @@ pub trait ObjectStore: Send + Sync {
     fn list_uploads(&self, prefix: &str, marker: &str) -> Result<UploadsPage, StoreError>;
 }
 
+/// Whether `key` holds an object of `size` bytes and, where its ETag is an
+/// MD5, of `md5` (hex): how a write whose answer was lost, or whose retry was
+/// told the key is taken, learns that its first try landed (API.md §9). The
+/// object's ETag when it did.
+pub fn landed(
+    store: &dyn ObjectStore,
+    key: &str,
+    size: u64,
+    md5: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let Some(meta) = store.head(key)? else {
+        return Ok(None);
+    };
+    let etag_ok = match md5 {
+        Some(m) if crate::protocol::etag_is_md5(&meta.etag) => {
+            crate::protocol::unquote_etag(&meta.etag).eq_ignore_ascii_case(m)
+        }
+        _ => true,
+    };
+    Ok((meta.size == size && etag_ok).then_some(meta.etag))
+}
+
 /// Every object under `prefix`, page by page (1000 per request).
 pub struct ListAll<'a> {
     store: &'a dyn ObjectStore,
