@@ -8,7 +8,6 @@ use crate::store::{CompletedPart, ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -201,14 +200,18 @@ impl Uploader {
         cfg: UploadConfig,
         dir: &std::path::Path,
     ) -> Arc<Uploader> {
-        let mut up = Uploader::new(store, cfg);
-        if let Some(u) = Arc::get_mut(&mut up) {
-            u.spill_dir = Some(dir.to_path_buf());
-        }
-        up
+        Uploader::build(store, cfg, Some(dir.to_path_buf()))
     }
 
     pub fn new(store: Arc<dyn ObjectStore>, cfg: UploadConfig) -> Arc<Uploader> {
+        Uploader::build(store, cfg, None)
+    }
+
+    fn build(
+        store: Arc<dyn ObjectStore>,
+        cfg: UploadConfig,
+        spill_dir: Option<std::path::PathBuf>,
+    ) -> Arc<Uploader> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let workers = (0..cfg.concurrency.max(1))
@@ -237,7 +240,7 @@ impl Uploader {
             .collect();
         Arc::new(Uploader {
             store,
-            spill_dir: None,
+            spill_dir,
             budget: MemoryBudget::new(cfg.memory),
             cfg,
             jobs: Mutex::new(Some(tx)),
@@ -463,7 +466,12 @@ impl ObjectUpload {
 
     /// Moves the current part's bytes to a file and gives its memory back.
     fn spill_part(&mut self) -> Result<(), StoreError> {
-        let dir = self.uploader.spill_dir.as_deref().unwrap_or(Path::new("."));
+        let Some(dir) = self.uploader.spill_dir.as_deref() else {
+            return Err(StoreError::Invalid(format!(
+                "{:?}: no directory to keep a part on disk",
+                self.key
+            )));
+        };
         let file = tempfile::tempfile_in(dir).map_err(|e| spill_error(&self.key, e))?;
         file.write_all_at(&self.buf, 0)
             .map_err(|e| spill_error(&self.key, e))?;
