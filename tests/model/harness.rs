@@ -551,38 +551,45 @@ impl Harness {
     }
 
     fn chmod(&mut self, path: &str, mode: u32, faulty: bool) -> R<()> {
-        let Some(exp) = self.settable(path, false) else {
-            return Ok(());
-        };
         let set = SetAttr {
             mode: Some(mode),
             ..SetAttr::default()
         };
-        let got = self
-            .resolve(path)
-            .and_then(|a| errno(self.a().setattr(a.ino, None, set)));
-        if check("chmod", loosen(exp, faulty), &got)? {
+        if self.setattr_path("chmod", path, false, set, faulty)? {
             self.model.chmodded(path, mode);
         }
         Ok(())
     }
 
     fn utimens(&mut self, path: &str, secs: u64, nanos: u32, faulty: bool) -> R<()> {
-        let Some(exp) = self.settable(path, true) else {
-            return Ok(());
-        };
         let t = UNIX_EPOCH + Duration::new(secs, nanos);
         let set = SetAttr {
             mtime: Some(t),
             ..SetAttr::default()
         };
-        let got = self
-            .resolve(path)
-            .and_then(|a| errno(self.a().setattr(a.ino, None, set)));
-        if check("utimens", loosen(exp, faulty), &got)? {
+        if self.setattr_path("utimens", path, true, set, faulty)? {
             self.model.utimensed(path, t);
         }
         Ok(())
+    }
+
+    /// setattr by path (no handle), checked against the model; whether it
+    /// took effect. `symlinks`: as `settable` takes it.
+    fn setattr_path(
+        &mut self,
+        what: &str,
+        path: &str,
+        symlinks: bool,
+        set: SetAttr,
+        faulty: bool,
+    ) -> R<bool> {
+        let Some(exp) = self.settable(path, symlinks) else {
+            return Ok(false);
+        };
+        let got = self
+            .resolve(path)
+            .and_then(|a| errno(self.a().setattr(a.ino, None, set)));
+        check(what, loosen(exp, faulty), &got)
     }
 
     fn unlink(&mut self, path: &str, dir: bool, faulty: bool) -> R<()> {
