@@ -62,15 +62,26 @@ pub fn sign_key(secret_key: &str, key_time: &str) -> String {
     hmac_hex(secret_key.as_bytes(), key_time.as_bytes())
 }
 
-/// Canonical form of parameters or headers: `(list "a;b", string "a=1&b=2")`.
-/// Keys are lowercased, encoded and lowercased again; values encoded; sorted.
-pub fn canonical(pairs: &[(String, String)]) -> (String, String) {
+/// Canonical form of query parameters (§2 step 3): `(list "a;b", string "a=1&b=2")`.
+/// Keys are lowercased, encoded and lowercased again; values are encoded exactly
+/// as sent (a prefix or marker may begin or end with a space); sorted.
+pub fn canonical_params(pairs: &[(String, String)]) -> (String, String) {
+    canonical(pairs, |v| v)
+}
+
+/// Canonical form of headers (§2 step 4): as the parameters, but values lose the
+/// surrounding whitespace that HTTP parsing drops on the way anyway.
+pub fn canonical_headers(pairs: &[(String, String)]) -> (String, String) {
+    canonical(pairs, str::trim)
+}
+
+fn canonical(pairs: &[(String, String)], value: fn(&str) -> &str) -> (String, String) {
     let mut enc: Vec<(String, String)> = pairs
         .iter()
         .map(|(k, v)| {
             (
                 url_encode(&k.to_lowercase()).to_lowercase(),
-                url_encode(v.trim()),
+                url_encode(value(v)),
             )
         })
         .collect();
@@ -90,8 +101,8 @@ pub fn canonical(pairs: &[(String, String)]) -> (String, String) {
 
 /// `HttpString` of step 5, with the lists it used.
 pub fn http_string(req: &Signable) -> (String, String, String) {
-    let (param_list, params) = canonical(req.params);
-    let (header_list, headers) = canonical(req.headers);
+    let (param_list, params) = canonical_params(req.params);
+    let (header_list, headers) = canonical_headers(req.headers);
     let s = format!(
         "{}\n{}\n{}\n{}\n",
         req.method.to_lowercase(),
@@ -293,6 +304,25 @@ mod tests {
         assert_eq!(
             signature(KEY, "1557989151;1557996351", &req),
             "49d2b740b0ee65bdaca51d8b90a4ddb89ced4a5d"
+        );
+    }
+
+    #[test]
+    fn query_values_are_signed_as_sent_and_header_values_trimmed() {
+        let params = vec![
+            ("prefix".to_string(), " a+b ".to_string()),
+            ("marker".to_string(), "x&y=%z ".to_string()),
+        ];
+        let headers = vec![("Host".to_string(), " h.example ".to_string())];
+        let (hs, _, _) = http_string(&Signable {
+            method: "GET",
+            path: "/c",
+            params: &params,
+            headers: &headers,
+        });
+        assert_eq!(
+            hs,
+            "get\n/c\nmarker=x%26y%3D%25z%20&prefix=%20a%2Bb%20\nhost=h.example\n"
         );
     }
 
