@@ -67,10 +67,10 @@ fn parse_age(s: &str) -> Result<Age, String> {
 #[derive(Args)]
 struct TransferArgs {
     /// Preferred part (or range) size.
-    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "8MiB", value_parser = mount::parse_part_size)]
     part_size: u64,
     /// Requests in flight at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = mount::parse_count)]
     concurrency: usize,
 }
 
@@ -108,13 +108,13 @@ struct MountArgs {
     #[arg(short, long)]
     foreground: bool,
     /// Preferred part size (grows for very large files).
-    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "8MiB", value_parser = mount::parse_part_size)]
     part_size: u64,
     /// Bytes of part buffers held at once across all open files; writers wait beyond it.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     upload_memory: u64,
     /// Parts uploading at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = mount::parse_count)]
     upload_concurrency: usize,
     /// Mount read-only.
     #[arg(long)]
@@ -140,15 +140,15 @@ struct MountArgs {
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     read_ahead: u64,
     /// Ranged GETs of read-ahead in flight at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = mount::parse_count)]
     read_concurrency: usize,
     /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     allow_other: bool,
     /// Owner shown for every entry (default: the mounting user).
-    #[arg(long)]
+    #[arg(long, value_parser = mount::parse_id)]
     uid: Option<u32>,
-    #[arg(long)]
+    #[arg(long, value_parser = mount::parse_id)]
     gid: Option<u32>,
     /// Permission bits of files, in octal.
     #[arg(long, default_value = "644", value_parser = mount::parse_mode)]
@@ -163,10 +163,10 @@ struct MountArgs {
     #[arg(long)]
     log_file: Option<PathBuf>,
     /// Threads serving FUSE requests.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = mount::parse_count)]
     fuse_threads: usize,
     /// Attempts per request before an operation fails (the first included).
-    #[arg(long)]
+    #[arg(long, value_parser = mount::parse_retries)]
     retries: Option<u32>,
     /// At start, abort open multipart uploads started longer ago than this
     /// (orphans of a killed mount, which block their path); 0: never.
@@ -270,13 +270,13 @@ fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandErro
             cache: CacheConfig {
                 capacity: m.cache_size,
                 read_ahead: m.read_ahead,
-                read_concurrency: m.read_concurrency.max(1),
+                read_concurrency: m.read_concurrency,
                 ..CacheConfig::default()
             },
             upload: UploadConfig {
                 part_size: m.part_size,
                 memory: m.upload_memory,
-                concurrency: m.upload_concurrency.max(1),
+                concurrency: m.upload_concurrency,
             },
             ..FsConfig::default()
         },

@@ -101,17 +101,16 @@ impl MountConfig {
             };
             let need = || v.ok_or_else(|| bad(o, "needs a value".into()));
             let size = || need().and_then(|v| parse_size(v).map_err(|e| bad(o, e)));
-            let num = || need().and_then(|v| parse_num(v).map_err(|e| bad(o, e)));
             match k.as_str() {
                 "endpoint" => self.target.endpoint = Some(need()?.to_string()),
                 "region" => self.target.region = Some(need()?.to_string()),
                 "credentials" => self.target.credentials_file = Some(PathBuf::from(need()?)),
                 "local" => self.local = Some(PathBuf::from(need()?)),
-                "part_size" => self.fs.upload.part_size = size()?,
+                "part_size" => self.fs.upload.part_size = parse_opt(o, v, parse_part_size)?,
                 "upload_memory" => self.fs.upload.memory = size()?,
-                "upload_concurrency" => self.fs.upload.concurrency = num()? as usize,
-                "uid" => self.fs.uid = num()? as u32,
-                "gid" => self.fs.gid = num()? as u32,
+                "upload_concurrency" => self.fs.upload.concurrency = parse_opt(o, v, parse_count)?,
+                "uid" => self.fs.uid = parse_opt(o, v, parse_id)?,
+                "gid" => self.fs.gid = parse_opt(o, v, parse_id)?,
                 "file_mode" => self.fs.file_mode = parse_mode(need()?).map_err(|e| bad(o, e))?,
                 "dir_mode" => self.fs.dir_mode = parse_mode(need()?).map_err(|e| bad(o, e))?,
                 "metadata_ttl" => {
@@ -119,7 +118,7 @@ impl MountConfig {
                         humantime::parse_duration(need()?).map_err(|e| bad(o, e.to_string()))?
                 }
                 "log_file" => self.log_file = Some(PathBuf::from(need()?)),
-                "retries" => self.retries = Some(num()? as u32),
+                "retries" => self.retries = Some(parse_opt(o, v, parse_retries)?),
                 "idle_timeout" => {
                     self.target.idle_timeout =
                         Some(parse_idle_timeout(need()?).map_err(|e| bad(o, e))?)
@@ -133,7 +132,9 @@ impl MountConfig {
                 "cache_dir_size" => self.fs.cache_dir_size = size()?,
                 "cache_size" => self.fs.cache.capacity = size()?,
                 "read_ahead" => self.fs.cache.read_ahead = size()?,
-                "read_concurrency" => self.fs.cache.read_concurrency = (num()? as usize).max(1),
+                "read_concurrency" => {
+                    self.fs.cache.read_concurrency = parse_opt(o, v, parse_count)?
+                }
                 "cache_dir" => self.fs.cache_dir = PathBuf::from(need()?),
                 "staging_limit" => self.fs.staging_limit = size()?,
                 "allow_other" => self.allow_other = true,
@@ -148,8 +149,52 @@ impl MountConfig {
     }
 }
 
-fn parse_num(s: &str) -> Result<u64, String> {
-    s.parse().map_err(|_| format!("not a number: {s:?}"))
+/// The value of `-o o`, parsed by `f`.
+fn parse_opt<T>(
+    o: &str,
+    v: Option<&str>,
+    f: fn(&str) -> Result<T, String>,
+) -> Result<T, CommandError> {
+    let v = v.ok_or_else(|| CommandError::Usage(format!("-o {o}: needs a value")))?;
+    f(v).map_err(|e| CommandError::Usage(format!("-o {o}: {e}")))
+}
+
+/// A uid or gid: any `u32` but `4294967295`, which chown(2) reads as "no change".
+/// Without the check, `uid=4294967296` wrapped to 0: root.
+pub fn parse_id(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(id) if id != u32::MAX => Ok(id),
+        _ => Err(format!("not a user or group id (0–4294967294): {s:?}")),
+    }
+}
+
+/// A count of threads or requests in flight: 1 to 1024.
+pub fn parse_count(s: &str) -> Result<usize, String> {
+    parse_in(s, 1, 1024)
+}
+
+/// Attempts per request, the first included: 1 to 100.
+pub fn parse_retries(s: &str) -> Result<u32, String> {
+    parse_in(s, 1, 100)
+}
+
+fn parse_in<T>(s: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match s.trim().parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number from {min} to {max}")),
+    }
+}
+
+/// A part size: what the service accepts for one part (1 MiB to 5 GiB).
+pub fn parse_part_size(s: &str) -> Result<u64, String> {
+    use crate::protocol::rules::{MAX_PART_SIZE, MIN_PART_SIZE};
+    match parse_size(s)? {
+        n if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: a part is 1MiB to 5GiB")),
+    }
 }
 
 /// An octal permission such as `644` or `0755`.

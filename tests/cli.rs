@@ -266,3 +266,46 @@ fn failures_are_one_clear_line_and_never_show_secrets() {
     );
     assert!(!out.ok && out.stderr.contains("connect"), "{}", out.stderr);
 }
+
+#[test]
+fn out_of_range_numbers_in_mount_options_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_str().unwrap();
+    let mount = |extra: &[&str]| {
+        let mut args = vec!["--endpoint", "http://127.0.0.1:9", "mount", COFFER, mnt];
+        args.extend_from_slice(extra);
+        cli(&args, &[], LIMIT)
+    };
+    for bad in [
+        &["-o", "uid=4294967296"][..],
+        &["-o", "gid=4294967295"],
+        &["-o", "uid=-1"],
+        &["--uid", "4294967296"],
+        &["-o", "upload_concurrency=0"],
+        &["-o", "read_concurrency=18446744073709551616"],
+        &["--fuse-threads", "0"],
+        &["-o", "retries=0"],
+        &["-o", "retries=4294967297"],
+        &["-o", "part_size=1KiB"],
+        &["--part-size", "6GiB"],
+        &["-o", "file_mode=17777"],
+    ] {
+        let out = mount(bad);
+        assert!(!out.ok, "{bad:?} was accepted");
+        let line = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            !line.contains("connect") && !line.contains("127.0.0.1"),
+            "{bad:?} must fail as a usage error before any request: {line}"
+        );
+        let name = match bad[0] {
+            "-o" => bad[1].split('=').next().unwrap_or(bad[1]),
+            flag => flag,
+        };
+        assert!(
+            line.contains(name),
+            "{bad:?}: the error names the option: {line}"
+        );
+    }
+    let mounted = common::sh(&format!("findmnt {mnt}"), LIMIT);
+    assert!(!mounted.ok, "nothing was mounted");
+}
