@@ -376,6 +376,57 @@ fn hostile_names_round_trip() {
 }
 
 #[test]
+fn paths_beyond_the_key_limit_are_refused_by_every_operation_before_anything_is_recorded() {
+    let server = Server::start(&[]);
+    let (a, b, c) = ("a".repeat(200), "b".repeat(200), "c".repeat(200));
+    // 602 bytes of directories and a 200-byte name: 803, under the 850 of a key.
+    let deep = format!("{a}/{b}/{c}");
+    let file = format!("{deep}/{}", "f".repeat(200));
+    let before = {
+        let m = Mount::start(&server, &[]);
+        let out = sh(
+            &format!(
+                "mkdir -p {} && echo data > {}",
+                q(&m.path(&deep)),
+                q(&m.path(&file))
+            ),
+            LIMIT,
+        );
+        assert!(out.ok, "{}", out.stderr);
+        let long = "n".repeat(250); // 602 + 1 + 250 = 853
+        for cmd in [
+            format!("mkdir {}", q(&m.path(&format!("{deep}/{long}")))),
+            format!("touch {}", q(&m.path(&format!("{deep}/{long}")))),
+            format!("ln -s x {}", q(&m.path(&format!("{deep}/{long}")))),
+            // The directory's new name is short enough; a file beneath it is not.
+            format!("mv {} {}", q(&m.path(&a)), q(&m.path(&"r".repeat(255)))),
+            format!(
+                "mv {} {}",
+                q(&m.path(&format!("{a}/{b}"))),
+                q(&m.path(&format!("{a}/{}", "r".repeat(255))))
+            ),
+        ] {
+            let out = sh(&cmd, LIMIT);
+            assert!(
+                !out.ok && out.stderr.contains("File name too long"),
+                "{cmd}: {}",
+                out.stderr
+            );
+        }
+        let out = sh(&format!("cd {} && find . | sort", q(&m.dir)), LIMIT);
+        assert!(out.ok, "{}", out.stderr);
+        out.stdout
+    };
+    // Nothing of the refused operations reached the journal.
+    let m = Mount::start(&server, &[]);
+    let out = sh(&format!("cd {} && find . | sort", q(&m.dir)), LIMIT);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, before);
+    assert_eq!(out.stdout.lines().count(), 5, "{}", out.stdout);
+    assert_eq!(std::fs::read(m.path(&file)).expect("read"), b"data\n");
+}
+
+#[test]
 fn the_mount_shows_objects_written_by_others_and_hides_its_own_records() {
     let server = Server::start(&[]);
     let c = client(&server.endpoint);

@@ -1227,6 +1227,20 @@ impl Fs {
         for n in t.subtree(src.ino) {
             let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
             let at = format!("{to}{rel}");
+            // A path no object key can hold is refused before anything is
+            // recorded: the records so far are only in this vector.
+            if at.len() > rules::MAX_KEY_BYTES {
+                return Err(FsError::new(
+                    libc::ENAMETOOLONG,
+                    format!(
+                        "rename {:?} to {to:?}: {at:?} would be {} bytes; object keys \
+                         are at most {}",
+                        src.path,
+                        at.len(),
+                        rules::MAX_KEY_BYTES
+                    ),
+                ));
+            }
             match (n.origin, writers.get(&n.ino)) {
                 (Origin::Stored, _) => records.push(record_for(&view_of(n), &at)),
                 // Being overwritten: the version it had stands at the new path
