@@ -8,7 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use cofferfs::commands::{self, parse_size, split_path, CommandError, Target};
 use cofferfs::fs::cache::CacheConfig;
 use cofferfs::fs::upload::UploadConfig;
-use cofferfs::fs::FsConfig;
+use cofferfs::fs::{private_dir, FsConfig};
 use cofferfs::mount::{self, MountConfig};
 use cofferfs::protocol::sign::Credentials;
 use cofferfs::server::ServeConfig;
@@ -123,10 +123,12 @@ struct MountArgs {
     /// lifecycle rule expires them); without it they fail with EPERM.
     #[arg(long)]
     allow_delete: bool,
-    /// Directory for staging files of appends and edits (cleaned up at unmount)
-    /// and, with --cache-dir-size, for file blocks kept across mounts.
-    #[arg(long, default_value_os_t = std::env::temp_dir())]
-    cache_dir: PathBuf,
+    /// Private directory (0700, yours) for staging files of appends and edits
+    /// (cleaned up at unmount) and, with --cache-dir-size, file blocks kept
+    /// across mounts; one subdirectory per coffer [default: $XDG_CACHE_HOME/cofferfs,
+    /// else ~/.cache/cofferfs].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Bytes of staging files at once; beyond it writes fail with ENOSPC.
     #[arg(long, default_value = "16GiB", value_parser = parse_size)]
     staging_limit: u64,
@@ -264,7 +266,7 @@ fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandErro
             metadata_ttl: m.metadata_ttl,
             read_only: m.read_only,
             allow_delete: m.allow_delete,
-            cache_dir: m.cache_dir,
+            cache_dir: m.cache_dir.unwrap_or_else(private_dir::default_base),
             staging_limit: m.staging_limit,
             cache_dir_size: m.cache_dir_size,
             cache: CacheConfig {

@@ -5,12 +5,13 @@ use crate::client::retry::RetryPolicy;
 use crate::client::CdcsClient;
 use crate::commands::{parse_size, CommandError, Target};
 use crate::fs::fuse::FuseFs;
-use crate::fs::{Fs, FsConfig};
+use crate::fs::{private_dir, Fs, FsConfig};
 use crate::protocol::sign::Credentials;
 use crate::protocol::ErrorCode;
 use crate::server::{ServeConfig, ServerHandle};
 use crate::store::{ObjectStore, StoreError};
 use std::io::{BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -226,8 +227,10 @@ fn detach(cfg: &MountConfig) -> Result<(), CommandError> {
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
+    // Private: a log names the files people work on.
     let log_out = std::fs::OpenOptions::new()
         .create(true)
+        .mode(0o600)
         .append(true)
         .open(&log)
         .map_err(|source| CommandError::Io {
@@ -427,13 +430,20 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
         cap: Duration::from_secs(1),
         total: Duration::from_secs(10),
     };
+    // One private directory per coffer under the (private) cache directory.
+    let mut fs_cfg = cfg.fs.clone();
+    fs_cfg.cache_dir = cfg.fs.cache_dir.join(&cfg.coffer);
+    for dir in [&cfg.fs.cache_dir, &fs_cfg.cache_dir] {
+        private_dir::ensure(dir)
+            .map_err(|e| CommandError::Usage(format!("cache directory {e}")))?;
+    }
     let probe = CdcsClient::new(probe_cfg, &cfg.coffer)?;
     check_coffer(&probe, &cfg.coffer)?;
     let store: Arc<dyn ObjectStore> = Arc::new(CdcsClient::new(client_cfg, &cfg.coffer)?);
     if let Some(age) = cfg.abort_uploads_older_than {
         abort_orphans(store.as_ref(), age);
     }
-    let fs = Fs::new(store, cfg.fs.clone()).map_err(|e| {
+    let fs = Fs::new(store, fs_cfg).map_err(|e| {
         CommandError::Usage(format!(
             "reading the coffer's metadata journal: {}",
             e.message

@@ -1,11 +1,42 @@
 //! DiskTier: the block cache's second tier, files under `--cache-dir` that survive
-//! remounts. Each file is named by (key, ETag, index) and carries the MD5 of its
-//! bytes, so a stale or damaged file is never served. Knows blocks, not files.
+//! remounts. Each file is named by (key, ETag, index) and opens with a header
+//! that repeats them, the length, and an MD5 over header and bytes, so a stale,
+//! damaged or misplaced file is never served. Files are 0600 in a 0700
+//! directory. Knows blocks, not files.
 
+use super::private_dir;
 use crate::protocol::{hex, md5};
 use bytes::Bytes;
+use md5::{Digest, Md5};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+/// First bytes of every block file (format 1).
+const MAGIC: &[u8; 8] = b"CFBLK001";
+
+/// The header a block file of `(key, etag, index)` holding `len` bytes starts
+/// with, before its checksum.
+fn header(key: &str, etag: &str, index: u64, len: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(32 + key.len() + etag.len());
+    h.extend_from_slice(MAGIC);
+    for field in [key.as_bytes(), etag.as_bytes()] {
+        h.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        h.extend_from_slice(field);
+    }
+    h.extend_from_slice(&index.to_le_bytes());
+    h.extend_from_slice(&(len as u64).to_le_bytes());
+    h
+}
+
+fn checksum(header: &[u8], data: &[u8]) -> [u8; 16] {
+    Md5::new()
+        .chain_update(header)
+        .chain_update(data)
+        .finalize()
+        .into()
+}
 
 pub struct DiskTier {
     dir: PathBuf,
@@ -17,7 +48,7 @@ impl DiskTier {
     /// Opens (or makes) the tier in `dir`, holding at most `limit` bytes.
     pub fn open(dir: &Path, limit: u64) -> std::io::Result<DiskTier> {
         let dir = dir.join("cofferfs-blocks");
-        std::fs::create_dir_all(&dir)?;
+        private_dir::ensure(&dir)?;
         let used = std::fs::read_dir(&dir)?
             .flatten()
             .filter_map(|e| e.metadata().ok())
@@ -35,14 +66,22 @@ impl DiskTier {
         self.dir.join(format!("{name}-{index}"))
     }
 
-    /// The block if a valid copy is on disk.
+    /// The block if a valid copy of exactly it is on disk.
     pub fn get(&self, key: &str, etag: &str, index: u64, len: usize) -> Option<Bytes> {
         let path = self.path(key, etag, index);
         let raw = std::fs::read(&path).ok()?;
-        if raw.len() == len + 16 && raw[..16] == md5(&raw[16..]) {
-            return Some(Bytes::from(raw).slice(16..));
+        let head = header(key, etag, index, len);
+        let body = head.len() + 16;
+        if raw.len() == body + len
+            && raw.starts_with(&head)
+            && raw[head.len()..body] == checksum(&head, &raw[body..])
+        {
+            return Some(Bytes::from(raw).slice(body..));
         }
-        log::warn!("disk cache: {} is damaged; removed", path.display());
+        log::warn!(
+            "disk cache: {} is damaged or not this block; removed",
+            path.display()
+        );
         let _ = std::fs::remove_file(&path);
         None
     }
@@ -54,17 +93,28 @@ impl DiskTier {
             return;
         }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut buf = Vec::with_capacity(data.len() + 16);
-        buf.extend_from_slice(&md5(data));
-        buf.extend_from_slice(data);
-        if let Err(e) = std::fs::write(&tmp, &buf).and_then(|()| std::fs::rename(&tmp, &path)) {
+        let head = header(key, etag, index, data.len());
+        let sum = checksum(&head, data);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&head)?;
+                f.write_all(&sum)?;
+                f.write_all(data)
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
             log::warn!("disk cache: cannot write {}: {e}", path.display());
             let _ = std::fs::remove_file(&tmp);
             return;
         }
+        let size = (head.len() + sum.len() + data.len()) as u64;
         let over = {
             let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-            *used += buf.len() as u64;
+            *used += size;
             *used > self.limit
         };
         if over {
@@ -120,6 +170,30 @@ mod tests {
         std::fs::write(&path, raw).expect("damage");
         assert!(again.get("k", "e1", 3, 11).is_none());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_block_file_under_another_blocks_name_is_refused_and_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = DiskTier::open(dir.path(), 1 << 20).expect("open");
+        t.put("k", "e", 1, b"first block");
+        t.put("k", "e", 2, b"other block");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&t.path("k", "e", 1)), 0o600);
+        assert_eq!(mode(&dir.path().join("cofferfs-blocks")), 0o700);
+        // A valid file copied (or planted) under another block's name: its MD5
+        // is right, but its header names another block.
+        std::fs::copy(t.path("k", "e", 1), t.path("k", "e", 2)).expect("copy");
+        assert!(t.get("k", "e", 2, 11).is_none());
+        std::fs::copy(t.path("k", "e", 1), t.path("k2", "e", 1)).expect("copy");
+        assert!(t.get("k2", "e", 1, 11).is_none());
+        // The old format (MD5 of the bytes, then the bytes) is not served either.
+        let mut old = md5(b"first block").to_vec();
+        old.extend_from_slice(b"first block");
+        std::fs::write(t.path("k", "e", 3), old).expect("write");
+        assert!(t.get("k", "e", 3, 11).is_none());
+        assert_eq!(t.get("k", "e", 1, 11).as_deref(), Some(&b"first block"[..]));
     }
 
     #[test]

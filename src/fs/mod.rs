@@ -9,6 +9,7 @@ pub mod error;
 pub mod fuse;
 pub mod inode;
 pub mod journal;
+pub mod private_dir;
 pub mod upload;
 pub mod write;
 
@@ -43,8 +44,9 @@ pub struct FsConfig {
     /// unlink/rmdir hide paths (the bytes stay in the coffer).
     pub allow_delete: bool,
     pub upload: UploadConfig,
-    /// Where staging files of non-sequential writes live (a private directory
-    /// is made inside and removed at unmount).
+    /// This coffer's private directory (0700, see `private_dir`): staging files
+    /// of non-sequential writes (in a subdirectory removed at unmount) and, with
+    /// `cache_dir_size`, file blocks kept across mounts.
     pub cache_dir: PathBuf,
     /// Bytes of staging files at once.
     pub staging_limit: u64,
@@ -66,7 +68,7 @@ impl Default for FsConfig {
             read_only: false,
             allow_delete: false,
             upload: UploadConfig::default(),
-            cache_dir: std::env::temp_dir(),
+            cache_dir: private_dir::default_base().join("default"),
             staging_limit: 16 << 30,
             cache: CacheConfig::default(),
             cache_dir_size: 0,
@@ -335,10 +337,11 @@ impl Fs {
                 format!("cache dir {}: {e}", cfg.cache_dir.display()),
             )
         };
-        std::fs::create_dir_all(&cfg.cache_dir).map_err(cache_dir_err)?;
+        private_dir::ensure(&cfg.cache_dir).map_err(cache_dir_err)?;
         remove_stale_staging(&cfg.cache_dir);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(&cfg.cache_dir)
             .map_err(cache_dir_err)?;
         let disk = match cfg.cache_dir_size {

@@ -272,6 +272,11 @@ impl Mount {
 
     /// Mounts with `args` (target and coffer) before the mountpoint, `extra` after.
     pub fn start_with(args: &[&str], extra: &[&str]) -> Mount {
+        Mount::start_env(args, extra, &[])
+    }
+
+    /// As [`Mount::start_with`], with extra environment for the mount process.
+    pub fn start_env(args: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Mount {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("mnt");
         std::fs::create_dir(&dir).expect("mkdir mnt");
@@ -294,6 +299,7 @@ impl Mount {
             .env_remove("TENCENTCLOUD_SECRET_KEY")
             .env_remove("COFFERFS_ENDPOINT")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(err))
