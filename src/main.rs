@@ -235,6 +235,10 @@ enum Command {
         /// Length of one lifecycle day (for tests).
         #[arg(long, default_value = "86400s", value_parser = humantime::parse_duration, hide = true)]
         lifecycle_day: Duration,
+        /// Serve the test endpoints /-/stats and /-/faults (implied by --faults); they
+        /// need a signature like any request when credentials are set.
+        #[arg(long)]
+        test_api: bool,
     },
 }
 
@@ -390,6 +394,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             faults,
             fault_seed,
             lifecycle_day,
+            test_api,
         } => cofferfs::server::run(ServeConfig {
             root,
             listen,
@@ -399,6 +404,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             fault_seed,
             credentials: Credentials::from_env(),
             lifecycle_day,
+            test_api,
         })
         .map_err(|e| CommandError::Usage(e.to_string()))?,
     }

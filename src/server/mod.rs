@@ -43,6 +43,9 @@ pub struct ServeConfig {
     pub credentials: Option<Credentials>,
     /// Length of a lifecycle "day" (86400 s; tests shorten it).
     pub lifecycle_day: Duration,
+    /// Serve `/-/stats` and `/-/faults` (signed like any request when there are
+    /// credentials). Implied by a non-empty `faults`. Never for an embedded server.
+    pub test_api: bool,
 }
 
 /// Why the server could not start.
@@ -127,7 +130,8 @@ impl Drop for ServerHandle {
 }
 
 /// Opens the store, binds, and serves on a runtime of its own threads.
-pub fn start(cfg: ServeConfig) -> Result<ServerHandle, ServerError> {
+pub fn start(mut cfg: ServeConfig) -> Result<ServerHandle, ServerError> {
+    cfg.test_api |= !cfg.faults.is_empty();
     let storage = |e: DiskError| ServerError::Storage {
         root: cfg.root.display().to_string(),
         detail: e.to_string(),
@@ -430,9 +434,6 @@ fn operation(
 async fn handle(state: Arc<State>, kill: Arc<Notify>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_string();
-    if let Some(rest) = path.strip_prefix("/-/") {
-        return test_endpoint(&state, rest, req).await;
-    }
     let request_id = random_hex(16);
     let head = req.method() == Method::HEAD;
     let trimmed = path.strip_prefix('/').unwrap_or(&path);
@@ -465,6 +466,9 @@ async fn handle(state: Arc<State>, kill: Arc<Notify>, req: Request<Incoming>) ->
             .iter()
             .any(|(k, _)| k == n || k.eq_ignore_ascii_case(n))
     };
+    if coffer == "-" {
+        return test_endpoint(&state, &mut call, req).await;
+    }
     call.op = operation(req.method(), coffer_opt, key.is_some(), &q);
     {
         let mut r = state
@@ -486,47 +490,44 @@ async fn handle(state: Arc<State>, kill: Arc<Notify>, req: Request<Incoming>) ->
     resp
 }
 
-async fn test_endpoint(state: &State, rest: &str, req: Request<Incoming>) -> Response<Body> {
-    let plain = |status: StatusCode, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(full(body))
-            .unwrap_or_else(|_| Response::new(empty()))
-    };
-    match (req.method().clone(), rest) {
-        (Method::GET, "stats") => {
+/// `/-/stats` and `/-/faults`. Without `test_api` they do not exist: the 404 of any
+/// unknown coffer (`-` is none). With credentials they need a signature like any request.
+async fn test_endpoint(state: &State, call: &mut Call, req: Request<Incoming>) -> Response<Body> {
+    if !state.cfg.test_api {
+        return call.error(ErrorCode::CofferNotFound, "no such coffer");
+    }
+    call.op = "TestApi";
+    if let Err(e) = check_auth(state, call, &req) {
+        log::info!("test API {:?}: authentication failed: {e}", call.resource());
+        return call.error(ErrorCode::AuthFailed, "authentication failed");
+    }
+    match (req.method(), call.key()) {
+        (&Method::GET, "stats") => {
             let s = &state.stats;
             let requests = s.requests.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let v = serde_json::json!({
+            call.json(&serde_json::json!({
                 "requests": requests,
                 "bytes_in": s.bytes_in.load(Ordering::Relaxed),
                 "bytes_out": s.bytes_out.load(Ordering::Relaxed),
                 "faults": s.faults.load(Ordering::Relaxed),
-            });
-            plain(StatusCode::OK, v.to_string())
+            }))
         }
-        (Method::POST, "faults") => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return plain(
-                        StatusCode::BAD_REQUEST,
-                        format!("{{\"error\":{:?}}}", e.to_string()),
-                    )
-                }
+        (&Method::POST, "faults") => {
+            let body = match read_small(req).await {
+                Ok(b) => b,
+                Err(e) => return call.error(ErrorCode::InvalidArgument, &e),
             };
             let spec = String::from_utf8_lossy(&body).to_string();
             match Faults::parse(&spec, state.cfg.fault_seed) {
                 Ok(f) => {
                     *state.faults.lock().unwrap_or_else(|e| e.into_inner()) = f;
                     log::info!("faults now {spec:?}");
-                    plain(StatusCode::OK, "{}".into())
+                    call.json(&serde_json::json!({}))
                 }
-                Err(e) => plain(StatusCode::BAD_REQUEST, format!("{{\"error\":{e:?}}}")),
+                Err(e) => call.error(ErrorCode::InvalidArgument, &e),
             }
         }
-        _ => plain(StatusCode::NOT_FOUND, "{}".into()),
+        _ => call.error(ErrorCode::CofferNotFound, "no such test endpoint"),
     }
 }
 

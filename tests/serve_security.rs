@@ -1,0 +1,147 @@
+//! `cofferfs serve` against hostile or broken clients: the test API exists only when
+//! asked for (and is signed), slow clients cannot hold connections, and a body cut
+//! short is the client's 400, with nothing stored.
+
+mod common;
+
+use bytes::Bytes;
+use cofferfs::store::ObjectStore;
+use common::{client, Mount, Server, COFFER};
+use std::time::Duration;
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Status and parsed JSON body of an answer.
+fn answer(r: reqwest::blocking::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    let v =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    (status, v)
+}
+
+#[test]
+fn test_api_is_a_plain_404_without_test_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_raw(&tmp.path().join("root"), &[], &[]);
+    let (status, body) = answer(
+        http()
+            .get(format!("{}/-/stats", server.endpoint))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(body["Code"], "CofferNotFound", "{body}");
+    assert!(body["RequestId"].as_str().is_some_and(|s| !s.is_empty()));
+    let (status, body) = answer(
+        http()
+            .post(format!("{}/-/faults", server.endpoint))
+            .body("HeadObject:503:1,PutObject:503:1")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(body["Code"], "CofferNotFound", "{body}");
+    // The faults were not switched on: ordinary requests still succeed.
+    let c = client(&server.endpoint);
+    c.put("after", Bytes::from_static(b"1")).unwrap();
+    let r = http()
+        .head(format!("{}/{COFFER}/after", server.endpoint))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[test]
+fn test_api_needs_a_signature_when_the_server_has_credentials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [
+        ("TENCENTCLOUD_SECRET_ID", "AKIDtestapi"),
+        ("TENCENTCLOUD_SECRET_KEY", "testapi-secret"),
+    ];
+    let server = Server::start_at(&tmp.path().join("root"), &[], &env);
+    let (status, body) = answer(
+        http()
+            .get(format!("{}/-/stats", server.endpoint))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((status, body["Code"].as_str()), (401, Some("AuthFailed")));
+    let (status, body) = answer(
+        http()
+            .post(format!("{}/-/faults", server.endpoint))
+            .body("GetCoffer:503:1")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((status, body["Code"].as_str()), (401, Some("AuthFailed")));
+    // Signed, both work; the unsigned fault spec above was not applied.
+    assert_eq!(server.stats()["faults"], 0);
+    server.set_faults("HeadObject:503:1");
+    let (status, body) = answer(
+        server
+            .test_api("POST", "faults")
+            .body("HeadObject:explode:1")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, body["Code"].as_str()),
+        (400, Some("InvalidArgument"))
+    );
+}
+
+/// Ports a process listens on, from its socket inodes and /proc/net/tcp.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    tcp.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT, st 0A is LISTEN, inode is field 9.
+            (f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]))
+                .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[test]
+fn a_local_mount_never_exposes_the_test_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coffer");
+    let data_s = data.to_str().unwrap().to_string();
+    let m = Mount::start_with(&["--local", data_s.as_str(), "local-1250000000"], &[]);
+    let ports = listening_ports(m.pid());
+    assert_eq!(ports.len(), 1, "the embedded server's port: {ports:?}");
+    let base = format!("http://127.0.0.1:{}", ports[0]);
+    let (status, body) = answer(http().get(format!("{base}/-/stats")).send().unwrap());
+    assert_eq!(
+        (status, body["Code"].as_str()),
+        (404, Some("CofferNotFound"))
+    );
+    let (status, _) = answer(
+        http()
+            .post(format!("{base}/-/faults"))
+            .body("GetObject:reset:1")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 404);
+    std::fs::write(m.path("still-works"), b"x").unwrap();
+    assert_eq!(std::fs::read(m.path("still-works")).unwrap(), b"x");
+    m.unmount();
+}
