@@ -7,6 +7,8 @@ mod common;
 use bytes::Bytes;
 use cofferfs::store::ObjectStore;
 use common::{client, Mount, Server, COFFER};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 fn http() -> reqwest::blocking::Client {
@@ -23,6 +25,11 @@ fn answer(r: reqwest::blocking::Response) -> (u16, serde_json::Value) {
     let v =
         serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
     (status, v)
+}
+
+/// The host:port of `http://host:port`.
+fn host_of(endpoint: &str) -> String {
+    endpoint.trim_start_matches("http://").to_string()
 }
 
 #[test]
@@ -144,4 +151,54 @@ fn a_local_mount_never_exposes_the_test_api() {
     std::fs::write(m.path("still-works"), b"x").unwrap();
     assert_eq!(std::fs::read(m.path("still-works")).unwrap(), b"x");
     m.unmount();
+}
+
+/// Sends a request head promising 1 MiB, 1000 bytes of body, then half-closes and
+/// returns the status line and the JSON body of the answer.
+fn cut_short(host: &str, path: &str) -> (String, serde_json::Value) {
+    let mut s = TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1048576\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&[7u8; 1000]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut text = Vec::new();
+    s.read_to_end(&mut text).unwrap();
+    let text = String::from_utf8_lossy(&text).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("").to_string();
+    // The error body may come chunked: the JSON is between the outer braces.
+    let json = body
+        .find('{')
+        .zip(body.rfind('}'))
+        .map_or("", |(a, b)| &body[a..=b]);
+    let json =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("no JSON body ({e}): {text:?}"));
+    (status, json)
+}
+
+#[test]
+fn a_body_cut_short_is_400_incomplete_body_and_stores_nothing() {
+    let server = Server::start(&[]);
+    let host = host_of(&server.endpoint);
+    let c = client(&server.endpoint);
+    let (status, body) = cut_short(&host, &format!("/{COFFER}/cut"));
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    assert_eq!(body["Code"], "IncompleteBody", "{body}");
+    assert!(c.head("cut").unwrap().is_none(), "a cut PutObject stored");
+    // The key is free again: nothing half-stored blocks it.
+    c.put("cut", Bytes::from_static(b"whole")).unwrap();
+
+    let id = c.initiate("cut-part").unwrap();
+    let (status, body) = cut_short(
+        &host,
+        &format!("/{COFFER}/cut-part?partNumber=1&uploadId={id}"),
+    );
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    assert_eq!(body["Code"], "IncompleteBody", "{body}");
+    let parts = c.list_parts("cut-part", &id, 0).unwrap();
+    assert!(parts.parts.is_empty(), "a cut part was stored: {parts:?}");
 }

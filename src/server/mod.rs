@@ -1047,13 +1047,27 @@ fn promised_md5(call: &Call, req: &Request<Incoming>) -> Result<Option<[u8; 16]>
     }
 }
 
-/// Streams a request body into a temp file, hashing as it goes.
-async fn receive(state: &State, body: Incoming) -> Result<DiskIncoming, DiskError> {
+/// Streams a request body into a temp file, hashing as it goes. A body that breaks
+/// off (the client went away before Content-Length bytes) is the client's fault:
+/// 400 `IncompleteBody`, and the temp file goes with `inc`, so nothing is stored.
+async fn receive(state: &State, call: &Call, body: Incoming) -> Result<DiskIncoming, DiskError> {
     let mut inc = tokio::task::block_in_place(|| state.disk.incoming())?;
     let mut body = body;
+    let mut got = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| DiskError::Io(format!("request body: {e}")))?;
+        let frame = frame.map_err(|e| {
+            log::warn!(
+                "{} {:?}: request body broke off after {got} bytes: {e}",
+                call.op,
+                call.resource()
+            );
+            DiskError::code(
+                ErrorCode::IncompleteBody,
+                format!("the request body ended after {got} bytes, before its Content-Length"),
+            )
+        })?;
         if let Ok(data) = frame.into_data() {
+            got += data.len() as u64;
             state
                 .stats
                 .bytes_in
@@ -1087,7 +1101,7 @@ async fn put_object(state: &State, call: &Call, req: Request<Incoming>) -> Respo
     if let Err(e) = state.disk.begin_put(&call.coffer, call.key()) {
         return call.fail(e);
     }
-    let result = match receive(state, req.into_body()).await {
+    let result = match receive(state, call, req.into_body()).await {
         Ok(inc) => tokio::task::block_in_place(|| {
             state
                 .disk
@@ -1126,7 +1140,7 @@ async fn upload_part(state: &State, call: &Call, req: Request<Incoming>) -> Resp
     if let Err(e) = state.disk.upload(&call.coffer, call.key(), &id) {
         return call.fail(e);
     }
-    let result = match receive(state, req.into_body()).await {
+    let result = match receive(state, call, req.into_body()).await {
         Ok(inc) => tokio::task::block_in_place(|| {
             state
                 .disk
