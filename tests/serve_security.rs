@@ -7,9 +7,9 @@ mod common;
 use bytes::Bytes;
 use cofferfs::store::ObjectStore;
 use common::{client, Mount, Server, COFFER};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -201,4 +201,140 @@ fn a_body_cut_short_is_400_incomplete_body_and_stores_nothing() {
     assert_eq!(body["Code"], "IncompleteBody", "{body}");
     let parts = c.list_parts("cut-part", &id, 0).unwrap();
     assert!(parts.parts.is_empty(), "a cut part was stored: {parts:?}");
+}
+
+/// Raises this process's open-file soft limit (a thousand sockets need more than 1024).
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    assert!(lim.rlim_cur >= 4096, "open-file hard limit too low");
+}
+
+/// `n` connections that each send half a request header and nothing more.
+fn half_open(host: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect()
+}
+
+/// Whether the server closed `s` (EOF or reset) before `deadline`.
+fn closed_by(mut s: &TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // An answer (e.g. 408) is fine as long as the close follows.
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A GET of the coffer that must be answered 200 within `limit`.
+fn served_within(server: &Server, limit: Duration) {
+    let t = Instant::now();
+    let r = reqwest::blocking::Client::builder()
+        .timeout(limit)
+        .build()
+        .unwrap()
+        .get(format!("{}/{COFFER}", server.endpoint))
+        .send()
+        .unwrap_or_else(|e| panic!("a normal client was not served within {limit:?}: {e}"));
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(t.elapsed() < limit);
+}
+
+#[test]
+fn a_thousand_half_sent_headers_neither_block_others_nor_stay_open() {
+    raise_nofile();
+    let server = Server::start(&[]);
+    let opened = Instant::now();
+    let slow = half_open(&host_of(&server.endpoint), 1000);
+    served_within(&server, Duration::from_secs(5));
+    // The default --header-timeout is 10 s (and the cap of 512 closes older ones sooner).
+    let deadline = opened + Duration::from_secs(20);
+    let open = slow.iter().filter(|s| !closed_by(s, deadline)).count();
+    assert_eq!(open, 0, "half-open connections the server kept");
+    served_within(&server, Duration::from_secs(5));
+}
+
+#[test]
+fn header_and_idle_timeouts_close_waiting_connections_but_not_slow_requests() {
+    let server = Server::start(&["--header-timeout", "1s", "--conn-idle-timeout", "3s"]);
+    let host = host_of(&server.endpoint);
+    let opened = Instant::now();
+    let slow = half_open(&host, 50);
+    for s in &slow {
+        assert!(closed_by(s, opened + Duration::from_secs(4)));
+    }
+    // One request answered, then silence: open past the header timeout, closed after
+    // the idle timeout.
+    let mut idle = TcpStream::connect(&host).unwrap();
+    write!(idle, "GET /{COFFER} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(200)); // the rest of the answer, if any
+    idle.set_nonblocking(true).unwrap();
+    while idle.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+    idle.set_nonblocking(false).unwrap();
+    let answered = Instant::now();
+    assert!(
+        !closed_by(&idle, answered + Duration::from_millis(1500)),
+        "closed by the header timeout while idle"
+    );
+    assert!(closed_by(&idle, answered + Duration::from_secs(7)));
+    // A body trickling in for 4 s (past both timeouts) is a request in progress.
+    let mut put = TcpStream::connect(&host).unwrap();
+    write!(
+        put,
+        "PUT /{COFFER}/trickle HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\n"
+    )
+    .unwrap();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(400));
+        put.write_all(b"t").unwrap();
+    }
+    put.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = put.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let c = client(&server.endpoint);
+    assert_eq!(c.head("trickle").unwrap().map(|m| m.size), Some(10));
+}
+
+#[test]
+fn at_the_connection_cap_the_longest_waiting_connection_makes_room() {
+    let server = Server::start(&["--max-connections", "20", "--header-timeout", "60s"]);
+    let host = host_of(&server.endpoint);
+    let opened = Instant::now();
+    let slow = half_open(&host, 100);
+    // Far sooner than the 60 s header timeout: the cap closed the oldest ones.
+    served_within(&server, Duration::from_secs(5));
+    let closed = slow[..50]
+        .iter()
+        .filter(|s| closed_by(s, opened + Duration::from_secs(10)))
+        .count();
+    assert_eq!(closed, 50, "the oldest half-open connections were closed");
 }

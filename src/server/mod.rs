@@ -1,8 +1,11 @@
 //! `cofferfs serve`: a CDCS-compatible server on local disk (hyper on tokio).
 //! Write-once and as strict as the service's documents; a key never becomes a path.
 
+mod conn;
 mod disk;
 mod faults;
+
+pub use conn::{parse_conn_idle_timeout, parse_header_timeout, parse_max_connections, ConnLimits};
 
 use crate::protocol::encode::{parse_query, url_decode, url_encode};
 use crate::protocol::sign::{self, Credentials};
@@ -19,10 +22,10 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 /// Everything `cofferfs serve` is started with.
 #[derive(Debug, Clone)]
@@ -46,6 +49,8 @@ pub struct ServeConfig {
     /// Serve `/-/stats` and `/-/faults` (signed like any request when there are
     /// credentials). Implied by a non-empty `faults`. Never for an embedded server.
     pub test_api: bool,
+    /// Header, idle and connection-count limits.
+    pub limits: ConnLimits,
 }
 
 /// Why the server could not start.
@@ -184,6 +189,14 @@ pub fn start(mut cfg: ServeConfig) -> Result<ServerHandle, ServerError> {
 
 /// `cofferfs serve`: start, print the address as the first line, run until SIGTERM/SIGINT.
 pub fn run(cfg: ServeConfig) -> Result<(), ServerError> {
+    match conn::raise_nofile_limit() {
+        Some(n) if n < cfg.limits.max_connections as u64 + 64 => log::warn!(
+            "open-file limit {n} is below --max-connections {} plus headroom: \
+             connections beyond it fail at accept",
+            cfg.limits.max_connections
+        ),
+        _ => {}
+    }
     let handle = start(cfg)?;
     {
         use std::io::Write;
@@ -226,9 +239,12 @@ async fn serve(
             return;
         }
     };
-    let active = Arc::new(AtomicUsize::new(0));
+    let mut limits = state.cfg.limits;
+    limits.max_connections = limits.max_connections.max(1); // a library caller's 0
+    let registry = Arc::new(conn::Registry::default());
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let expiry = tokio::spawn(expire_loop(Arc::clone(&state)));
-    loop {
+    'accept: loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.changed() => break,
@@ -241,30 +257,67 @@ async fn serve(
                 continue;
             }
         };
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // At the cap: make room by closing the connection idle longest (a slow
+                // client's half header counts as idle), so a new client is served at
+                // once; when all are busy, wait for one to end.
+                registry.log_cap(&limits);
+                loop {
+                    registry.evict_oldest_idle();
+                    tokio::select! {
+                        p = Arc::clone(&slots).acquire_owned() => match p {
+                            Ok(p) => break p,
+                            Err(_) => break 'accept,
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.changed() => break 'accept,
+                    }
+                }
+            }
+        };
         let _ = socket.set_nodelay(true);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
         let state = Arc::clone(&state);
         let mut stop = stop.clone();
-        let active = Arc::clone(&active);
-        active.fetch_add(1, Ordering::SeqCst);
+        let registry = Arc::clone(&registry);
+        let conn = registry.add();
         tokio::spawn(async move {
             let kill = Arc::new(Notify::new());
             let k = Arc::clone(&kill);
+            let c = Arc::clone(&conn);
             let svc = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
                 let kill = Arc::clone(&k);
-                async move { Ok::<_, Infallible>(handle(state, kill, req).await) }
+                let busy = c.busy();
+                async move {
+                    let resp = handle(state, kill, req).await;
+                    // The guard rides in the answer's body: the connection stays busy
+                    // until the last byte of a streamed answer is out.
+                    Ok::<_, Infallible>(resp.map(|b| {
+                        b.map_frame(move |f| {
+                            let _ = &busy;
+                            f
+                        })
+                        .boxed()
+                    }))
+                }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), svc);
-            tokio::pin!(conn);
+            let io = hyper_util::rt::TokioIo::new(conn::Watched::new(socket, Arc::clone(&conn)));
+            // No hyper timer: the header and idle limits are ours (`conn`), because
+            // hyper's header timeout also runs between requests.
+            let serving = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+            tokio::pin!(serving);
             tokio::select! {
-                _ = conn.as_mut() => {}
+                _ = serving.as_mut() => {}
+                which = conn.expired(&limits) => registry.log_limit(which, &limits),
+                _ = conn.evicted() => log::debug!("closed an idle connection to make room"),
                 _ = kill.notified() => {
                     // A real abort: linger 0 makes the close an RST. The fd is still
                     // open here; the connection (and socket) drop right after.
                     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                    // SAFETY: fd belongs to the socket owned by `conn`, alive until it drops below.
+                    // SAFETY: fd belongs to the socket owned by `serving`, alive until it drops below.
                     unsafe {
                         libc::setsockopt(
                             fd,
@@ -276,16 +329,17 @@ async fn serve(
                     }
                 }
                 _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+                    serving.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), serving.as_mut()).await;
                 }
             }
-            active.fetch_sub(1, Ordering::SeqCst);
+            registry.remove(&conn);
+            drop(permit);
         });
     }
     expiry.abort();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while slots.available_permits() < limits.max_connections && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
