@@ -27,7 +27,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-start_server "$bin" "$work/coffer" "$coffer"
+start_server "$bin" "$work/coffer" "$coffer" --test-api  # stat_of/requests read /-/stats
 
 head -c $((size_mib * 1024 * 1024)) /dev/urandom >"$work/src.bin"
 bytes=$((size_mib * 1024 * 1024))

@@ -16,12 +16,13 @@ ensure_deps() {
     fi
 }
 
-# start_server BIN ROOT COFFER: starts `cofferfs serve` in the background and sets
-# $server_pid and $endpoint once it listens.
+# start_server BIN ROOT COFFER [SERVE-ARGS...]: starts `cofferfs serve` in the background
+# and sets $server_pid and $endpoint once it listens.
 start_server() {
     local bin=$1 root=$2 coffer=$3 out
+    shift 3
     out=$(mktemp)
-    "$bin" serve --root "$root" --listen 127.0.0.1:0 --coffer "$coffer" >"$out" 2>"$out.err" &
+    "$bin" serve --root "$root" --listen 127.0.0.1:0 --coffer "$coffer" "$@" >"$out" 2>"$out.err" &
     server_pid=$!
     for _ in $(seq 100); do
         grep -q '^listening on ' "$out" 2>/dev/null && break

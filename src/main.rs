@@ -11,7 +11,7 @@ use cofferfs::fs::upload::UploadConfig;
 use cofferfs::fs::{private_dir, FsConfig};
 use cofferfs::mount::{self, MountConfig};
 use cofferfs::protocol::sign::Credentials;
-use cofferfs::server::ServeConfig;
+use cofferfs::server::{ConnLimits, ServeConfig};
 use cofferfs::store::ObjectStore;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -237,6 +237,19 @@ enum Command {
         /// Length of one lifecycle day (for tests).
         #[arg(long, default_value = "86400s", value_parser = humantime::parse_duration, hide = true)]
         lifecycle_day: Duration,
+        /// Serve the test endpoints /-/stats and /-/faults (implied by --faults); they
+        /// need a signature like any request when credentials are set.
+        #[arg(long)]
+        test_api: bool,
+        /// Close a connection that takes longer than this to send a request header.
+        #[arg(long, value_name = "DUR", default_value = "10s", value_parser = cofferfs::server::parse_header_timeout)]
+        header_timeout: Duration,
+        /// Close a connection idle this long between requests.
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = cofferfs::server::parse_conn_idle_timeout)]
+        conn_idle_timeout: Duration,
+        /// Open connections at most; at the cap the longest-idle one is closed for a new one.
+        #[arg(long, value_name = "N", default_value = "512", value_parser = cofferfs::server::parse_max_connections)]
+        max_connections: usize,
     },
 }
 
@@ -392,6 +405,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             faults,
             fault_seed,
             lifecycle_day,
+            test_api,
+            header_timeout,
+            conn_idle_timeout,
+            max_connections,
         } => cofferfs::server::run(ServeConfig {
             root,
             listen,
@@ -401,6 +418,12 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             fault_seed,
             credentials: Credentials::from_env(),
             lifecycle_day,
+            test_api,
+            limits: ConnLimits {
+                header_timeout,
+                idle_timeout: conn_idle_timeout,
+                max_connections,
+            },
         })
         .map_err(|e| CommandError::Usage(e.to_string()))?,
     }

@@ -409,6 +409,8 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
                 fault_seed: 0,
                 credentials: Some(creds.clone()),
                 lifecycle_day: Duration::from_secs(86400),
+                test_api: false,
+                limits: crate::server::ConnLimits::default(),
             })
             .map_err(|e| CommandError::Usage(format!("--local {}: {e}", dir.display())))?;
             let mut c =

@@ -65,6 +65,9 @@ codes! {
     InvalidLifeCycle => 400,
     ObjectEmpty => 400,
     MalformedXML => 400,
+    // Not in the service's documents (COS has it): `cofferfs serve` answers it when a
+    // request body ends before its Content-Length.
+    IncompleteBody => 400,
     InvalidRange => 416,
     CofferAlreadyExists => 409,
     CofferAlreadyOwnedByYou => 409,

@@ -1,8 +1,11 @@
 //! `cofferfs serve`: a CDCS-compatible server on local disk (hyper on tokio).
 //! Write-once and as strict as the service's documents; a key never becomes a path.
 
+mod conn;
 mod disk;
 mod faults;
+
+pub use conn::{parse_conn_idle_timeout, parse_header_timeout, parse_max_connections, ConnLimits};
 
 use crate::protocol::encode::{parse_query, url_decode, url_encode};
 use crate::protocol::sign::{self, Credentials};
@@ -19,10 +22,10 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 /// Everything `cofferfs serve` is started with.
 #[derive(Debug, Clone)]
@@ -43,6 +46,11 @@ pub struct ServeConfig {
     pub credentials: Option<Credentials>,
     /// Length of a lifecycle "day" (86400 s; tests shorten it).
     pub lifecycle_day: Duration,
+    /// Serve `/-/stats` and `/-/faults` (signed like any request when there are
+    /// credentials). Implied by a non-empty `faults`. Never for an embedded server.
+    pub test_api: bool,
+    /// Header, idle and connection-count limits.
+    pub limits: ConnLimits,
 }
 
 /// Why the server could not start.
@@ -127,7 +135,8 @@ impl Drop for ServerHandle {
 }
 
 /// Opens the store, binds, and serves on a runtime of its own threads.
-pub fn start(cfg: ServeConfig) -> Result<ServerHandle, ServerError> {
+pub fn start(mut cfg: ServeConfig) -> Result<ServerHandle, ServerError> {
+    cfg.test_api |= !cfg.faults.is_empty();
     let storage = |e: DiskError| ServerError::Storage {
         root: cfg.root.display().to_string(),
         detail: e.to_string(),
@@ -180,6 +189,14 @@ pub fn start(cfg: ServeConfig) -> Result<ServerHandle, ServerError> {
 
 /// `cofferfs serve`: start, print the address as the first line, run until SIGTERM/SIGINT.
 pub fn run(cfg: ServeConfig) -> Result<(), ServerError> {
+    match conn::raise_nofile_limit() {
+        Some(n) if n < cfg.limits.max_connections as u64 + 64 => log::warn!(
+            "open-file limit {n} is below --max-connections {} plus headroom: \
+             connections beyond it fail at accept",
+            cfg.limits.max_connections
+        ),
+        _ => {}
+    }
     let handle = start(cfg)?;
     {
         use std::io::Write;
@@ -222,9 +239,12 @@ async fn serve(
             return;
         }
     };
-    let active = Arc::new(AtomicUsize::new(0));
+    let mut limits = state.cfg.limits;
+    limits.max_connections = limits.max_connections.max(1); // a library caller's 0
+    let registry = Arc::new(conn::Registry::default());
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let expiry = tokio::spawn(expire_loop(Arc::clone(&state)));
-    loop {
+    'accept: loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.changed() => break,
@@ -237,30 +257,67 @@ async fn serve(
                 continue;
             }
         };
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // At the cap: make room by closing the connection idle longest (a slow
+                // client's half header counts as idle), so a new client is served at
+                // once; when all are busy, wait for one to end.
+                registry.log_cap(&limits);
+                loop {
+                    registry.evict_oldest_idle();
+                    tokio::select! {
+                        p = Arc::clone(&slots).acquire_owned() => match p {
+                            Ok(p) => break p,
+                            Err(_) => break 'accept,
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.changed() => break 'accept,
+                    }
+                }
+            }
+        };
         let _ = socket.set_nodelay(true);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
         let state = Arc::clone(&state);
         let mut stop = stop.clone();
-        let active = Arc::clone(&active);
-        active.fetch_add(1, Ordering::SeqCst);
+        let registry = Arc::clone(&registry);
+        let conn = registry.add();
         tokio::spawn(async move {
             let kill = Arc::new(Notify::new());
             let k = Arc::clone(&kill);
+            let c = Arc::clone(&conn);
             let svc = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
                 let kill = Arc::clone(&k);
-                async move { Ok::<_, Infallible>(handle(state, kill, req).await) }
+                let busy = c.busy();
+                async move {
+                    let resp = handle(state, kill, req).await;
+                    // The guard rides in the answer's body: the connection stays busy
+                    // until the last byte of a streamed answer is out.
+                    Ok::<_, Infallible>(resp.map(|b| {
+                        b.map_frame(move |f| {
+                            let _ = &busy;
+                            f
+                        })
+                        .boxed()
+                    }))
+                }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), svc);
-            tokio::pin!(conn);
+            let io = hyper_util::rt::TokioIo::new(conn::Watched::new(socket, Arc::clone(&conn)));
+            // No hyper timer: the header and idle limits are ours (`conn`), because
+            // hyper's header timeout also runs between requests.
+            let serving = hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+            tokio::pin!(serving);
             tokio::select! {
-                _ = conn.as_mut() => {}
+                _ = serving.as_mut() => {}
+                which = conn.expired(&limits) => registry.log_limit(which, &limits),
+                _ = conn.evicted() => log::debug!("closed an idle connection to make room"),
                 _ = kill.notified() => {
                     // A real abort: linger 0 makes the close an RST. The fd is still
                     // open here; the connection (and socket) drop right after.
                     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                    // SAFETY: fd belongs to the socket owned by `conn`, alive until it drops below.
+                    // SAFETY: fd belongs to the socket owned by `serving`, alive until it drops below.
                     unsafe {
                         libc::setsockopt(
                             fd,
@@ -272,16 +329,17 @@ async fn serve(
                     }
                 }
                 _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+                    serving.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), serving.as_mut()).await;
                 }
             }
-            active.fetch_sub(1, Ordering::SeqCst);
+            registry.remove(&conn);
+            drop(permit);
         });
     }
     expiry.abort();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while slots.available_permits() < limits.max_connections && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -430,9 +488,6 @@ fn operation(
 async fn handle(state: Arc<State>, kill: Arc<Notify>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_string();
-    if let Some(rest) = path.strip_prefix("/-/") {
-        return test_endpoint(&state, rest, req).await;
-    }
     let request_id = random_hex(16);
     let head = req.method() == Method::HEAD;
     let trimmed = path.strip_prefix('/').unwrap_or(&path);
@@ -465,6 +520,9 @@ async fn handle(state: Arc<State>, kill: Arc<Notify>, req: Request<Incoming>) ->
             .iter()
             .any(|(k, _)| k == n || k.eq_ignore_ascii_case(n))
     };
+    if coffer == "-" {
+        return test_endpoint(&state, &mut call, req).await;
+    }
     call.op = operation(req.method(), coffer_opt, key.is_some(), &q);
     {
         let mut r = state
@@ -486,47 +544,44 @@ async fn handle(state: Arc<State>, kill: Arc<Notify>, req: Request<Incoming>) ->
     resp
 }
 
-async fn test_endpoint(state: &State, rest: &str, req: Request<Incoming>) -> Response<Body> {
-    let plain = |status: StatusCode, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(full(body))
-            .unwrap_or_else(|_| Response::new(empty()))
-    };
-    match (req.method().clone(), rest) {
-        (Method::GET, "stats") => {
+/// `/-/stats` and `/-/faults`. Without `test_api` they do not exist: the 404 of any
+/// unknown coffer (`-` is none). With credentials they need a signature like any request.
+async fn test_endpoint(state: &State, call: &mut Call, req: Request<Incoming>) -> Response<Body> {
+    if !state.cfg.test_api {
+        return call.error(ErrorCode::CofferNotFound, "no such coffer");
+    }
+    call.op = "TestApi";
+    if let Err(e) = check_auth(state, call, &req) {
+        log::info!("test API {:?}: authentication failed: {e}", call.resource());
+        return call.error(ErrorCode::AuthFailed, "authentication failed");
+    }
+    match (req.method(), call.key()) {
+        (&Method::GET, "stats") => {
             let s = &state.stats;
             let requests = s.requests.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let v = serde_json::json!({
+            call.json(&serde_json::json!({
                 "requests": requests,
                 "bytes_in": s.bytes_in.load(Ordering::Relaxed),
                 "bytes_out": s.bytes_out.load(Ordering::Relaxed),
                 "faults": s.faults.load(Ordering::Relaxed),
-            });
-            plain(StatusCode::OK, v.to_string())
+            }))
         }
-        (Method::POST, "faults") => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return plain(
-                        StatusCode::BAD_REQUEST,
-                        format!("{{\"error\":{:?}}}", e.to_string()),
-                    )
-                }
+        (&Method::POST, "faults") => {
+            let body = match read_small(req).await {
+                Ok(b) => b,
+                Err(e) => return call.error(ErrorCode::InvalidArgument, &e),
             };
             let spec = String::from_utf8_lossy(&body).to_string();
             match Faults::parse(&spec, state.cfg.fault_seed) {
                 Ok(f) => {
                     *state.faults.lock().unwrap_or_else(|e| e.into_inner()) = f;
                     log::info!("faults now {spec:?}");
-                    plain(StatusCode::OK, "{}".into())
+                    call.json(&serde_json::json!({}))
                 }
-                Err(e) => plain(StatusCode::BAD_REQUEST, format!("{{\"error\":{e:?}}}")),
+                Err(e) => call.error(ErrorCode::InvalidArgument, &e),
             }
         }
-        _ => plain(StatusCode::NOT_FOUND, "{}".into()),
+        _ => call.error(ErrorCode::CofferNotFound, "no such test endpoint"),
     }
 }
 
@@ -1046,13 +1101,27 @@ fn promised_md5(call: &Call, req: &Request<Incoming>) -> Result<Option<[u8; 16]>
     }
 }
 
-/// Streams a request body into a temp file, hashing as it goes.
-async fn receive(state: &State, body: Incoming) -> Result<DiskIncoming, DiskError> {
+/// Streams a request body into a temp file, hashing as it goes. A body that breaks
+/// off (the client went away before Content-Length bytes) is the client's fault:
+/// 400 `IncompleteBody`, and the temp file goes with `inc`, so nothing is stored.
+async fn receive(state: &State, call: &Call, body: Incoming) -> Result<DiskIncoming, DiskError> {
     let mut inc = tokio::task::block_in_place(|| state.disk.incoming())?;
     let mut body = body;
+    let mut got = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| DiskError::Io(format!("request body: {e}")))?;
+        let frame = frame.map_err(|e| {
+            log::warn!(
+                "{} {:?}: request body broke off after {got} bytes: {e}",
+                call.op,
+                call.resource()
+            );
+            DiskError::code(
+                ErrorCode::IncompleteBody,
+                format!("the request body ended after {got} bytes, before its Content-Length"),
+            )
+        })?;
         if let Ok(data) = frame.into_data() {
+            got += data.len() as u64;
             state
                 .stats
                 .bytes_in
@@ -1086,7 +1155,7 @@ async fn put_object(state: &State, call: &Call, req: Request<Incoming>) -> Respo
     if let Err(e) = state.disk.begin_put(&call.coffer, call.key()) {
         return call.fail(e);
     }
-    let result = match receive(state, req.into_body()).await {
+    let result = match receive(state, call, req.into_body()).await {
         Ok(inc) => tokio::task::block_in_place(|| {
             state
                 .disk
@@ -1125,7 +1194,7 @@ async fn upload_part(state: &State, call: &Call, req: Request<Incoming>) -> Resp
     if let Err(e) = state.disk.upload(&call.coffer, call.key(), &id) {
         return call.fail(e);
     }
-    let result = match receive(state, req.into_body()).await {
+    let result = match receive(state, call, req.into_body()).await {
         Ok(inc) => tokio::task::block_in_place(|| {
             state
                 .disk

@@ -23,6 +23,8 @@ pub struct Server {
     pub endpoint: String,
     /// Its `--root`.
     pub root: PathBuf,
+    /// The credentials it was started with (signs the test API requests), if any.
+    creds: Option<cofferfs::protocol::sign::Credentials>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -37,8 +39,29 @@ impl Server {
     }
 
     /// A server on `root` (kept by the caller, e.g. for a restart), with extra
-    /// arguments and environment.
+    /// arguments and environment; always with `--test-api` (stats, faults).
     pub fn start_at(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut s = Server::start_raw(root, &[&["--test-api"], extra].concat(), env);
+        let var = |k: &str| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        if let (Some(secret_id), Some(secret_key)) = (
+            var("TENCENTCLOUD_SECRET_ID"),
+            var("TENCENTCLOUD_SECRET_KEY"),
+        ) {
+            s.creds = Some(cofferfs::protocol::sign::Credentials {
+                secret_id,
+                secret_key,
+                session_token: var("TENCENTCLOUD_SESSION_TOKEN"),
+            });
+        }
+        s
+    }
+
+    /// A server on `root` with exactly these extra arguments (no `--test-api`).
+    pub fn start_raw(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--root"])
             .arg(root)
@@ -81,6 +104,7 @@ impl Server {
             child,
             endpoint,
             root: root.to_path_buf(),
+            creds: None,
             _tmp: None,
         }
     }
@@ -90,11 +114,48 @@ impl Server {
         self.child.id()
     }
 
+    /// A request to the test API (`/-/NAME`), signed when the server has credentials.
+    pub fn test_api(&self, method: &str, name: &str) -> reqwest::blocking::RequestBuilder {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let path = format!("/-/{name}");
+        let mut rb = reqwest::blocking::Client::new()
+            .request(method.clone(), format!("{}{path}", self.endpoint))
+            .timeout(Duration::from_secs(10));
+        if let Some(c) = &self.creds {
+            // Signed as src/client signs: the host header (host:port) is in the list.
+            let host = self
+                .endpoint
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs() as i64;
+            let auth = cofferfs::protocol::sign::authorization(
+                &c.secret_id,
+                &c.secret_key,
+                now - 60,
+                now + 3600,
+                &cofferfs::protocol::sign::Signable {
+                    method: method.as_str(),
+                    path: &path,
+                    params: &[],
+                    headers: &[("host".into(), host)],
+                },
+            );
+            rb = rb.header("authorization", auth);
+            if let Some(t) = &c.session_token {
+                rb = rb.header(cofferfs::protocol::SECURITY_TOKEN_HEADER, t);
+            }
+        }
+        rb
+    }
+
     /// `GET /-/stats` as JSON.
     pub fn stats(&self) -> serde_json::Value {
-        let body = reqwest::blocking::Client::new()
-            .get(format!("{}/-/stats", self.endpoint))
-            .timeout(Duration::from_secs(10))
+        let body = self
+            .test_api("GET", "stats")
             .send()
             .and_then(|r| r.error_for_status())
             .and_then(|r| r.text())
@@ -109,10 +170,8 @@ impl Server {
 
     /// Replaces the fault spec at run time (empty clears).
     pub fn set_faults(&self, spec: &str) {
-        reqwest::blocking::Client::new()
-            .post(format!("{}/-/faults", self.endpoint))
+        self.test_api("POST", "faults")
             .body(spec.to_string())
-            .timeout(Duration::from_secs(10))
             .send()
             .and_then(|r| r.error_for_status())
             .expect("set faults");
