@@ -150,6 +150,12 @@ fn a_local_mount_never_exposes_the_test_api() {
     assert_eq!(status, 404);
     std::fs::write(m.path("still-works"), b"x").unwrap();
     assert_eq!(std::fs::read(m.path("still-works")).unwrap(), b"x");
+    // The coffer's bytes on disk are for the server alone.
+    use std::os::unix::fs::PermissionsExt;
+    for d in [data.clone(), data.join("data"), data.join("parts")] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
     m.unmount();
 }
 

@@ -98,6 +98,7 @@ mod tests {
         assert!(is_retryable(&svc(ErrorCode::ServiceUnavailable)));
         assert!(is_retryable(&svc(ErrorCode::DataSynchronization)));
         assert!(is_retryable(&svc(ErrorCode::AlreadyLock)));
+        assert!(is_retryable(&svc(ErrorCode::IncompleteBody)));
         assert!(!is_retryable(&svc(ErrorCode::EntityTooSmall)));
         assert!(!is_retryable(&svc(ErrorCode::ObjectAlreadyExists)));
     }

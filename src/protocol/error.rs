@@ -97,6 +97,8 @@ impl ErrorCode {
                 | ErrorCode::ServiceUnavailable
                 | ErrorCode::DataSynchronization
                 | ErrorCode::AlreadyLock
+                // The body was cut short on the way; sending it again may arrive whole.
+                | ErrorCode::IncompleteBody
         )
     }
 }

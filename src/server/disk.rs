@@ -158,8 +158,13 @@ impl Drop for Incoming {
 impl Disk {
     /// Opens (or creates) the store at `root`, clearing what a crash left behind.
     pub fn open(root: &Path) -> Result<Disk, DiskError> {
+        // Made 0700: the files hold every coffer's bytes, for the server alone.
+        use std::os::unix::fs::DirBuilderExt;
+        let mut private = std::fs::DirBuilder::new();
+        private.recursive(true).mode(0o700);
+        io!(private.create(root))?;
         for d in ["data", "parts", "tmp"] {
-            io!(std::fs::create_dir_all(root.join(d)))?;
+            io!(private.create(root.join(d)))?;
         }
         let db = io!(Database::create(root.join("meta.redb")))?;
         {
