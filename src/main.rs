@@ -147,7 +147,9 @@ struct MountArgs {
     /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     allow_other: bool,
-    /// Owner shown for every entry (default: the mounting user).
+    /// Owner shown for entries with no recorded owner: objects from other tools, and
+    /// what the mounting user creates (default: the mounting user). With
+    /// --allow-other, other users' new entries are theirs.
     #[arg(long, value_parser = mount::parse_id)]
     uid: Option<u32>,
     #[arg(long, value_parser = mount::parse_id)]

@@ -3,7 +3,7 @@
 
 use super::error::FsError;
 use super::inode::Kind;
-use super::{Attr, Fs, SetAttr, BLOCK_SIZE, STATFS_BLOCKS, STATFS_FILES};
+use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE, STATFS_BLOCKS, STATFS_FILES};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -86,6 +86,14 @@ fn done(reply: ReplyEmpty, op: &str, result: Result<(), FsError>) {
     }
 }
 
+/// The process a request comes from: the owner of what it creates.
+fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -163,14 +171,14 @@ impl Filesystem for FuseFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(parent.0, name, mode & !umask) {
+        match self.fs.mkdir(parent.0, name, mode & !umask, owner(req)) {
             Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(fail("mkdir", &e)),
         }
@@ -192,13 +200,13 @@ impl Filesystem for FuseFs {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.fs.symlink(parent.0, link_name, target) {
+        match self.fs.symlink(parent.0, link_name, target, owner(req)) {
             Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(fail("symlink", &e)),
         }
@@ -283,7 +291,7 @@ impl Filesystem for FuseFs {
     ) {
         match self
             .fs
-            .create(parent.0, name, mode & !umask, flags, req.pid())
+            .create(parent.0, name, mode & !umask, flags, req.pid(), owner(req))
         {
             Ok((a, fh)) => reply.created(
                 &ttl(&a),

@@ -92,6 +92,13 @@ pub struct Attr {
     pub volatile: bool,
 }
 
+/// Who asks for a new entry: the calling process's user and group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// One directory entry for readdir.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -408,6 +415,23 @@ impl Fs {
             gid: n.attrs.gid.unwrap_or(self.cfg.gid),
             volatile,
         }
+    }
+
+    /// The owner of a new entry in `dir` made by `by`, and whether `dir` is
+    /// setgid. Recorded only where it differs from the mount's own uid/gid: an
+    /// unrecorded owner shows as the mount's, so what a mount's user makes stays
+    /// theirs on a machine where they have another uid. As Linux does, a setgid
+    /// directory gives its group instead of the creator's.
+    fn owner_attrs(&self, dir: &Node, by: Owner) -> (Attrs, bool) {
+        let d = self.attr(dir);
+        let setgid = u32::from(d.perm) & libc::S_ISGID != 0;
+        let gid = if setgid { d.gid } else { by.gid };
+        let attrs = Attrs {
+            uid: (by.uid != self.cfg.uid).then_some(by.uid),
+            gid: (gid != self.cfg.gid).then_some(gid),
+            ..Attrs::default()
+        };
+        (attrs, setgid)
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {
@@ -815,7 +839,7 @@ impl Fs {
         Ok(self.attr(n))
     }
 
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> FsResult<Attr> {
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, by: Owner) -> FsResult<Attr> {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
         let path = self.new_path(&dir, name, "mkdir")?;
@@ -825,10 +849,13 @@ impl Fs {
                 format!("mkdir {path:?}: exists"),
             ));
         }
+        let (owner, setgid) = self.owner_attrs(&dir, by);
+        // A subdirectory of a setgid directory is setgid too (Linux).
+        let inherited = if setgid { libc::S_ISGID } else { 0 };
         let attrs = Attrs {
-            mode: Some(mode & 0o7777),
+            mode: Some(mode & 0o7777 | inherited),
             mtime: Some(to_timestamp(SystemTime::now())),
-            ..Attrs::default()
+            ..owner
         };
         self.add_entry(
             parent,
@@ -838,7 +865,13 @@ impl Fs {
         )
     }
 
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &std::path::Path) -> FsResult<Attr> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+        by: Owner,
+    ) -> FsResult<Attr> {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
         let path = self.new_path(&dir, name, "symlink")?;
@@ -859,7 +892,7 @@ impl Fs {
         }
         let attrs = Attrs {
             mtime: Some(to_timestamp(SystemTime::now())),
-            ..Attrs::default()
+            ..self.owner_attrs(&dir, by).0
         };
         let entry = ViewEntry::from_journal(
             &journal::Shape::Symlink {
@@ -902,6 +935,7 @@ impl Fs {
         mode: u32,
         flags: i32,
         pid: u32,
+        by: Owner,
     ) -> FsResult<(Attr, u64)> {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
@@ -935,9 +969,10 @@ impl Fs {
                 format!("create {path:?}: exists"),
             ));
         }
+        // The owner goes into the record the file's close makes.
         let attrs = Attrs {
             mode: Some(mode & 0o7777),
-            ..touched_now()
+            ..touched_now().merged(self.owner_attrs(&dir, by).0)
         };
         let entry = ViewEntry {
             kind: Kind::File,

@@ -9,7 +9,7 @@ use super::{pattern, At, Op, P};
 use bytes::Bytes;
 use cofferfs::fs::inode::Kind;
 use cofferfs::fs::upload::UploadConfig;
-use cofferfs::fs::{Attr, Fs, FsConfig, SetAttr};
+use cofferfs::fs::{Attr, Fs, FsConfig, Owner, SetAttr};
 use cofferfs::store::faulty::{FaultyStore, Ledger};
 use cofferfs::store::memory::MemoryStore;
 use cofferfs::store::ObjectStore;
@@ -162,6 +162,15 @@ impl Harness {
 
     fn a(&self) -> &Arc<Fs> {
         &self.a.as_ref().expect("mounted").fs
+    }
+
+    /// The caller of every operation: the mount's own user, as on a mount
+    /// without allow_other.
+    fn caller(&self) -> Owner {
+        Owner {
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
     }
 
     // ---- paths --------------------------------------------------------------
@@ -363,7 +372,7 @@ impl Harness {
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
             errno(
                 self.a()
-                    .create(p, OsStr::new(name_of(path)), mode, flags, 0),
+                    .create(p, OsStr::new(name_of(path)), mode, flags, 0, self.caller()),
             )
         });
         if check("create", exp, &got)? {
@@ -514,9 +523,12 @@ impl Harness {
 
     fn mkdir(&mut self, path: &str, mode: u32, faulty: bool) -> R<()> {
         let exp = loosen(self.model.expect_add(path), faulty);
-        let got = self
-            .parent(path)
-            .and_then(|p| errno(self.a().mkdir(p, OsStr::new(name_of(path)), mode)));
+        let got = self.parent(path).and_then(|p| {
+            errno(
+                self.a()
+                    .mkdir(p, OsStr::new(name_of(path)), mode, self.caller()),
+            )
+        });
         if check("mkdir", exp, &got)? {
             self.model.added(path, What::Dir, mode);
         }
@@ -526,10 +538,12 @@ impl Harness {
     fn symlink(&mut self, path: &str, target: &str, faulty: bool) -> R<()> {
         let exp = loosen(self.model.expect_add(path), faulty);
         let got = self.parent(path).and_then(|p| {
-            errno(
-                self.a()
-                    .symlink(p, OsStr::new(name_of(path)), std::path::Path::new(target)),
-            )
+            errno(self.a().symlink(
+                p,
+                OsStr::new(name_of(path)),
+                std::path::Path::new(target),
+                self.caller(),
+            ))
         });
         if check("symlink", exp, &got)? {
             self.model
