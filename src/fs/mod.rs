@@ -344,7 +344,8 @@ impl Fs {
                 format!("cache dir {}: {e}", cfg.cache_dir.display()),
             )
         };
-        private_dir::ensure(&cfg.cache_dir).map_err(cache_dir_err)?;
+        private_dir::ensure(&cfg.cache_dir)
+            .map_err(|e| FsError::new(libc::EACCES, format!("cache dir {e}")))?;
         remove_stale_staging(&cfg.cache_dir);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))

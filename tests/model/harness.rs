@@ -135,7 +135,8 @@ impl Harness {
                 memory: 2 << 20,
                 concurrency: 2,
             },
-            cache_dir: dir.path().to_path_buf(),
+            // A fresh directory: the cache directory must be private (0700).
+            cache_dir: dir.path().join("cache"),
             ..FsConfig::default()
         };
         let mut h = Harness {
