@@ -35,15 +35,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CommandError + '_ {
     }
 }
 
-/// Where the service is: an endpoint URL or a region.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub credentials_file: Option<PathBuf>,
-    /// A request fails after this long without a byte moving; `None` keeps the default.
-    pub idle_timeout: Option<Duration>,
-}
+pub use crate::options::Target;
 
 impl Target {
     /// The client configuration these options describe.

@@ -9,6 +9,7 @@ pub mod client;
 pub mod commands;
 pub mod fs;
 pub mod mount;
+pub mod options;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -5,11 +5,10 @@
 #![allow(clippy::result_large_err)]
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use cofferfs::commands::{self, parse_size, split_path, CommandError, Target};
-use cofferfs::fs::cache::CacheConfig;
+use cofferfs::commands::{self, split_path, CommandError};
 use cofferfs::fs::upload::UploadConfig;
-use cofferfs::fs::{private_dir, FsConfig};
 use cofferfs::mount::{self, MountConfig};
+use cofferfs::options::{self, parse_count, parse_part_size, MountOptions, Target};
 use cofferfs::protocol::sign::Credentials;
 use cofferfs::server::{ConnLimits, ServeConfig};
 use cofferfs::store::ObjectStore;
@@ -28,49 +27,18 @@ use std::time::Duration;
 )]
 struct Cli {
     #[command(flatten)]
-    target: TargetArgs,
+    target: Target,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Args)]
-struct TargetArgs {
-    /// Service URL for every operation (e.g. http://127.0.0.1:9000 for `cofferfs serve`).
-    #[arg(
-        long,
-        global = true,
-        env = "COFFERFS_ENDPOINT",
-        conflicts_with = "region"
-    )]
-    endpoint: Option<String>,
-    /// Region of the real service (e.g. ap-tianjin).
-    #[arg(long, global = true, env = "COFFERFS_REGION")]
-    region: Option<String>,
-    /// File with secret_id/secret_key (mode 600); default: TENCENTCLOUD_SECRET_ID/_KEY.
-    #[arg(long, global = true)]
-    credentials: Option<PathBuf>,
-    /// A request fails after this long without a byte moving either way [default: 60s].
-    /// Never a limit on a whole request: a merge may take minutes.
-    #[arg(long, global = true, value_name = "DUR", value_parser = mount::parse_idle_timeout)]
-    idle_timeout: Option<Duration>,
-}
-
-/// A parsed `--abort-uploads-older-than` (`None`: never); a newtype so clap does
-/// not read the `Option` as "the flag may be absent".
-#[derive(Clone)]
-struct Age(Option<Duration>);
-
-fn parse_age(s: &str) -> Result<Age, String> {
-    mount::parse_abort_age(s).map(Age)
-}
-
-#[derive(Args)]
 struct TransferArgs {
     /// Preferred part (or range) size.
-    #[arg(long, default_value = "8MiB", value_parser = mount::parse_part_size)]
+    #[arg(long, default_value = "8MiB", value_parser = parse_part_size)]
     part_size: u64,
     /// Requests in flight at once.
-    #[arg(long, default_value_t = 8, value_parser = mount::parse_count)]
+    #[arg(long, default_value_t = 8, value_parser = parse_count)]
     concurrency: usize,
 }
 
@@ -95,96 +63,10 @@ enum UploadsCommand {
     },
 }
 
-#[derive(Args)]
-struct MountArgs {
-    /// The coffer (NAME-APPID).
-    coffer: String,
-    /// An existing, empty directory.
-    mountpoint: PathBuf,
-    /// Serve the coffer from DIR with an embedded `cofferfs serve` (no account needed).
-    #[arg(long, value_name = "DIR")]
-    local: Option<PathBuf>,
-    /// Stay attached; SIGINT/SIGTERM unmount.
-    #[arg(short, long)]
-    foreground: bool,
-    /// Preferred part size (grows for very large files).
-    #[arg(long, default_value = "8MiB", value_parser = mount::parse_part_size)]
-    part_size: u64,
-    /// Bytes of part buffers held at once across all open files; writers wait beyond it.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    upload_memory: u64,
-    /// Parts uploading at once.
-    #[arg(long, default_value_t = 8, value_parser = mount::parse_count)]
-    upload_concurrency: usize,
-    /// Mount read-only.
-    #[arg(long)]
-    read_only: bool,
-    /// unlink and rmdir hide paths (their bytes stay in the coffer until its
-    /// lifecycle rule expires them); without it they fail with EPERM.
-    #[arg(long)]
-    allow_delete: bool,
-    /// Private directory (0700, yours) for staging files of appends and edits
-    /// (cleaned up at unmount) and, with --cache-dir-size, file blocks kept
-    /// across mounts; one subdirectory per coffer [default: $XDG_CACHE_HOME/cofferfs,
-    /// else ~/.cache/cofferfs].
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-    /// Bytes of staging files at once; beyond it writes fail with ENOSPC.
-    #[arg(long, default_value = "16GiB", value_parser = parse_size)]
-    staging_limit: u64,
-    /// Bytes of file blocks kept on disk in --cache-dir across mounts (0: none).
-    #[arg(long, default_value = "0", value_parser = parse_size)]
-    cache_dir_size: u64,
-    /// Bytes of file blocks cached in memory (LRU, shared by all open files).
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
-    cache_size: u64,
-    /// Largest read-ahead window of a sequential reader.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    read_ahead: u64,
-    /// Ranged GETs of read-ahead in flight at once.
-    #[arg(long, default_value_t = 8, value_parser = mount::parse_count)]
-    read_concurrency: usize,
-    /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf unless root).
-    #[arg(long)]
-    allow_other: bool,
-    /// Owner shown for entries with no recorded owner: objects from other tools, and
-    /// what the mounting user creates (default: the mounting user). With
-    /// --allow-other, other users' new entries are theirs.
-    #[arg(long, value_parser = mount::parse_id)]
-    uid: Option<u32>,
-    #[arg(long, value_parser = mount::parse_id)]
-    gid: Option<u32>,
-    /// Permission bits of files, in octal.
-    #[arg(long, default_value = "644", value_parser = mount::parse_mode)]
-    file_mode: u16,
-    /// Permission bits of directories, in octal.
-    #[arg(long, default_value = "755", value_parser = mount::parse_mode)]
-    dir_mode: u16,
-    /// How long listings and lookups are trusted before asking the coffer again.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    metadata_ttl: Duration,
-    /// Log here instead of stderr (detached mounts default to ~/.local/state/cofferfs/mount.log).
-    #[arg(long)]
-    log_file: Option<PathBuf>,
-    /// Threads serving FUSE requests.
-    #[arg(long, default_value_t = 8, value_parser = mount::parse_count)]
-    fuse_threads: usize,
-    /// Attempts per request before an operation fails (the first included).
-    #[arg(long, value_parser = mount::parse_retries)]
-    retries: Option<u32>,
-    /// At start, abort open multipart uploads started longer ago than this
-    /// (orphans of a killed mount, which block their path); 0: never.
-    #[arg(long, value_name = "DUR", default_value = "1d", value_parser = parse_age)]
-    abort_uploads_older_than: Age,
-    /// Options in fstab form: endpoint=URL,part_size=16MiB,ro,allow_other,...
-    #[arg(short = 'o', value_name = "OPT,...")]
-    options: Vec<String>,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Mount COFFER at MOUNTPOINT (detaches once the mount is live).
-    Mount(MountArgs),
+    Mount(MountOptions),
     /// Upload FILE as COFFER/KEY (multipart, parts in parallel).
     Put {
         file: PathBuf,
@@ -255,63 +137,8 @@ enum Command {
     },
 }
 
-fn target(t: &TargetArgs) -> Target {
-    Target {
-        endpoint: t.endpoint.clone(),
-        region: t.region.clone(),
-        credentials_file: t.credentials.clone(),
-        idle_timeout: t.idle_timeout,
-    }
-}
-
-fn store(t: &TargetArgs, coffer: &str) -> Result<Arc<dyn ObjectStore>, CommandError> {
-    Ok(Arc::new(target(t).client(coffer)?))
-}
-
-fn mount_config(t: &TargetArgs, m: MountArgs) -> Result<MountConfig, CommandError> {
-    let mut cfg = MountConfig {
-        coffer: m.coffer,
-        mountpoint: m.mountpoint,
-        target: target(t),
-        local: m.local,
-        foreground: m.foreground,
-        fs: FsConfig {
-            file_mode: m.file_mode,
-            dir_mode: m.dir_mode,
-            metadata_ttl: m.metadata_ttl,
-            read_only: m.read_only,
-            allow_delete: m.allow_delete,
-            cache_dir: m.cache_dir.unwrap_or_else(private_dir::default_base),
-            staging_limit: m.staging_limit,
-            cache_dir_size: m.cache_dir_size,
-            cache: CacheConfig {
-                capacity: m.cache_size,
-                read_ahead: m.read_ahead,
-                read_concurrency: m.read_concurrency,
-                ..CacheConfig::default()
-            },
-            upload: UploadConfig {
-                part_size: m.part_size,
-                memory: m.upload_memory,
-                concurrency: m.upload_concurrency,
-            },
-            ..FsConfig::default()
-        },
-        allow_other: m.allow_other,
-        fuse_options: Vec::new(),
-        log_file: m.log_file,
-        fuse_threads: m.fuse_threads,
-        retries: m.retries,
-        abort_uploads_older_than: m.abort_uploads_older_than.0,
-    };
-    if let Some(u) = m.uid {
-        cfg.fs.uid = u;
-    }
-    if let Some(g) = m.gid {
-        cfg.fs.gid = g;
-    }
-    cfg.apply_options(&m.options)?;
-    Ok(cfg)
+fn store(t: &Target, coffer: &str) -> Result<Arc<dyn ObjectStore>, CommandError> {
+    Ok(Arc::new(t.client(coffer)?))
 }
 
 fn run(cli: Cli) -> Result<(), CommandError> {
@@ -319,7 +146,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Mount(m) => {
-            let cfg = mount_config(&cli.target, m)?;
+            let cfg = MountConfig::from_options(cli.target.clone(), m);
             // A foreground mount writes its own log file (flag or -o); a detached
             // one's stderr is already the log file.
             init_logging(cfg.log_file.as_deref().filter(|_| cfg.foreground));
@@ -443,6 +270,9 @@ fn args() -> Vec<std::ffi::OsString> {
         || first == "help";
     if !known && !first.starts_with('-') && args.len() >= 3 {
         args.insert(1, "mount".into());
+    }
+    if args.iter().any(|a| a == "mount") {
+        args = options::expand_fstab_options(args);
     }
     args
 }

@@ -3,9 +3,12 @@
 
 use crate::client::retry::RetryPolicy;
 use crate::client::CdcsClient;
-use crate::commands::{parse_size, CommandError, Target};
+use crate::commands::CommandError;
+use crate::fs::cache::CacheConfig;
 use crate::fs::fuse::FuseFs;
+use crate::fs::upload::UploadConfig;
 use crate::fs::{private_dir, Fs, FsConfig};
+use crate::options::{MountOptions, Target};
 use crate::protocol::sign::Credentials;
 use crate::protocol::ErrorCode;
 use crate::server::{ServeConfig, ServerHandle};
@@ -43,166 +46,52 @@ pub struct MountConfig {
     pub abort_uploads_older_than: Option<Duration>,
 }
 
-/// The default of `--abort-uploads-older-than`: one day.
-pub const ABORT_UPLOADS_DEFAULT: Duration = Duration::from_secs(86400);
-
-/// `--abort-uploads-older-than`: a duration (`1d`, `2h`, `30m`); `0` means never.
-pub fn parse_abort_age(s: &str) -> Result<Option<Duration>, String> {
-    if s.trim() == "0" {
-        return Ok(None);
-    }
-    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
-    Ok((!d.is_zero()).then_some(d))
-}
-
-/// `--idle-timeout`: a duration above zero.
-pub fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s.trim()) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("the idle timeout must be above zero".into()),
-        Err(e) => Err(format!("{s:?}: {e}")),
-    }
-}
-
-/// Options that mount(8) and fstab add and that mean nothing here.
-const IGNORED: &[&str] = &[
-    "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "owner", "_netdev", "nofail",
-    "dev", "suid", "exec",
-];
-
-/// FUSE options handed to the kernel as they are.
-const PASSED: &[&str] = &[
-    "allow_root",
-    "noatime",
-    "atime",
-    "nodev",
-    "nosuid",
-    "noexec",
-    "sync",
-    "async",
-    "dirsync",
-    "default_permissions",
-];
-
 impl MountConfig {
-    /// Applies `-o a=b,c` options (the fstab form of the flags).
-    pub fn apply_options(&mut self, opts: &[String]) -> Result<(), CommandError> {
-        let bad = |o: &str, e: String| CommandError::Usage(format!("-o {o}: {e}"));
-        for o in opts.iter().flat_map(|s| s.split(',')).map(str::trim) {
-            if o.is_empty()
-                || IGNORED.contains(&o)
-                || o.starts_with("x-")
-                || o.starts_with("comment=")
-            {
-                continue;
-            }
-            let (k, v) = match o.split_once('=') {
-                Some((k, v)) => (k.replace('-', "_"), Some(v)),
-                None => (o.replace('-', "_"), None),
-            };
-            let need = || v.ok_or_else(|| bad(o, "needs a value".into()));
-            let size = || need().and_then(|v| parse_size(v).map_err(|e| bad(o, e)));
-            match k.as_str() {
-                "endpoint" => self.target.endpoint = Some(need()?.to_string()),
-                "region" => self.target.region = Some(need()?.to_string()),
-                "credentials" => self.target.credentials_file = Some(PathBuf::from(need()?)),
-                "local" => self.local = Some(PathBuf::from(need()?)),
-                "part_size" => self.fs.upload.part_size = parse_opt(o, v, parse_part_size)?,
-                "upload_memory" => self.fs.upload.memory = size()?,
-                "upload_concurrency" => self.fs.upload.concurrency = parse_opt(o, v, parse_count)?,
-                "uid" => self.fs.uid = parse_opt(o, v, parse_id)?,
-                "gid" => self.fs.gid = parse_opt(o, v, parse_id)?,
-                "file_mode" => self.fs.file_mode = parse_mode(need()?).map_err(|e| bad(o, e))?,
-                "dir_mode" => self.fs.dir_mode = parse_mode(need()?).map_err(|e| bad(o, e))?,
-                "metadata_ttl" => {
-                    self.fs.metadata_ttl =
-                        humantime::parse_duration(need()?).map_err(|e| bad(o, e.to_string()))?
-                }
-                "log_file" => self.log_file = Some(PathBuf::from(need()?)),
-                "retries" => self.retries = Some(parse_opt(o, v, parse_retries)?),
-                "idle_timeout" => {
-                    self.target.idle_timeout =
-                        Some(parse_idle_timeout(need()?).map_err(|e| bad(o, e))?)
-                }
-                "abort_uploads_older_than" => {
-                    self.abort_uploads_older_than =
-                        parse_abort_age(need()?).map_err(|e| bad(o, e))?
-                }
-                "ro" | "read_only" => self.fs.read_only = true,
-                "allow_delete" => self.fs.allow_delete = true,
-                "cache_dir_size" => self.fs.cache_dir_size = size()?,
-                "cache_size" => self.fs.cache.capacity = size()?,
-                "read_ahead" => self.fs.cache.read_ahead = size()?,
-                "read_concurrency" => {
-                    self.fs.cache.read_concurrency = parse_opt(o, v, parse_count)?
-                }
-                "cache_dir" => self.fs.cache_dir = PathBuf::from(need()?),
-                "staging_limit" => self.fs.staging_limit = size()?,
-                "allow_other" => self.allow_other = true,
-                "fsname" | "subtype" => self.fuse_options.push(o.to_string()),
-                _ if v.is_none() && PASSED.contains(&k.as_str()) => {
-                    self.fuse_options.push(k.to_string())
-                }
-                _ => return Err(bad(o, "unknown option".into())),
-            }
+    /// The configuration `cofferfs mount`'s options describe; the one place each
+    /// option meets what it sets.
+    pub fn from_options(target: Target, m: MountOptions) -> MountConfig {
+        let mut fs = FsConfig {
+            file_mode: m.file_mode,
+            dir_mode: m.dir_mode,
+            metadata_ttl: m.metadata_ttl,
+            read_only: m.read_only,
+            allow_delete: m.allow_delete,
+            cache_dir: m.cache_dir.unwrap_or_else(private_dir::default_base),
+            staging_limit: m.staging_limit,
+            cache_dir_size: m.cache_dir_size,
+            cache: CacheConfig {
+                capacity: m.cache_size,
+                read_ahead: m.read_ahead,
+                read_concurrency: m.read_concurrency,
+                ..CacheConfig::default()
+            },
+            upload: UploadConfig {
+                part_size: m.part_size,
+                memory: m.upload_memory,
+                concurrency: m.upload_concurrency,
+            },
+            ..FsConfig::default()
+        };
+        if let Some(u) = m.uid {
+            fs.uid = u;
         }
-        Ok(())
-    }
-}
-
-/// The value of `-o o`, parsed by `f`.
-fn parse_opt<T>(
-    o: &str,
-    v: Option<&str>,
-    f: fn(&str) -> Result<T, String>,
-) -> Result<T, CommandError> {
-    let v = v.ok_or_else(|| CommandError::Usage(format!("-o {o}: needs a value")))?;
-    f(v).map_err(|e| CommandError::Usage(format!("-o {o}: {e}")))
-}
-
-/// A uid or gid: any `u32` but `4294967295`, which chown(2) reads as "no change".
-/// Without the check, `uid=4294967296` wrapped to 0: root.
-pub fn parse_id(s: &str) -> Result<u32, String> {
-    match s.trim().parse::<u32>() {
-        Ok(id) if id != u32::MAX => Ok(id),
-        _ => Err(format!("not a user or group id (0–4294967294): {s:?}")),
-    }
-}
-
-/// A count of threads or requests in flight: 1 to 1024.
-pub fn parse_count(s: &str) -> Result<usize, String> {
-    parse_in(s, 1, 1024)
-}
-
-/// Attempts per request, the first included: 1 to 100.
-pub fn parse_retries(s: &str) -> Result<u32, String> {
-    parse_in(s, 1, 100)
-}
-
-fn parse_in<T>(s: &str, min: T, max: T) -> Result<T, String>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    match s.trim().parse::<T>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(format!("{s:?} is not a whole number from {min} to {max}")),
-    }
-}
-
-/// A part size: what the service accepts for one part (1 MiB to 5 GiB).
-pub fn parse_part_size(s: &str) -> Result<u64, String> {
-    use crate::protocol::rules::{MAX_PART_SIZE, MIN_PART_SIZE};
-    match parse_size(s)? {
-        n if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) => Ok(n),
-        _ => Err(format!("{s:?}: a part is 1MiB to 5GiB")),
-    }
-}
-
-/// An octal permission such as `644` or `0755`.
-pub fn parse_mode(s: &str) -> Result<u16, String> {
-    match u16::from_str_radix(s.trim_start_matches("0o"), 8) {
-        Ok(m) if m <= 0o7777 => Ok(m),
-        _ => Err(format!("not an octal mode: {s:?}")),
+        if let Some(g) = m.gid {
+            fs.gid = g;
+        }
+        MountConfig {
+            coffer: m.coffer,
+            mountpoint: m.mountpoint,
+            target,
+            local: m.local,
+            foreground: m.foreground,
+            fs,
+            allow_other: m.allow_other,
+            fuse_options: m.fuse_options,
+            log_file: m.log_file,
+            fuse_threads: m.fuse_threads,
+            retries: m.retries,
+            abort_uploads_older_than: m.abort_uploads_older_than.0,
+        }
     }
 }
 
@@ -628,62 +517,6 @@ fn root_cause(e: &StoreError) -> &StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cfg() -> MountConfig {
-        MountConfig {
-            coffer: "c-1".into(),
-            mountpoint: "/mnt".into(),
-            target: Target {
-                endpoint: None,
-                region: None,
-                credentials_file: None,
-                idle_timeout: None,
-            },
-            local: None,
-            foreground: false,
-            fs: FsConfig::default(),
-            allow_other: false,
-            fuse_options: vec![],
-            log_file: None,
-            fuse_threads: 4,
-            retries: None,
-            abort_uploads_older_than: Some(ABORT_UPLOADS_DEFAULT),
-        }
-    }
-
-    #[test]
-    fn fstab_options_set_the_same_things_as_flags() {
-        let mut c = cfg();
-        c.apply_options(&[
-            "rw,_netdev,endpoint=http://127.0.0.1:9000,part_size=16MiB".into(),
-            "upload-memory=128MiB,file_mode=0600,ro,noatime,x-systemd.automount".into(),
-        ])
-        .expect("options");
-        assert_eq!(c.target.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
-        assert_eq!(c.fs.upload.part_size, 16 << 20);
-        assert_eq!(c.fs.upload.memory, 128 << 20);
-        assert_eq!(c.fs.file_mode, 0o600);
-        assert!(c.fs.read_only);
-        assert_eq!(c.fuse_options, ["noatime"]);
-        c.apply_options(&["idle_timeout=5m,abort-uploads-older-than=2h".into()])
-            .expect("options");
-        assert_eq!(c.target.idle_timeout, Some(Duration::from_secs(300)));
-        assert_eq!(c.abort_uploads_older_than, Some(Duration::from_secs(7200)));
-        c.apply_options(&["abort_uploads_older_than=0".into()])
-            .expect("options");
-        assert_eq!(c.abort_uploads_older_than, None, "0 means never");
-    }
-
-    #[test]
-    fn unknown_or_valueless_options_are_refused() {
-        assert!(cfg().apply_options(&["bogus".into()]).is_err());
-        assert!(cfg().apply_options(&["endpoint".into()]).is_err());
-        assert!(cfg().apply_options(&["file_mode=999".into()]).is_err());
-        assert!(cfg().apply_options(&["idle_timeout=0".into()]).is_err());
-        assert!(cfg()
-            .apply_options(&["abort_uploads_older_than=soon".into()])
-            .is_err());
-    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {
