@@ -132,11 +132,11 @@ fn detach(cfg: &MountConfig) -> Result<(), CommandError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_out));
-    // SAFETY: setsid is async-signal-safe; the child leaves our terminal's session
-    // so a Ctrl-C there does not reach the mount.
+    // SAFETY: setsid is one async-signal-safe system call; the child leaves our
+    // terminal's session so a Ctrl-C there does not reach the mount.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = rustix::process::setsid();
             Ok(())
         });
     }
@@ -189,29 +189,16 @@ fn report_ready(result: &Result<(), CommandError>) {
     drop(out);
     // From now on stdout goes nowhere: the parent has gone.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        use std::os::fd::AsRawFd;
-        // SAFETY: both descriptors are valid; dup2 only replaces fd 1.
-        unsafe { libc::dup2(null.as_raw_fd(), 1) };
-    }
-}
-
-/// Blocks SIGINT/SIGTERM/SIGHUP in this thread (and every thread started after),
-/// so one thread can wait for them with sigwait.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain libc signal-set manipulation on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+        let _ = rustix::stdio::dup2_stdout(&null);
     }
 }
 
 fn run_foreground(cfg: MountConfig) -> Result<(), CommandError> {
-    let signals = block_signals();
+    // Caught from the start, so none of them can kill the process mid-start; the
+    // signal thread below turns the first into an unmount.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| CommandError::Usage(format!("cannot catch signals: {e}")))?;
     // Part buffers are megabytes each and freed on other threads. With glibc's
     // sliding mmap threshold they would settle in per-thread arenas, and the
     // freed ones stay resident there: the upload budget would bound the live
@@ -239,11 +226,9 @@ fn run_foreground(cfg: MountConfig) -> Result<(), CommandError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `signals` is a valid set; sigwait writes the signal number.
-            if unsafe { libc::sigwait(&signals, &mut sig) } != 0 {
+            let Some(sig) = signals.forever().next() else {
                 return;
-            }
+            };
             log::info!("signal {sig}: unmounting {}", mountpoint.display());
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount {}: {e}; detaching it lazily", mountpoint.display());
@@ -262,12 +247,8 @@ fn run_foreground(cfg: MountConfig) -> Result<(), CommandError> {
 }
 
 fn lazy_unmount(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
-        // SAFETY: a valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return;
-        }
+    if rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).is_ok() {
+        return;
     }
     let _ = Command::new("fusermount3")
         .arg("-u")

@@ -21,8 +21,7 @@ pub fn default_base() -> PathBuf {
 }
 
 fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Makes `dir` (and missing parents) with mode 0700, then checks that it is a

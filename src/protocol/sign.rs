@@ -42,14 +42,19 @@ pub enum AuthError {
     Token,
 }
 
-fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
+/// HMAC-SHA1 of `msg` under `key`, ready to finalize or verify.
+fn mac(key: &[u8], msg: &[u8]) -> HmacSha1 {
     // HMAC accepts keys of any length; new_from_slice cannot fail for it.
     let mut mac = match HmacSha1::new_from_slice(key) {
         Ok(m) => m,
         Err(_) => unreachable!("HMAC takes keys of any length"),
     };
     mac.update(msg);
-    hex(&mac.finalize().into_bytes())
+    mac
+}
+
+fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
+    hex(&mac(key, msg).finalize().into_bytes())
 }
 
 /// `KeyTime = "<start>;<end>"`.
@@ -242,19 +247,27 @@ pub fn verify(
         params,
         headers: &signed_headers,
     };
-    let expected = signature(secret_key, &auth.key_time, &req);
-    // Constant-time comparison: the signature is a secret-derived value.
-    let same = expected.len() == auth.signature.len()
-        && expected
-            .bytes()
-            .zip(auth.signature.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(AuthError::Mismatch)
+    let (hs, _, _) = http_string(&req);
+    let sk = sign_key(secret_key, &auth.key_time);
+    let sent = unhex(&auth.signature).ok_or(AuthError::Mismatch)?;
+    // verify_slice compares in constant time: the signature is secret-derived.
+    mac(
+        sk.as_bytes(),
+        string_to_sign(&auth.key_time, &hs).as_bytes(),
+    )
+    .verify_slice(&sent)
+    .map_err(|_| AuthError::Mismatch)
+}
+
+/// Bytes of a hex string; `None` when it is not one.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
     }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
