@@ -1,5 +1,6 @@
 //! The server's storage: object and part bytes in files named by random ids, and
 //! metadata in redb, so every commit is one transaction. Keys are data, never paths.
+//! Must not know HTTP or operations: it answers with `DiskError` codes, never responses.
 
 use crate::protocol::ErrorCode;
 use crate::protocol::{hex, multipart_etag, rules};

@@ -1,31 +1,11 @@
 //! Fault injection for tests: parses `OPERATION:KIND:PROBABILITY,…` and rolls it per request.
 //! Decides which fault a request gets; carrying the fault out is the handlers' job.
+//! Operations are named by `op::Op` (only CDCS operations, by their names, any case).
 
+use super::op::Op;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-
-/// The operation names a rule may name (API.md §5–7), besides `*`.
-const OPERATIONS: &[&str] = &[
-    "GetService",
-    "PutCoffer",
-    "DeleteCoffer",
-    "GetCoffer",
-    "ListMultipartUploads",
-    "PutCofferLifecycle",
-    "GetCofferLifecycle",
-    "PutCofferPolicy",
-    "GetCofferPolicy",
-    "DeleteCofferPolicy",
-    "PutObject",
-    "GetObject",
-    "HeadObject",
-    "InitiateMultipartUpload",
-    "UploadPart",
-    "ListParts",
-    "CompleteMultipartUpload",
-    "AbortMultipartUpload",
-];
 
 /// What a fault does to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +34,10 @@ pub enum Fault {
 
 impl Fault {
     /// Whether this kind can happen to `op` (`truncate` and `after200` are specific).
-    fn applies_to(self, op: &str) -> bool {
+    fn applies_to(self, op: Op) -> bool {
         match self {
-            Fault::Truncate => op == "GetObject",
-            Fault::After200 | Fault::Stall(_) | Fault::Cut(_) => op == "CompleteMultipartUpload",
+            Fault::Truncate => op == Op::GetObject,
+            Fault::After200 | Fault::Stall(_) | Fault::Cut(_) => op == Op::CompleteMultipartUpload,
             _ => true,
         }
     }
@@ -67,7 +47,7 @@ impl Fault {
 #[derive(Debug, Clone, PartialEq)]
 struct Rule {
     /// `None` is `*`: every operation.
-    op: Option<&'static str>,
+    op: Option<Op>,
     kind: Fault,
     probability: f64,
 }
@@ -86,11 +66,8 @@ fn parse_rules(spec: &str) -> Result<Vec<Rule>, String> {
             None
         } else {
             Some(
-                OPERATIONS
-                    .iter()
-                    .copied()
-                    .find(|name| name.eq_ignore_ascii_case(op))
-                    .ok_or_else(|| format!("unknown operation {op:?} in fault rule"))?,
+                op.parse::<Op>()
+                    .map_err(|_| format!("unknown operation {op:?} in fault rule"))?,
             )
         };
         let fault = match kind.to_ascii_lowercase().as_str() {
@@ -155,7 +132,7 @@ impl Faults {
 
     /// The fault for one request of `op`: rules in order, each matching rule rolls
     /// its probability, the first hit wins.
-    pub fn roll(&mut self, op: &str) -> Option<Fault> {
+    pub fn roll(&mut self, op: Op) -> Option<Fault> {
         for rule in &self.rules {
             if rule.op.is_some_and(|o| o != op) || !rule.kind.applies_to(op) {
                 continue;
@@ -184,9 +161,9 @@ mod tests {
         assert_eq!(rules.len(), 9);
         assert_eq!(rules[7].kind, Fault::Stall(Duration::from_secs(2)));
         assert_eq!(rules[8].kind, Fault::Cut(Duration::from_millis(500)));
-        assert_eq!(rules[0].op, Some("UploadPart"));
+        assert_eq!(rules[0].op, Some(Op::UploadPart));
         assert_eq!(rules[1].op, None);
-        assert_eq!(rules[2].op, Some("CompleteMultipartUpload"));
+        assert_eq!(rules[2].op, Some(Op::CompleteMultipartUpload));
         assert_eq!(rules[2].kind, Fault::Slow(Duration::from_secs(3)));
         assert_eq!(rules[3].kind, Fault::Truncate);
         assert!(parse_rules("").unwrap().is_empty());
@@ -212,18 +189,18 @@ mod tests {
     #[test]
     fn first_hit_wins_and_specific_kinds_skip_other_operations() {
         let mut f = Faults::parse("*:truncate:1,*:503:1", 7).unwrap();
-        assert_eq!(f.roll("GetObject"), Some(Fault::Truncate));
-        assert_eq!(f.roll("PutObject"), Some(Fault::Unavailable));
+        assert_eq!(f.roll(Op::GetObject), Some(Fault::Truncate));
+        assert_eq!(f.roll(Op::PutObject), Some(Fault::Unavailable));
     }
 
     #[test]
     fn same_seed_rolls_the_same_faults() {
         let mut a = Faults::parse("*:503:0.5", 42).unwrap();
         let mut b = Faults::parse("*:503:0.5", 42).unwrap();
-        let first: Vec<_> = (0..32).map(|_| a.roll("UploadPart")).collect();
-        let again: Vec<_> = (0..32).map(|_| b.roll("UploadPart")).collect();
+        let first: Vec<_> = (0..32).map(|_| a.roll(Op::UploadPart)).collect();
+        let again: Vec<_> = (0..32).map(|_| b.roll(Op::UploadPart)).collect();
         assert_eq!(first, again);
         assert!(first.iter().any(Option::is_some) && first.iter().any(Option::is_none));
-        assert_eq!(Faults::parse("", 1).unwrap().roll("UploadPart"), None);
+        assert_eq!(Faults::parse("", 1).unwrap().roll(Op::UploadPart), None);
     }
 }
