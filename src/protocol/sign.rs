@@ -261,7 +261,7 @@ pub fn verify(
 
 /// Bytes of a hex string; `None` when it is not one.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
