@@ -2,7 +2,23 @@
 //! RFC 1123 (headers) and C `ctime` (ListParts, ListMultipartUploads).
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch (0 before it): signatures, upload ages, expiry.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch (0 before it): the time part of keys.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
 
 /// Parses any of the documented forms; `None` for anything else.
 pub fn parse(s: &str) -> Option<SystemTime> {

@@ -7,14 +7,6 @@ use super::State;
 use crate::protocol::{self as proto, sign};
 use hyper::body::Incoming;
 use hyper::Request;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 pub fn check_auth(
     state: &State,
@@ -48,7 +40,7 @@ pub fn check_auth(
         &auth,
         &creds.secret_id,
         &creds.secret_key,
-        now_unix(),
+        crate::protocol::time::now_unix() as i64,
         &sign::Signable {
             method: req.method().as_str(),
             path: &path,

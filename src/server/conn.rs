@@ -314,26 +314,22 @@ impl AsyncWrite for Watched {
 /// Raises this process's open-file soft limit to its hard limit, so the connection cap,
 /// not EMFILE, is what bounds connections. Returns the soft limit now in force.
 pub fn raise_nofile_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    match (lim.current, lim.maximum) {
+        (Some(cur), Some(max)) if cur < max => {
+            let want = Rlimit {
+                current: Some(max),
+                maximum: Some(max),
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                lim = want;
+            match setrlimit(Resource::Nofile, want) {
+                Ok(()) => Some(max),
+                Err(_) => Some(cur),
             }
         }
+        // None is unlimited.
+        (cur, _) => Some(cur.unwrap_or(u64::MAX)),
     }
-    Some(lim.rlim_cur)
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const COFFERS: TableDefinition<&str, &[u8]> = TableDefinition::new("coffers");
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -87,12 +86,8 @@ macro_rules! io {
     };
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+// One clock for the whole crate.
+use crate::protocol::time::now_unix as now;
 
 fn obj_key(coffer: &str, key: &str) -> String {
     format!("{coffer}/{key}")

@@ -99,17 +99,9 @@ pub async fn serve(
                 _ = kill.notified() => {
                     // A real abort: linger 0 makes the close an RST. The fd is still
                     // open here; the connection (and socket) drop right after.
-                    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
                     // SAFETY: fd belongs to the socket owned by `serving`, alive until it drops below.
-                    unsafe {
-                        libc::setsockopt(
-                            fd,
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            &linger as *const libc::linger as *const libc::c_void,
-                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                        );
-                    }
+                    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    let _ = rustix::net::sockopt::set_socket_linger(sock, Some(Duration::ZERO));
                 }
                 _ = stop.changed() => {
                     serving.as_mut().graceful_shutdown();
