@@ -6,7 +6,9 @@ use crate::protocol::ErrorCode;
 use bytes::Bytes;
 use std::time::SystemTime;
 
+#[cfg(any(test, feature = "test-stores"))]
 pub mod faulty;
+#[cfg(any(test, feature = "test-stores"))]
 pub mod memory;
 
 /// What a listing or HEAD tells about an object.
