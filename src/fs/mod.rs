@@ -1,9 +1,8 @@
 //! `Fs`: the filesystem a mount shows — the view of objects and journal, open
 //! handles, and the write-once rules. Talks to the network only through
-//! `ObjectStore` (and the journal through `commit::Journal`); knows no FUSE.
+//! `ObjectStore` (and the journal through `journal::Committer`); knows no FUSE.
 
 pub mod cache;
-pub mod commit;
 pub mod disk_cache;
 pub mod error;
 pub mod fuse;
@@ -17,10 +16,9 @@ use crate::protocol::rules;
 use crate::store::{ListAll, ObjectMeta, ObjectStore, StoreError};
 use bytes::Bytes;
 use cache::{BlockCache, CacheConfig, ObjectId, ReadState};
-use commit::Journal;
 use error::{FsError, FsResult};
 use inode::{join, Data, Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
-use journal::{Attrs, Record, Timestamp, DATA_PREFIX};
+use journal::{Attrs, Committer, Record, Timestamp, DATA_PREFIX};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -199,7 +197,7 @@ pub struct Fs {
     negative: Mutex<HashMap<(u64, String), Instant>>,
     /// The object version whose pages the kernel may keep, per inode.
     kernel_cached: Mutex<HashMap<u64, ObjectId>>,
-    journal: Arc<Journal>,
+    journal: Arc<Committer>,
     staging: Arc<Staging>,
     _staging_dir: tempfile::TempDir,
     cfg: FsConfig,
@@ -337,7 +335,7 @@ fn view_of(n: &Node) -> ViewEntry {
 impl Fs {
     /// Replays the coffer's journal and prepares the staging directory.
     pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> FsResult<Arc<Fs>> {
-        let journal = Journal::open(Arc::clone(&store))?;
+        let journal = Committer::open(Arc::clone(&store))?;
         let cache_dir_err = |e: std::io::Error| {
             FsError::new(
                 libc::EIO,
@@ -503,7 +501,7 @@ impl Fs {
 
     /// A fresh key under `.cofferfs/data/` for bytes whose path key is taken.
     fn data_key(&self) -> String {
-        let micros = commit::now_micros();
+        let micros = journal::now_micros();
         let n = self.next_data.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let r: u32 = rand::random();
