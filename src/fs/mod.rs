@@ -6,18 +6,19 @@ pub mod cache;
 pub mod disk_cache;
 pub mod error;
 pub mod fuse;
-pub mod inode;
 pub mod journal;
 pub mod private_dir;
 pub mod upload;
+pub mod view;
 pub mod write;
 
+pub use view::Kind;
+
 use crate::protocol::rules;
-use crate::store::{ListAll, ObjectMeta, ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError};
 use bytes::Bytes;
 use cache::{BlockCache, CacheConfig, ObjectId, ReadState};
 use error::{FsError, FsResult};
-use inode::{join, Data, Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
 use journal::{Attrs, Committer, Record, Timestamp, DATA_PREFIX};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use upload::{UploadConfig, Uploader};
+use view::{join, Data, NegativeCache, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
 use write::{Finished, Source, Staging, WriteHandle};
 
 /// How the mount presents the coffer.
@@ -186,15 +188,12 @@ pub const STATFS_BLOCKS: u64 = 1 << 40;
 pub const STATFS_FILES: u64 = 1 << 32;
 pub const BLOCK_SIZE: u32 = 4096;
 
-/// How long a name the coffer does not have is believed absent.
-const NEGATIVE_TTL: Duration = Duration::from_secs(1);
-
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
     uploader: Arc<Uploader>,
     cache: Arc<BlockCache>,
-    /// Names recently found absent, with when.
-    negative: Mutex<HashMap<(u64, String), Instant>>,
+    /// Names recently found absent.
+    negative: NegativeCache,
     /// The object version whose pages the kernel may keep, per inode.
     kernel_cached: Mutex<HashMap<u64, ObjectId>>,
     journal: Arc<Committer>,
@@ -276,32 +275,6 @@ pub fn from_timestamp((s, ns): Timestamp) -> SystemTime {
     }
 }
 
-/// The journal record that recreates `n` at `path`, with its times (the
-/// object's own time when none was recorded).
-fn record_for(n: &ViewEntry, path: &str) -> Record {
-    let path = path.to_string();
-    let attrs = Attrs {
-        mtime: Some(n.attrs.mtime.unwrap_or_else(|| to_timestamp(n.mtime))),
-        ..n.attrs
-    };
-    match (n.kind, &n.data, &n.target) {
-        (Kind::Dir, _, _) => Record::Mkdir { path, attrs },
-        (Kind::Symlink, _, t) => Record::Symlink {
-            path,
-            target: t.clone().unwrap_or_default(),
-            attrs,
-        },
-        (Kind::File, Some(d), _) => Record::Bind {
-            path,
-            key: d.key.clone(),
-            size: n.size,
-            etag: d.etag.clone(),
-            attrs,
-        },
-        (Kind::File, None, _) => Record::File { path, attrs },
-    }
-}
-
 /// Times for a change made now: mtime and ctime.
 fn touched_now() -> Attrs {
     let now = Some(to_timestamp(SystemTime::now()));
@@ -319,17 +292,6 @@ fn source(n: &Node) -> Option<Source> {
         etag: d.etag.clone(),
         size: n.size,
     })
-}
-
-fn view_of(n: &Node) -> ViewEntry {
-    ViewEntry {
-        kind: n.kind,
-        size: n.size,
-        data: n.data.clone(),
-        target: n.target.clone(),
-        attrs: n.attrs,
-        mtime: n.mtime,
-    }
 }
 
 impl Fs {
@@ -357,7 +319,7 @@ impl Fs {
         let fs = Arc::new(Fs {
             uploader: Uploader::with_spill_dir(Arc::clone(&store), cfg.upload, dir.path()),
             cache: BlockCache::new(Arc::clone(&store), cfg.cache, disk),
-            negative: Mutex::new(HashMap::new()),
+            negative: NegativeCache::default(),
             kernel_cached: Mutex::new(HashMap::new()),
             store,
             journal,
@@ -387,35 +349,6 @@ impl Fs {
         Ok(fs)
     }
 
-    /// Reads other mounts' journal batches; what changed is asked for again.
-    pub fn reload_journal(&self) {
-        match self.journal.reload() {
-            Ok(true) => lock(&self.table).invalidate(),
-            Ok(false) => {}
-            Err(e) => log::warn!("reloading the journal: {}", e.message),
-        }
-    }
-
-    fn attr(&self, n: &Node) -> Attr {
-        let (default_perm, volatile) = match n.kind {
-            Kind::Dir => (self.cfg.dir_mode, false),
-            Kind::File => (self.cfg.file_mode, n.origin == Origin::Writing),
-            Kind::Symlink => (0o777, false),
-        };
-        let mtime = n.attrs.mtime.map(from_timestamp).unwrap_or(n.mtime);
-        Attr {
-            ino: n.ino,
-            kind: n.kind,
-            size: n.size,
-            mtime,
-            ctime: n.attrs.ctime.map(from_timestamp).unwrap_or(mtime),
-            perm: n.attrs.mode.map_or(default_perm, |m| (m & 0o7777) as u16),
-            uid: n.attrs.uid.unwrap_or(self.cfg.uid),
-            gid: n.attrs.gid.unwrap_or(self.cfg.gid),
-            volatile,
-        }
-    }
-
     /// The owner of a new entry in `dir` made by `by`, and whether `dir` is
     /// setgid. Recorded only where it differs from the mount's own uid/gid: an
     /// unrecorded owner shows as the mount's, so what a mount's user makes stays
@@ -431,24 +364,6 @@ impl Fs {
             ..Attrs::default()
         };
         (attrs, setgid)
-    }
-
-    fn node(&self, ino: u64) -> FsResult<Node> {
-        lock(&self.table)
-            .get(ino)
-            .cloned()
-            .ok_or_else(FsError::not_found)
-    }
-
-    fn dir(&self, ino: u64) -> FsResult<Node> {
-        let n = self.node(ino)?;
-        if n.kind != Kind::Dir {
-            return Err(FsError::new(
-                libc::ENOTDIR,
-                format!("{:?}: not a directory", n.path),
-            ));
-        }
-        Ok(n)
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
@@ -519,134 +434,6 @@ impl Fs {
     }
 
     // ---- namespace -------------------------------------------------------
-
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
-        let name = name_str(name)?;
-        let dir = self.dir(parent)?;
-        if parent == ROOT && name == RESERVED {
-            return Err(FsError::not_found());
-        }
-        let ttl = self.cfg.metadata_ttl;
-        {
-            let t = lock(&self.table);
-            match t.child(parent, name) {
-                Some(n) if n.origin == Origin::Writing || n.seen.elapsed() < ttl => {
-                    return Ok(self.attr(n))
-                }
-                None if t.listed_within(parent, ttl) => return Err(FsError::not_found()),
-                _ => {}
-            }
-        }
-        let neg_key = (parent, name.to_string());
-        if lock(&self.negative)
-            .get(&neg_key)
-            .is_some_and(|t| t.elapsed() < NEGATIVE_TTL.min(ttl))
-        {
-            return Err(FsError::not_found());
-        }
-        let path = dir.child_path(name);
-        if rules::validate_key(&path).is_err() {
-            return Err(FsError::not_found());
-        }
-        let found = self.probe(&path)?;
-        let now = Instant::now();
-        let mut t = lock(&self.table);
-        let Some(entry) = found else {
-            let mut neg = lock(&self.negative);
-            if neg.len() > 100_000 {
-                neg.retain(|_, t| t.elapsed() < NEGATIVE_TTL);
-            }
-            neg.insert(neg_key, now);
-            drop(neg);
-            // Not in the view; but this mount may be writing it.
-            return match t.child(parent, name) {
-                Some(n) if n.origin == Origin::Writing => Ok(self.attr(n)),
-                Some(n) => {
-                    let ino = n.ino;
-                    t.remove(ino);
-                    Err(FsError::not_found())
-                }
-                None => Err(FsError::not_found()),
-            };
-        };
-        // The view's answer stands over what the table remembers: a directory
-        // renamed away elsewhere must not shadow what took its name.
-        if let Some(old) = t.child(parent, name) {
-            if old.kind != entry.kind && old.origin == Origin::Stored {
-                let ino = old.ino;
-                t.remove(ino);
-            }
-        }
-        let ino = t
-            .upsert(parent, name, entry, Origin::Stored, now)
-            .ok_or_else(FsError::not_found)?;
-        let n = t.get(ino).ok_or_else(FsError::not_found)?;
-        Ok(self.attr(n))
-    }
-
-    /// What the view has at `path`: the journal first, else HEAD `path` and
-    /// LIST `path/` side by side.
-    fn probe(&self, path: &str) -> FsResult<Option<ViewEntry>> {
-        let (journal, attrs, hidden, dir_below) = self.journal.with_overlay(|o| {
-            let e = o
-                .get(path)
-                .and_then(|e| ViewEntry::from_journal(&e.shape, e.attrs));
-            (
-                e,
-                o.attrs(path).unwrap_or_default(),
-                o.hides_object(path),
-                o.has_entries_under(path),
-            )
-        });
-        if let Some(e) = journal {
-            return Ok(Some(e));
-        }
-        if dir_below {
-            return Ok(Some(ViewEntry::dir(attrs, SystemTime::now())));
-        }
-        let prefix = format!("{path}/");
-        let (head, list) = std::thread::scope(|s| {
-            let list = s.spawn(|| self.store.list(&prefix, "", 100));
-            let head = self.store.head(path);
-            let list = list
-                .join()
-                .unwrap_or_else(|_| Err(StoreError::Invalid("listing thread panicked".into())));
-            (head, list)
-        });
-        let is_dir = match list {
-            Ok(page) => {
-                let visible = self
-                    .journal
-                    .with_overlay(|o| page.objects.iter().any(|m| !o.hides_object(&m.key)));
-                // A full page of hidden keys may hide visible ones after it.
-                visible || (page.next_marker.is_some() && !hidden)
-            }
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(e.into()),
-        };
-        if is_dir {
-            return Ok(Some(ViewEntry::dir(attrs, SystemTime::now())));
-        }
-        match head {
-            Ok(Some(meta)) if !hidden => Ok(Some(ViewEntry::object(&meta, attrs))),
-            Ok(_) => Ok(None),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let t = lock(&self.table);
-        t.get(ino)
-            .map(|n| self.attr(n))
-            .ok_or_else(FsError::not_found)
-    }
-
-    pub fn readlink(&self, ino: u64) -> FsResult<String> {
-        let n = self.node(ino)?;
-        n.target
-            .ok_or_else(|| FsError::new(libc::EINVAL, format!("{:?}: not a symlink", n.path)))
-    }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<Attr> {
         let node = match self.node(ino) {
@@ -912,20 +699,6 @@ impl Fs {
         )
     }
 
-    /// `parent/name` if it exists (asking the coffer when the table cannot tell);
-    /// `None` where lookup says ENOENT.
-    fn lookup_opt(&self, parent: u64, name: &OsStr) -> FsResult<Option<Attr>> {
-        match self.lookup(parent, name) {
-            Ok(a) => Ok(Some(a)),
-            Err(e) if e.errno == libc::ENOENT => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn exists(&self, parent: u64, name: &str) -> FsResult<bool> {
-        Ok(self.lookup_opt(parent, OsStr::new(name))?.is_some())
-    }
-
     /// Creates and opens a file; `pid` is the calling thread (0: unknown).
     pub fn create(
         &self,
@@ -1070,7 +843,7 @@ impl Fs {
             self.add_handle(Handle::Write(Box::new(Writer {
                 ino,
                 w: Mutex::new(w),
-                before: Some(view_of(&n)),
+                before: Some(n.view()),
                 mode: self.attr(&n).perm,
                 empty_recorded: Mutex::new(None),
                 empty_synced: Mutex::new(None),
@@ -1161,7 +934,7 @@ impl Fs {
             });
             if !explicit {
                 if let Some(p) = lock(&self.table).get(n.parent) {
-                    records.push(record_for(&view_of(p), parent));
+                    records.push(p.view().record_at(parent));
                 }
             }
         }
@@ -1171,13 +944,6 @@ impl Fs {
         self.journal.record(records);
         lock(&self.table).remove(n.ino);
         log::info!("{op} {:?}: hidden (its bytes stay in the coffer)", n.path);
-    }
-
-    fn ensure_listed(&self, dir: &Node) -> FsResult<()> {
-        if !lock(&self.table).listed_within(dir.ino, self.cfg.metadata_ttl) {
-            self.list_subtree(dir)?;
-        }
-        Ok(())
     }
 
     /// rename: the new path is bound to the same bytes (and attributes), the old
@@ -1249,7 +1015,7 @@ impl Fs {
         let writers = self.overwritten_versions();
         let mut t = lock(&self.table);
         let src = t.get(src.ino).cloned().ok_or_else(FsError::not_found)?;
-        let mut moved = view_of(&src);
+        let mut moved = src.view();
         moved.attrs = moved.attrs.merged(Attrs {
             ctime: touched_now().ctime,
             ..Attrs::default()
@@ -1260,7 +1026,7 @@ impl Fs {
             Some(_) => vec![Record::Hide { path: to.clone() }],
             None => Vec::new(),
         };
-        records.push(record_for(&moved, &to));
+        records.push(moved.record_at(&to));
         for n in t.subtree(src.ino) {
             let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
             let at = format!("{to}{rel}");
@@ -1279,10 +1045,10 @@ impl Fs {
                 ));
             }
             match (n.origin, writers.get(&n.ino)) {
-                (Origin::Stored, _) => records.push(record_for(&view_of(n), &at)),
+                (Origin::Stored, _) => records.push(n.view().record_at(&at)),
                 // Being overwritten: the version it had stands at the new path
                 // until its close records the new one there.
-                (Origin::Writing, Some(Some(before))) => records.push(record_for(before, &at)),
+                (Origin::Writing, Some(Some(before))) => records.push(before.record_at(&at)),
                 // New and being written: its close records it where it is then.
                 (Origin::Writing, _) => {}
             }
@@ -1391,7 +1157,7 @@ impl Fs {
                 // A close of a dup'd descriptor stored this file empty; undo that.
                 let undo = match &w.before {
                     None => Record::Hide { path },
-                    Some(v) => record_for(v, &path),
+                    Some(v) => v.record_at(&path),
                 };
                 self.journal.record(vec![undo]);
             }
@@ -1620,19 +1386,6 @@ impl Fs {
         }));
         drop(t);
         Ok(self.add_handle(Handle::Dir(entries)))
-    }
-
-    /// One listing of the directory's prefix fills its whole subtree.
-    fn list_subtree(&self, dir: &Node) -> FsResult<()> {
-        let prefix = dir.prefix();
-        let objects: Vec<ObjectMeta> = ListAll::new(self.store.as_ref(), &prefix)
-            .collect::<Result<_, _>>()
-            .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?;
-        let now = Instant::now();
-        let mut t = lock(&self.table);
-        self.journal
-            .with_overlay(|o| t.apply_listing(dir.ino, &objects, o, now));
-        Ok(())
     }
 
     /// Hands the entries from `offset` on to `add` (with the offset of the next
