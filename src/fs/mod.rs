@@ -3,22 +3,27 @@
 //! `ObjectStore` (and the journal through `journal::Committer`); knows no FUSE.
 
 pub mod cache;
+mod dir;
 pub mod disk_cache;
 pub mod error;
+mod file_read;
+mod file_write;
 pub mod fuse;
+mod handles;
 pub mod journal;
 pub mod private_dir;
 pub mod upload;
 pub mod view;
-pub mod write;
 
 pub use view::Kind;
 
 use crate::protocol::rules;
 use crate::store::{ObjectStore, StoreError};
-use bytes::Bytes;
-use cache::{BlockCache, CacheConfig, ObjectId, ReadState};
+
+use cache::{BlockCache, CacheConfig, ObjectId};
 use error::{FsError, FsResult};
+use file_write::{End, Staging, WriteHandle, Writer};
+use handles::{Handle, Handles};
 use journal::{Attrs, Committer, Record, Timestamp, DATA_PREFIX};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -27,8 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use upload::{UploadConfig, Uploader};
-use view::{join, Data, NegativeCache, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
-use write::{Finished, Source, Staging, WriteHandle};
+use view::{join, NegativeCache, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
 
 /// How the mount presents the coffer.
 #[derive(Debug, Clone)]
@@ -117,47 +121,6 @@ pub struct SetAttr {
     pub mtime: Option<SystemTime>,
 }
 
-/// What ends a round of writing: fsync(2) keeps the file open, a close by
-/// its opener ends it for the user, the release ends the handle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Fsync,
-    Close,
-    Release,
-}
-
-/// A file open for writing, and what its path showed before (restored if the
-/// write fails).
-struct Writer {
-    ino: u64,
-    w: Mutex<WriteHandle>,
-    before: Option<ViewEntry>,
-    mode: u16,
-    /// An empty close already recorded the file (a dup'd descriptor was closed
-    /// while the writer goes on, as dd and shells do).
-    /// With the attributes it was recorded with.
-    empty_recorded: Mutex<Option<Attrs>>,
-    /// ... and an fsync(2) then said it was stored, with these attributes:
-    /// it is the version a failure of this handle falls back to.
-    empty_synced: Mutex<Option<Attrs>>,
-    /// The process that opened it (0: unknown). Only its closes store the
-    /// file: a child that inherited the descriptor (`{ cat a; cat b; } > f`)
-    /// closes its copy while the opener goes on writing.
-    opener: u32,
-    /// Its failure was handled: the path shows its old version again, and
-    /// may since be another handle's to write.
-    abandoned: AtomicBool,
-}
-
-enum Handle {
-    Write(Box<Writer>),
-    Read {
-        object: Option<ObjectId>,
-        state: Mutex<ReadState>,
-    },
-    Dir(Vec<DirEntry>),
-}
-
 const STAGING_PREFIX: &str = "cofferfs-staging-";
 
 /// Removes staging directories of mounts that died without cleaning up
@@ -201,8 +164,7 @@ pub struct Fs {
     _staging_dir: tempfile::TempDir,
     cfg: FsConfig,
     table: Mutex<Table>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
-    next_fh: AtomicU64,
+    handles: Handles,
     next_data: AtomicU64,
     stopping: AtomicBool,
     /// Held while the namespace changes shape: a rename's records, and the
@@ -232,25 +194,6 @@ fn name_str(name: &OsStr) -> FsResult<&str> {
     Ok(s)
 }
 
-/// The process (thread group) of thread `pid`; 0 when unknown.
-fn process_of(pid: u32) -> u32 {
-    if pid == 0 {
-        return 0;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn is_write(flags: i32) -> bool {
-    flags & libc::O_ACCMODE != libc::O_RDONLY
-}
-
 pub fn to_timestamp(t: SystemTime) -> Timestamp {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
@@ -276,22 +219,13 @@ pub fn from_timestamp((s, ns): Timestamp) -> SystemTime {
 }
 
 /// Times for a change made now: mtime and ctime.
-fn touched_now() -> Attrs {
+pub(crate) fn touched_now() -> Attrs {
     let now = Some(to_timestamp(SystemTime::now()));
     Attrs {
         mtime: now,
         ctime: now,
         ..Attrs::default()
     }
-}
-
-/// The stored version a file's edit starts from.
-fn source(n: &Node) -> Option<Source> {
-    n.data.as_ref().map(|d| Source {
-        key: d.key.clone(),
-        etag: d.etag.clone(),
-        size: n.size,
-    })
 }
 
 impl Fs {
@@ -327,8 +261,7 @@ impl Fs {
             _staging_dir: dir,
             cfg,
             table: Mutex::new(Table::new()),
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            handles: Handles::new(),
             next_data: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             ns: Mutex::new(()),
@@ -364,19 +297,6 @@ impl Fs {
             ..Attrs::default()
         };
         (attrs, setgid)
-    }
-
-    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        lock(&self.handles)
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, format!("no open handle {fh}")))
-    }
-
-    fn add_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, Arc::new(h));
-        fh
     }
 
     /// Mounted read-only, or turned read-only by a journal of a later format.
@@ -440,7 +360,7 @@ impl Fs {
             Ok(n) => n,
             // ftruncate on a finished handle of a file since removed: the
             // handle's own answer (EPERM after fsync, or its first error).
-            Err(e) => match (set.size, fh.map(|f| self.handle(f))) {
+            Err(e) => match (set.size, fh.map(|f| self.handles.get(f))) {
                 (Some(size), Some(Ok(h))) => match &*h {
                     Handle::Write(w) if w.ino == ino => {
                         lock(&w.w).truncate(size)?;
@@ -484,120 +404,6 @@ impl Fs {
             // close makes, so a failed close leaves no trace of them either.
         }
         self.getattr(ino)
-    }
-
-    fn truncate(&self, node: &Node, fh: Option<u64>, size: u64) -> FsResult<()> {
-        if node.kind == Kind::Dir {
-            return Err(FsError::new(
-                libc::EISDIR,
-                format!("{:?}: a directory", node.path),
-            ));
-        }
-        if let Some(h) = self.writer_of(node.ino, fh) {
-            if let Handle::Write(w) = &*h {
-                let mut g = lock(&w.w);
-                let changes = g.size() != size;
-                let was_open = g.is_open();
-                let result = g.truncate(size);
-                drop(g);
-                match result {
-                    Err(e) if was_open => return Err(self.abandon_write(w, e, false)),
-                    Err(e) => return Err(e),
-                    Ok(()) => {}
-                }
-                if let Some(n) = lock(&self.table).get_mut(node.ino) {
-                    n.size = size;
-                    // As POSIX says: the times change when the size does.
-                    if changes {
-                        n.attrs = n.attrs.merged(touched_now());
-                    }
-                }
-                return Ok(());
-            }
-        }
-        if node.size == size {
-            return Ok(());
-        }
-        let attrs = node.attrs.merged(touched_now());
-        if size == 0 {
-            // An empty file needs no object: the journal holds it. The old bytes
-            // stay in the coffer.
-            let record = Record::File {
-                path: node.path.clone(),
-                attrs,
-            };
-            return self.settle(node.ino, attrs, record, None, 0);
-        }
-        // Any other size: a staged copy, stored under a fresh key.
-        let key = self.data_key();
-        let mut w = WriteHandle::edit(&self.uploader, &self.staging, &key, source(node));
-        w.truncate(size)?;
-        match w.finish()? {
-            Finished::Stored { key, etag, size } => {
-                let record = Record::Bind {
-                    path: node.path.clone(),
-                    key: key.clone(),
-                    size,
-                    etag: etag.clone(),
-                    attrs,
-                };
-                let data = Data { key, etag };
-                self.settle(node.ino, attrs, record, Some(data), size)
-            }
-            Finished::Empty | Finished::Unchanged => Ok(()),
-        }
-    }
-
-    /// Whether an open, unfailed write handle holds `ino`.
-    fn being_written(&self, ino: u64) -> bool {
-        self.writer_of(ino, None).is_some()
-    }
-
-    fn writer_of(&self, ino: u64, fh: Option<u64>) -> Option<Arc<Handle>> {
-        let hs = lock(&self.handles);
-        if let Some(h) = fh.and_then(|f| hs.get(&f)) {
-            if matches!(&**h, Handle::Write(w) if w.ino == ino) {
-                return Some(Arc::clone(h));
-            }
-        }
-        // Otherwise an open, unfailed writer of the file (a completed or
-        // failed handle says nothing about the path any more). Checked after
-        // the table of handles is let go: a writer's lock may be held by a
-        // close that waits on the network.
-        let writers: Vec<Arc<Handle>> = hs
-            .values()
-            .filter(|h| matches!(&***h, Handle::Write(w) if w.ino == ino))
-            .cloned()
-            .collect();
-        drop(hs);
-        writers
-            .into_iter()
-            .find(|h| matches!(&**h, Handle::Write(w) if lock(&w.w).is_open()))
-    }
-
-    /// Records what a file now is, waits until the record is stored (bytes
-    /// reachable only through a record — empty files, new versions — are not
-    /// stored until their batch is), and updates its entry. If the record
-    /// cannot be stored it is withdrawn and the entry is left as it was.
-    fn settle(
-        &self,
-        ino: u64,
-        attrs: Attrs,
-        record: Record,
-        data: Option<Data>,
-        size: u64,
-    ) -> FsResult<()> {
-        let ticket = {
-            let _ns = lock(&self.ns);
-            self.journal.record(vec![record])
-        };
-        self.journal.store_or_withdraw(ticket)?;
-        if let Some(n) = lock(&self.table).get_mut(ino) {
-            n.attrs = attrs;
-            n.size = size;
-            n.data = data;
-        }
-        Ok(())
     }
 
     /// Adds a new entry to the table and the journal.
@@ -763,95 +569,14 @@ impl Fs {
             .ok_or_else(FsError::not_found)?;
         drop(t);
         let w = WriteHandle::new(&self.uploader, &self.staging, &key, fallback);
-        let fh = self.add_handle(Handle::Write(Box::new(Writer {
+        let fh = self.handles.add(Handle::Write(Box::new(Writer::new(
             ino,
-            w: Mutex::new(w),
-            before: None,
-            mode: (mode & 0o7777) as u16,
-            empty_recorded: Mutex::new(None),
-            empty_synced: Mutex::new(None),
-            opener: process_of(pid),
-            abandoned: AtomicBool::new(false),
-        })));
+            w,
+            None,
+            (mode & 0o7777) as u16,
+            pid,
+        ))));
         Ok((attr, fh))
-    }
-
-    /// Opens a file; the flag says whether the kernel may keep pages it cached
-    /// from an earlier open (the same object version).
-    pub fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<(u64, bool)> {
-        let n = self.node(ino)?;
-        if n.kind == Kind::Dir {
-            return Err(FsError::new(
-                libc::EISDIR,
-                format!("{:?}: a directory", n.path),
-            ));
-        }
-        if n.origin == Origin::Writing {
-            return Err(FsError::new(
-                libc::EBUSY,
-                format!(
-                    "open {:?}: this mount is still writing it; it can be opened once its \
-                     writer has closed it",
-                    n.path
-                ),
-            ));
-        }
-        if !is_write(flags) && flags & libc::O_TRUNC == 0 {
-            let object = n.data.as_ref().map(|d| ObjectId {
-                key: d.key.as_str().into(),
-                etag: d.etag.as_str().into(),
-                size: n.size,
-            });
-            let keep = match &object {
-                Some(o) => lock(&self.kernel_cached).insert(ino, o.clone()).as_ref() == Some(o),
-                None => false,
-            };
-            let fh = self.add_handle(Handle::Read {
-                object,
-                state: Mutex::new(ReadState::default()),
-            });
-            return Ok((fh, keep));
-        }
-        self.writable("open for writing", &n.path)?;
-        // New bytes for an existing path go to a fresh key; the old version stays.
-        let key = self.data_key();
-        let truncating = flags & libc::O_TRUNC != 0;
-        let w = if truncating {
-            WriteHandle::new(&self.uploader, &self.staging, &key, None)
-        } else {
-            WriteHandle::edit(&self.uploader, &self.staging, &key, source(&n))
-        };
-        let size = w.size();
-        let mut t = lock(&self.table);
-        let Some(node) = t.get_mut(ino) else {
-            return Err(FsError::not_found());
-        };
-        if node.origin == Origin::Writing {
-            return Err(FsError::new(
-                libc::EBUSY,
-                format!("open {:?}: being written", n.path),
-            ));
-        }
-        node.origin = Origin::Writing;
-        node.size = size;
-        if truncating {
-            node.attrs = node.attrs.merged(touched_now());
-        }
-        drop(t);
-        lock(&self.kernel_cached).remove(&ino);
-        Ok((
-            self.add_handle(Handle::Write(Box::new(Writer {
-                ino,
-                w: Mutex::new(w),
-                before: Some(n.view()),
-                mode: self.attr(&n).perm,
-                empty_recorded: Mutex::new(None),
-                empty_synced: Mutex::new(None),
-                opener: process_of(pid),
-                abandoned: AtomicBool::new(false),
-            }))),
-            false,
-        ))
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
@@ -1012,7 +737,7 @@ impl Fs {
         // a file created or closed inside the directory meanwhile is recorded
         // either before (and moved with it) or after (at its new path).
         let _ns = lock(&self.ns);
-        let writers = self.overwritten_versions();
+        let writers = self.handles.overwritten_versions();
         let mut t = lock(&self.table);
         let src = t.get(src.ino).cloned().ok_or_else(FsError::not_found)?;
         let mut moved = src.view();
@@ -1065,17 +790,6 @@ impl Fs {
         Ok(())
     }
 
-    /// Files being written, with the version each showed before (`None`: new).
-    fn overwritten_versions(&self) -> HashMap<u64, Option<ViewEntry>> {
-        lock(&self.handles)
-            .values()
-            .filter_map(|h| match &**h {
-                Handle::Write(w) => Some((w.ino, w.before.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// Hard links and device nodes have no place in a coffer.
     pub fn unsupported(&self, op: &str, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let dir = self.dir(parent)?;
@@ -1087,331 +801,6 @@ impl Fs {
         ))
     }
 
-    // ---- file data -------------------------------------------------------
-
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let h = self.handle(fh)?;
-        let Handle::Write(w) = &*h else {
-            return Err(FsError::new(libc::EBADF, "write: not open for writing"));
-        };
-        let mut g = lock(&w.w);
-        let was_open = g.is_open();
-        let result = g.write(offset, data);
-        let size = g.size();
-        drop(g);
-        match result {
-            Ok(()) => {
-                if let Some(n) = lock(&self.table).get_mut(w.ino) {
-                    n.size = size;
-                    n.attrs = n.attrs.merged(touched_now());
-                }
-                Ok(data.len() as u32)
-            }
-            // Only the failure that ends an open handle gives the path back;
-            // a finished handle's refusals change nothing.
-            Err(e) if was_open => Err(self.abandon_write(w, e, false)),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// After a write, truncate or close failed (the handle is poisoned): the
-    /// path shows what it showed before, also in the journal when an earlier
-    /// close of this handle recorded it empty. `finishing`: the failure came
-    /// from storing the object, which may have landed all the same (a lost
-    /// answer). Returns `e`.
-    fn abandon_write(&self, w: &Writer, e: FsError, finishing: bool) -> FsError {
-        if w.abandoned.swap(true, Ordering::SeqCst) {
-            return e;
-        }
-        let path = {
-            let _ns = lock(&self.ns);
-            let mut t = lock(&self.table);
-            let Some(n) = t.get_mut(w.ino) else {
-                return e;
-            };
-            if n.origin != Origin::Writing {
-                return e;
-            }
-            let path = n.path.clone();
-            let synced = *lock(&w.empty_synced);
-            match &w.before {
-                _ if synced.is_some() => {
-                    n.origin = Origin::Stored;
-                    n.size = 0;
-                    n.data = None;
-                    n.attrs = synced.unwrap_or_default();
-                }
-                None => t.remove(w.ino),
-                Some(v) => {
-                    n.origin = Origin::Stored;
-                    n.size = v.size;
-                    n.data = v.data.clone();
-                    n.attrs = v.attrs;
-                    n.mtime = v.mtime;
-                }
-            }
-            path
-        };
-        if lock(&w.empty_recorded).is_some() {
-            if lock(&w.empty_synced).is_none() {
-                // A close of a dup'd descriptor stored this file empty; undo that.
-                let undo = match &w.before {
-                    None => Record::Hide { path },
-                    Some(v) => v.record_at(&path),
-                };
-                self.journal.record(vec![undo]);
-            }
-        } else if finishing && w.before.is_none() && lock(&w.w).key() == path {
-            // A new file's object at its own path may have landed though the
-            // answer said otherwise: keep it out of the view for good.
-            self.journal.record(vec![Record::Hide { path }]);
-        }
-        e
-    }
-
-    /// close(2) by thread `pid` (0: unknown): every byte written so far is
-    /// stored, or an error. A close by another process than the opener (a
-    /// child done with an inherited descriptor) stores nothing yet: the
-    /// opener's close, or the release, does.
-    pub fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        let Handle::Write(w) = &*h else {
-            return Ok(());
-        };
-        if w.opener != 0 && pid != 0 {
-            let closer = process_of(pid);
-            if closer != 0 && closer != w.opener {
-                return Ok(());
-            }
-        }
-        self.finish_write(w, End::Close)
-    }
-
-    /// fsync(2): the file's bytes and every metadata change so far are stored.
-    pub fn fsync(&self, fh: u64) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        if let Handle::Write(w) = &*h {
-            self.finish_write(w, End::Fsync)?;
-        }
-        self.journal.sync_all()
-    }
-
-    /// fsyncdir(2): all metadata so far is stored. sync(1) and syncfs(2) never
-    /// get here: Linux sends FUSE_SYNCFS only to virtiofs, so for a FUSE mount
-    /// they return at once (the group commit stores within a second anyway).
-    pub fn sync_metadata(&self) -> FsResult<()> {
-        self.journal.sync_all()
-    }
-
-    /// Stores what `w` wrote. `last`: the handle is being released, so an empty
-    /// file stops being "being written". Any failure leaves the path as it was.
-    fn finish_write(&self, w: &Writer, end: End) -> FsResult<()> {
-        let mut g = lock(&w.w);
-        let was_open = g.is_open();
-        let result = g.finish();
-        drop(g);
-        let result = match result {
-            Ok(r) => r,
-            Err(e) if was_open => return Err(self.abandon_write(w, e, true)),
-            Err(e) => return Err(e),
-        };
-        if !was_open {
-            return Ok(());
-        }
-        match self.settle_write(w, result, end) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Nothing of this version stands; a later close must fail too.
-                lock(&w.w).fail_with(e.clone());
-                Err(self.abandon_write(w, e, true))
-            }
-        }
-    }
-
-    /// Records what a finished write stored and marks the file stored.
-    fn settle_write(&self, w: &Writer, result: Finished, end: End) -> FsResult<()> {
-        let last = end == End::Release;
-        let Some(node) = lock(&self.table).get(w.ino).cloned() else {
-            return Err(FsError::new(libc::EIO, "the file's entry vanished"));
-        };
-        // The mode given at create stands unless one was set since.
-        let attrs = Attrs {
-            mode: node.attrs.mode.or(Some(u32::from(w.mode))),
-            ..node.attrs
-        };
-        let record = match result {
-            Finished::Unchanged => {
-                // Opened for writing, closed without a change: the old bytes stand.
-                let v = w.before.as_ref().map(|v| v.attrs);
-                if v.is_some_and(|v| v != node.attrs) {
-                    self.journal.record(vec![Record::Attr {
-                        path: node.path.clone(),
-                        attrs: node.attrs,
-                    }]);
-                }
-                let mut t = lock(&self.table);
-                if let Some(n) = t.get_mut(w.ino) {
-                    // fsync leaves the file open for writing; a close ends it.
-                    if n.origin == Origin::Writing && end != End::Fsync {
-                        n.origin = Origin::Stored;
-                        if let Some(v) = &w.before {
-                            n.size = v.size;
-                            n.data = v.data.clone();
-                        }
-                    }
-                }
-                return Ok(());
-            }
-            Finished::Empty => {
-                let mut recorded = lock(&w.empty_recorded);
-                // Recorded by an earlier close unless the attributes changed
-                // since (written, then truncated back to empty).
-                if *recorded != Some(attrs) {
-                    let ticket = {
-                        let _ns = lock(&self.ns);
-                        let path = self.path_of(w.ino)?;
-                        self.journal.record(vec![Record::File { path, attrs }])
-                    };
-                    self.journal.store_or_withdraw(ticket)?;
-                    *recorded = Some(attrs);
-                    if let Some(n) = lock(&self.table).get_mut(w.ino) {
-                        n.attrs = attrs;
-                        n.size = 0;
-                        n.data = None;
-                    }
-                }
-                if end == End::Fsync {
-                    *lock(&w.empty_synced) = Some(attrs);
-                }
-                if last {
-                    lock(&self.table).mark_stored(w.ino, Instant::now());
-                }
-                return Ok(());
-            }
-            Finished::Stored { key, etag, size } => {
-                log::debug!("stored {:?}: {size} bytes, ETag {etag}", node.path);
-                (key, etag, size)
-            }
-        };
-        let (key, etag, size) = record;
-        // Under the namespace lock: the path is the file's path now, and a
-        // rename cannot slip between reading it and recording it.
-        let (ticket, wait) = {
-            let _ns = lock(&self.ns);
-            let path = self.path_of(w.ino)?;
-            let own = key == path && w.before.is_none() && self.own_key_free(&path);
-            let record = if own {
-                // The object at its own path is the file; its mode is metadata.
-                Record::Attr { path, attrs }
-            } else {
-                Record::Bind {
-                    path,
-                    key: key.clone(),
-                    size,
-                    etag: etag.clone(),
-                    attrs,
-                }
-            };
-            (self.journal.record(vec![record]), !own)
-        };
-        if wait {
-            self.journal.store_or_withdraw(ticket)?;
-        }
-        let mut t = lock(&self.table);
-        if let Some(n) = t.get_mut(w.ino) {
-            n.attrs = attrs;
-            n.size = size;
-            n.data = Some(Data { key, etag });
-        }
-        t.mark_stored(w.ino, Instant::now());
-        Ok(())
-    }
-
-    /// The current path of `ino`.
-    fn path_of(&self, ino: u64) -> FsResult<String> {
-        lock(&self.table)
-            .get(ino)
-            .map(|n| n.path.clone())
-            .ok_or_else(|| FsError::new(libc::EIO, "the file's entry vanished"))
-    }
-
-    pub fn release(&self, fh: u64) -> FsResult<()> {
-        let Some(h) = lock(&self.handles).remove(&fh) else {
-            return Ok(());
-        };
-        let Handle::Write(w) = &*h else {
-            return Ok(());
-        };
-        if !lock(&w.w).is_open() {
-            return Ok(());
-        }
-        // The kernel flushes on every close; this is the safety net.
-        self.finish_write(w, End::Release)
-    }
-
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let h = self.handle(fh)?;
-        let Handle::Read { object, state } = &*h else {
-            return Err(FsError::new(libc::EBADF, "read: not open for reading"));
-        };
-        match object {
-            Some(o) => self.cache.read(o, &mut lock(state), offset, size),
-            None => Ok(Bytes::new()),
-        }
-    }
-
-    // ---- directories -----------------------------------------------------
-
-    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let dir = self.dir(ino)?;
-        self.ensure_listed(&dir)?;
-        let t = lock(&self.table);
-        let me = t.get(ino).ok_or_else(FsError::not_found)?;
-        let mut entries = vec![
-            DirEntry {
-                ino,
-                kind: Kind::Dir,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: me.parent,
-                kind: Kind::Dir,
-                name: "..".into(),
-            },
-        ];
-        entries.extend(t.children(ino).into_iter().map(|n| DirEntry {
-            ino: n.ino,
-            kind: n.kind,
-            name: n.name.clone(),
-        }));
-        drop(t);
-        Ok(self.add_handle(Handle::Dir(entries)))
-    }
-
-    /// Hands the entries from `offset` on to `add` (with the offset of the next
-    /// one) until it says its buffer is full.
-    pub fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(&DirEntry, u64) -> bool,
-    ) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        let Handle::Dir(entries) = &*h else {
-            return Err(FsError::new(libc::EBADF, "readdir: not a directory handle"));
-        };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if add(e, i as u64 + 1) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        lock(&self.handles).remove(&fh);
-    }
-
     /// Unmount: finishes what writers left open (the kernel has released every
     /// handle by now, so this only catches the abnormal cases), stores the
     /// journal's last records, then stops the upload workers.
@@ -1419,7 +808,7 @@ impl Fs {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        let open: Vec<Arc<Handle>> = lock(&self.handles).drain().map(|(_, h)| h).collect();
+        let open: Vec<Arc<Handle>> = self.handles.drain();
         for h in open {
             if let Handle::Write(w) = &*h {
                 if lock(&w.w).is_open() {
@@ -1444,7 +833,7 @@ impl Fs {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        let open: Vec<Arc<Handle>> = lock(&self.handles).drain().map(|(_, h)| h).collect();
+        let open: Vec<Arc<Handle>> = self.handles.drain();
         drop(open);
         self.journal.abandon();
         self.uploader.shutdown();
