@@ -2,7 +2,7 @@
 //! No logic lives here; failures are logged once, in `fail`.
 
 use super::error::FsError;
-use super::inode::Kind;
+use super::view::Kind;
 use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE, STATFS_BLOCKS, STATFS_FILES};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,

@@ -7,9 +7,8 @@ use super::reference::{
 };
 use super::{pattern, At, Op, P};
 use bytes::Bytes;
-use cofferfs::fs::inode::Kind;
 use cofferfs::fs::upload::UploadConfig;
-use cofferfs::fs::{Attr, Fs, FsConfig, Owner, SetAttr};
+use cofferfs::fs::{Attr, Fs, FsConfig, Kind, Owner, SetAttr};
 use cofferfs::store::faulty::{FaultyStore, Ledger};
 use cofferfs::store::memory::MemoryStore;
 use cofferfs::store::ObjectStore;

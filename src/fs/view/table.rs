@@ -1,161 +1,12 @@
-//! The inode table: inode numbers ↔ (parent, name, path), kinds, sizes, attributes,
-//! and when the coffer last confirmed each entry. Pure bookkeeping: no network, no FUSE.
+//! The inode table: inode numbers ↔ (parent, name, path), and how listings and
+//! the journal's overlay fill it. Pure bookkeeping: no network, no FUSE, no
+//! locks (the caller holds it under `Fs::table`).
 
-use super::journal::{Attrs, Overlay, Shape};
+use super::node::{join, usable_name, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+use crate::fs::journal::{Attrs, Overlay, Shape};
 use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Instant, SystemTime};
-
-pub const ROOT: u64 = 1;
-
-/// The prefix cofferfs keeps for itself; never shown in the mount.
-pub const RESERVED: &str = ".cofferfs";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-}
-
-/// Where an entry's existence comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// In the view of the coffer: an object, a journal record, or implied by them.
-    Stored,
-    /// A file this mount is writing: not in the view until its close succeeds.
-    Writing,
-}
-
-/// Where a file's bytes are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Data {
-    pub key: String,
-    pub etag: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub ino: u64,
-    pub parent: u64,
-    pub name: String,
-    /// The path in the mount, without a leading `/`; empty for the root.
-    pub path: String,
-    pub kind: Kind,
-    pub origin: Origin,
-    pub size: u64,
-    /// Files: the object holding the bytes (`None`: empty file, or being written).
-    pub data: Option<Data>,
-    /// Symlinks: the target.
-    pub target: Option<String>,
-    /// Recorded attributes; unset fields show the mount's defaults.
-    pub attrs: Attrs,
-    /// Shown when no mtime is recorded: the object's time, or creation here.
-    pub mtime: SystemTime,
-    /// When the coffer last confirmed this entry (listing or HEAD).
-    pub seen: Instant,
-    /// Directories: when a listing last filled this subtree.
-    pub listed: Option<Instant>,
-}
-
-impl Node {
-    /// The path of a child called `name`.
-    pub fn child_path(&self, name: &str) -> String {
-        join(&self.path, name)
-    }
-
-    /// The listing prefix of this directory's subtree.
-    pub fn prefix(&self) -> String {
-        if self.path.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.path)
-        }
-    }
-}
-
-pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
-/// One entry of the view (objects ∪ journal), as a listing or lookup finds it.
-#[derive(Debug, Clone)]
-pub struct ViewEntry {
-    pub kind: Kind,
-    pub size: u64,
-    pub data: Option<Data>,
-    pub target: Option<String>,
-    pub attrs: Attrs,
-    pub mtime: SystemTime,
-}
-
-impl ViewEntry {
-    pub fn dir(attrs: Attrs, mtime: SystemTime) -> ViewEntry {
-        ViewEntry {
-            kind: Kind::Dir,
-            size: 0,
-            data: None,
-            target: None,
-            attrs,
-            mtime,
-        }
-    }
-
-    /// An object shown at its own key.
-    pub fn object(meta: &ObjectMeta, attrs: Attrs) -> ViewEntry {
-        ViewEntry {
-            kind: Kind::File,
-            size: meta.size,
-            data: Some(Data {
-                key: meta.key.clone(),
-                etag: meta.etag.clone(),
-            }),
-            target: None,
-            attrs,
-            mtime: meta.last_modified.unwrap_or(SystemTime::UNIX_EPOCH),
-        }
-    }
-
-    /// What a journal entry shows; `None` for attributes alone.
-    pub fn from_journal(shape: &Shape, attrs: Attrs) -> Option<ViewEntry> {
-        let epoch = SystemTime::UNIX_EPOCH;
-        Some(match shape {
-            Shape::Dir => ViewEntry::dir(attrs, epoch),
-            Shape::Empty => ViewEntry {
-                kind: Kind::File,
-                size: 0,
-                data: None,
-                target: None,
-                attrs,
-                mtime: epoch,
-            },
-            Shape::Symlink { target: t } => ViewEntry {
-                kind: Kind::Symlink,
-                size: t.len() as u64,
-                data: None,
-                target: Some(t.clone()),
-                attrs,
-                mtime: epoch,
-            },
-            Shape::Object { key, size, etag } => ViewEntry {
-                kind: Kind::File,
-                size: *size,
-                data: Some(Data {
-                    key: key.clone(),
-                    etag: etag.clone(),
-                }),
-                target: None,
-                attrs,
-                mtime: epoch,
-            },
-            Shape::AttrsOnly => return None,
-        })
-    }
-}
 
 pub struct Table {
     nodes: HashMap<u64, Node>,
@@ -563,11 +414,6 @@ impl Table {
         }
         keep_any || seen.contains(&dir)
     }
-}
-
-/// A key segment that can be a file name here.
-pub fn usable_name(s: &str) -> bool {
-    !s.is_empty() && s != "." && s != ".." && s.len() <= 255 && !s.contains('\0')
 }
 
 #[cfg(test)]

@@ -1,0 +1,60 @@
+//! Directory handles: opendir takes a snapshot of the directory's entries
+//! (listing it from the coffer when the view is stale), readdir hands it out
+//! by offset. Must not change the view beyond filling it, nor the journal.
+
+use super::error::{FsError, FsResult};
+use super::handles::Handle;
+use super::view::Kind;
+use super::{lock, DirEntry, Fs};
+
+impl Fs {
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let dir = self.dir(ino)?;
+        self.ensure_listed(&dir)?;
+        let t = lock(&self.table);
+        let me = t.get(ino).ok_or_else(FsError::not_found)?;
+        let mut entries = vec![
+            DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: me.parent,
+                kind: Kind::Dir,
+                name: "..".into(),
+            },
+        ];
+        entries.extend(t.children(ino).into_iter().map(|n| DirEntry {
+            ino: n.ino,
+            kind: n.kind,
+            name: n.name.clone(),
+        }));
+        drop(t);
+        Ok(self.handles.add(Handle::Dir(entries)))
+    }
+
+    /// Hands the entries from `offset` on to `add` (with the offset of the next
+    /// one) until it says its buffer is full.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, u64) -> bool,
+    ) -> FsResult<()> {
+        let h = self.handles.get(fh)?;
+        let Handle::Dir(entries) = &*h else {
+            return Err(FsError::new(libc::EBADF, "readdir: not a directory handle"));
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if add(e, i as u64 + 1) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+}

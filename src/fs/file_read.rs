@@ -1,0 +1,44 @@
+//! Files open for reading: a read handle holds the object version it opened
+//! and reads it through the block cache; `kernel_cached` says whether the
+//! kernel's pages from an earlier open are of the same version. Must not
+//! change the view, the journal or the coffer.
+
+use super::cache::{ObjectId, ReadState};
+use super::error::{FsError, FsResult};
+use super::handles::Handle;
+use super::view::Node;
+use super::{lock, Fs};
+use bytes::Bytes;
+use std::sync::Mutex;
+
+impl Fs {
+    /// Opens `n` for reading; the flag says whether the kernel may keep pages
+    /// it cached from an earlier open (the same object version).
+    pub(super) fn open_read(&self, n: &Node) -> (u64, bool) {
+        let object = n.data.as_ref().map(|d| ObjectId {
+            key: d.key.as_str().into(),
+            etag: d.etag.as_str().into(),
+            size: n.size,
+        });
+        let keep = match &object {
+            Some(o) => lock(&self.kernel_cached).insert(n.ino, o.clone()).as_ref() == Some(o),
+            None => false,
+        };
+        let fh = self.handles.add(Handle::Read {
+            object,
+            state: Mutex::new(ReadState::default()),
+        });
+        (fh, keep)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let h = self.handles.get(fh)?;
+        let Handle::Read { object, state } = &*h else {
+            return Err(FsError::new(libc::EBADF, "read: not open for reading"));
+        };
+        match object {
+            Some(o) => self.cache.read(o, &mut lock(state), offset, size),
+            None => Ok(Bytes::new()),
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! A file open for writing, as the mount sees it: the `Writer` around a
+//! `WriteHandle`, and the operations that write, truncate, flush, fsync and
+//! release it. Here a finished write becomes a journal record and the view's
+//! entry; a failed one gives the path back its old version. Knows nothing of
+//! FUSE; how the bytes reach the coffer is `handle`'s business.
+
+use super::handle::{Finished, Source, WriteHandle};
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::handles::Handle;
+use crate::fs::journal::{Attrs, Record};
+use crate::fs::view::{Data, Kind, Node, Origin, ViewEntry};
+use crate::fs::{lock, touched_now, Fs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// What ends a round of writing: fsync(2) keeps the file open, a close by
+/// its opener ends it for the user, the release ends the handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::fs) enum End {
+    Fsync,
+    Close,
+    Release,
+}
+
+/// A file open for writing, and what its path showed before (restored if the
+/// write fails).
+pub(in crate::fs) struct Writer {
+    pub(in crate::fs) ino: u64,
+    pub(in crate::fs) w: Mutex<WriteHandle>,
+    pub(in crate::fs) before: Option<ViewEntry>,
+    pub(in crate::fs) mode: u16,
+    /// An empty close already recorded the file (a dup'd descriptor was closed
+    /// while the writer goes on, as dd and shells do).
+    /// With the attributes it was recorded with.
+    pub(in crate::fs) empty_recorded: Mutex<Option<Attrs>>,
+    /// ... and an fsync(2) then said it was stored, with these attributes:
+    /// it is the version a failure of this handle falls back to.
+    pub(in crate::fs) empty_synced: Mutex<Option<Attrs>>,
+    /// The process that opened it (0: unknown). Only its closes store the
+    /// file: a child that inherited the descriptor (`{ cat a; cat b; } > f`)
+    /// closes its copy while the opener goes on writing.
+    pub(in crate::fs) opener: u32,
+    /// Its failure was handled: the path shows its old version again, and
+    /// may since be another handle's to write.
+    pub(in crate::fs) abandoned: AtomicBool,
+}
+
+impl Writer {
+    /// A writer of `ino` opened by thread `pid` (0: unknown), with `before`
+    /// the version its path showed (`None`: a new file).
+    pub(in crate::fs) fn new(
+        ino: u64,
+        w: WriteHandle,
+        before: Option<ViewEntry>,
+        mode: u16,
+        pid: u32,
+    ) -> Writer {
+        Writer {
+            ino,
+            w: Mutex::new(w),
+            before,
+            mode,
+            empty_recorded: Mutex::new(None),
+            empty_synced: Mutex::new(None),
+            opener: process_of(pid),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The process (thread group) of thread `pid`; 0 when unknown.
+fn process_of(pid: u32) -> u32 {
+    if pid == 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The stored version a file's edit starts from.
+fn source(n: &Node) -> Option<Source> {
+    n.data.as_ref().map(|d| Source {
+        key: d.key.clone(),
+        etag: d.etag.clone(),
+        size: n.size,
+    })
+}
+
+impl Fs {
+    /// Opens stored file `n` for writing (`open` checked that it is a file no
+    /// handle is writing).
+    pub(in crate::fs) fn open_write(&self, n: Node, flags: i32, pid: u32) -> FsResult<(u64, bool)> {
+        let ino = n.ino;
+        self.writable("open for writing", &n.path)?;
+        // New bytes for an existing path go to a fresh key; the old version stays.
+        let key = self.data_key();
+        let truncating = flags & libc::O_TRUNC != 0;
+        let w = if truncating {
+            WriteHandle::new(&self.uploader, &self.staging, &key, None)
+        } else {
+            WriteHandle::edit(&self.uploader, &self.staging, &key, source(&n))
+        };
+        let size = w.size();
+        let mut t = lock(&self.table);
+        let Some(node) = t.get_mut(ino) else {
+            return Err(FsError::not_found());
+        };
+        if node.origin == Origin::Writing {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("open {:?}: being written", n.path),
+            ));
+        }
+        node.origin = Origin::Writing;
+        node.size = size;
+        if truncating {
+            node.attrs = node.attrs.merged(touched_now());
+        }
+        drop(t);
+        lock(&self.kernel_cached).remove(&ino);
+        let mode = self.attr(&n).perm;
+        Ok((
+            self.handles.add(Handle::Write(Box::new(Writer::new(
+                ino,
+                w,
+                Some(n.view()),
+                mode,
+                pid,
+            )))),
+            false,
+        ))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handles.get(fh)?;
+        let Handle::Write(w) = &*h else {
+            return Err(FsError::new(libc::EBADF, "write: not open for writing"));
+        };
+        let mut g = lock(&w.w);
+        let was_open = g.is_open();
+        let result = g.write(offset, data);
+        let size = g.size();
+        drop(g);
+        match result {
+            Ok(()) => {
+                if let Some(n) = lock(&self.table).get_mut(w.ino) {
+                    n.size = size;
+                    n.attrs = n.attrs.merged(touched_now());
+                }
+                Ok(data.len() as u32)
+            }
+            // Only the failure that ends an open handle gives the path back;
+            // a finished handle's refusals change nothing.
+            Err(e) if was_open => Err(self.abandon_write(w, e, false)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After a write, truncate or close failed (the handle is poisoned): the
+    /// path shows what it showed before, also in the journal when an earlier
+    /// close of this handle recorded it empty. `finishing`: the failure came
+    /// from storing the object, which may have landed all the same (a lost
+    /// answer). Returns `e`.
+    pub(in crate::fs) fn abandon_write(&self, w: &Writer, e: FsError, finishing: bool) -> FsError {
+        if w.abandoned.swap(true, Ordering::SeqCst) {
+            return e;
+        }
+        let path = {
+            let _ns = lock(&self.ns);
+            let mut t = lock(&self.table);
+            let Some(n) = t.get_mut(w.ino) else {
+                return e;
+            };
+            if n.origin != Origin::Writing {
+                return e;
+            }
+            let path = n.path.clone();
+            let synced = *lock(&w.empty_synced);
+            match &w.before {
+                _ if synced.is_some() => {
+                    n.origin = Origin::Stored;
+                    n.size = 0;
+                    n.data = None;
+                    n.attrs = synced.unwrap_or_default();
+                }
+                None => t.remove(w.ino),
+                Some(v) => {
+                    n.origin = Origin::Stored;
+                    n.size = v.size;
+                    n.data = v.data.clone();
+                    n.attrs = v.attrs;
+                    n.mtime = v.mtime;
+                }
+            }
+            path
+        };
+        if lock(&w.empty_recorded).is_some() {
+            if lock(&w.empty_synced).is_none() {
+                // A close of a dup'd descriptor stored this file empty; undo that.
+                let undo = match &w.before {
+                    None => Record::Hide { path },
+                    Some(v) => v.record_at(&path),
+                };
+                self.journal.record(vec![undo]);
+            }
+        } else if finishing && w.before.is_none() && lock(&w.w).key() == path {
+            // A new file's object at its own path may have landed though the
+            // answer said otherwise: keep it out of the view for good.
+            self.journal.record(vec![Record::Hide { path }]);
+        }
+        e
+    }
+
+    /// close(2) by thread `pid` (0: unknown): every byte written so far is
+    /// stored, or an error. A close by another process than the opener (a
+    /// child done with an inherited descriptor) stores nothing yet: the
+    /// opener's close, or the release, does.
+    pub fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let h = self.handles.get(fh)?;
+        let Handle::Write(w) = &*h else {
+            return Ok(());
+        };
+        if w.opener != 0 && pid != 0 {
+            let closer = process_of(pid);
+            if closer != 0 && closer != w.opener {
+                return Ok(());
+            }
+        }
+        self.finish_write(w, End::Close)
+    }
+
+    /// fsync(2): the file's bytes and every metadata change so far are stored.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let h = self.handles.get(fh)?;
+        if let Handle::Write(w) = &*h {
+            self.finish_write(w, End::Fsync)?;
+        }
+        self.journal.sync_all()
+    }
+
+    /// fsyncdir(2): all metadata so far is stored. sync(1) and syncfs(2) never
+    /// get here: Linux sends FUSE_SYNCFS only to virtiofs, so for a FUSE mount
+    /// they return at once (the group commit stores within a second anyway).
+    pub fn sync_metadata(&self) -> FsResult<()> {
+        self.journal.sync_all()
+    }
+
+    /// Stores what `w` wrote. `last`: the handle is being released, so an empty
+    /// file stops being "being written". Any failure leaves the path as it was.
+    pub(in crate::fs) fn finish_write(&self, w: &Writer, end: End) -> FsResult<()> {
+        let mut g = lock(&w.w);
+        let was_open = g.is_open();
+        let result = g.finish();
+        drop(g);
+        let result = match result {
+            Ok(r) => r,
+            Err(e) if was_open => return Err(self.abandon_write(w, e, true)),
+            Err(e) => return Err(e),
+        };
+        if !was_open {
+            return Ok(());
+        }
+        match self.settle_write(w, result, end) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Nothing of this version stands; a later close must fail too.
+                lock(&w.w).fail_with(e.clone());
+                Err(self.abandon_write(w, e, true))
+            }
+        }
+    }
+
+    /// Records what a finished write stored and marks the file stored.
+    pub(in crate::fs) fn settle_write(
+        &self,
+        w: &Writer,
+        result: Finished,
+        end: End,
+    ) -> FsResult<()> {
+        let last = end == End::Release;
+        let Some(node) = lock(&self.table).get(w.ino).cloned() else {
+            return Err(FsError::new(libc::EIO, "the file's entry vanished"));
+        };
+        // The mode given at create stands unless one was set since.
+        let attrs = Attrs {
+            mode: node.attrs.mode.or(Some(u32::from(w.mode))),
+            ..node.attrs
+        };
+        let record = match result {
+            Finished::Unchanged => {
+                // Opened for writing, closed without a change: the old bytes stand.
+                let v = w.before.as_ref().map(|v| v.attrs);
+                if v.is_some_and(|v| v != node.attrs) {
+                    self.journal.record(vec![Record::Attr {
+                        path: node.path.clone(),
+                        attrs: node.attrs,
+                    }]);
+                }
+                let mut t = lock(&self.table);
+                if let Some(n) = t.get_mut(w.ino) {
+                    // fsync leaves the file open for writing; a close ends it.
+                    if n.origin == Origin::Writing && end != End::Fsync {
+                        n.origin = Origin::Stored;
+                        if let Some(v) = &w.before {
+                            n.size = v.size;
+                            n.data = v.data.clone();
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            Finished::Empty => {
+                let mut recorded = lock(&w.empty_recorded);
+                // Recorded by an earlier close unless the attributes changed
+                // since (written, then truncated back to empty).
+                if *recorded != Some(attrs) {
+                    let ticket = {
+                        let _ns = lock(&self.ns);
+                        let path = self.path_of(w.ino)?;
+                        self.journal.record(vec![Record::File { path, attrs }])
+                    };
+                    self.journal.store_or_withdraw(ticket)?;
+                    *recorded = Some(attrs);
+                    if let Some(n) = lock(&self.table).get_mut(w.ino) {
+                        n.attrs = attrs;
+                        n.size = 0;
+                        n.data = None;
+                    }
+                }
+                if end == End::Fsync {
+                    *lock(&w.empty_synced) = Some(attrs);
+                }
+                if last {
+                    lock(&self.table).mark_stored(w.ino, Instant::now());
+                }
+                return Ok(());
+            }
+            Finished::Stored { key, etag, size } => {
+                log::debug!("stored {:?}: {size} bytes, ETag {etag}", node.path);
+                (key, etag, size)
+            }
+        };
+        let (key, etag, size) = record;
+        // Under the namespace lock: the path is the file's path now, and a
+        // rename cannot slip between reading it and recording it.
+        let (ticket, wait) = {
+            let _ns = lock(&self.ns);
+            let path = self.path_of(w.ino)?;
+            let own = key == path && w.before.is_none() && self.own_key_free(&path);
+            let record = if own {
+                // The object at its own path is the file; its mode is metadata.
+                Record::Attr { path, attrs }
+            } else {
+                Record::Bind {
+                    path,
+                    key: key.clone(),
+                    size,
+                    etag: etag.clone(),
+                    attrs,
+                }
+            };
+            (self.journal.record(vec![record]), !own)
+        };
+        if wait {
+            self.journal.store_or_withdraw(ticket)?;
+        }
+        let mut t = lock(&self.table);
+        if let Some(n) = t.get_mut(w.ino) {
+            n.attrs = attrs;
+            n.size = size;
+            n.data = Some(Data { key, etag });
+        }
+        t.mark_stored(w.ino, Instant::now());
+        Ok(())
+    }
+
+    /// The current path of `ino`.
+    pub(in crate::fs) fn path_of(&self, ino: u64) -> FsResult<String> {
+        lock(&self.table)
+            .get(ino)
+            .map(|n| n.path.clone())
+            .ok_or_else(|| FsError::new(libc::EIO, "the file's entry vanished"))
+    }
+
+    pub(in crate::fs) fn truncate(&self, node: &Node, fh: Option<u64>, size: u64) -> FsResult<()> {
+        if node.kind == Kind::Dir {
+            return Err(FsError::new(
+                libc::EISDIR,
+                format!("{:?}: a directory", node.path),
+            ));
+        }
+        if let Some(h) = self.handles.writer_of(node.ino, fh) {
+            if let Handle::Write(w) = &*h {
+                let mut g = lock(&w.w);
+                let changes = g.size() != size;
+                let was_open = g.is_open();
+                let result = g.truncate(size);
+                drop(g);
+                match result {
+                    Err(e) if was_open => return Err(self.abandon_write(w, e, false)),
+                    Err(e) => return Err(e),
+                    Ok(()) => {}
+                }
+                if let Some(n) = lock(&self.table).get_mut(node.ino) {
+                    n.size = size;
+                    // As POSIX says: the times change when the size does.
+                    if changes {
+                        n.attrs = n.attrs.merged(touched_now());
+                    }
+                }
+                return Ok(());
+            }
+        }
+        if node.size == size {
+            return Ok(());
+        }
+        let attrs = node.attrs.merged(touched_now());
+        if size == 0 {
+            // An empty file needs no object: the journal holds it. The old bytes
+            // stay in the coffer.
+            let record = Record::File {
+                path: node.path.clone(),
+                attrs,
+            };
+            return self.settle(node.ino, attrs, record, None, 0);
+        }
+        // Any other size: a staged copy, stored under a fresh key.
+        let key = self.data_key();
+        let mut w = WriteHandle::edit(&self.uploader, &self.staging, &key, source(node));
+        w.truncate(size)?;
+        match w.finish()? {
+            Finished::Stored { key, etag, size } => {
+                let record = Record::Bind {
+                    path: node.path.clone(),
+                    key: key.clone(),
+                    size,
+                    etag: etag.clone(),
+                    attrs,
+                };
+                let data = Data { key, etag };
+                self.settle(node.ino, attrs, record, Some(data), size)
+            }
+            Finished::Empty | Finished::Unchanged => Ok(()),
+        }
+    }
+
+    /// Records what a file now is, waits until the record is stored (bytes
+    /// reachable only through a record — empty files, new versions — are not
+    /// stored until their batch is), and updates its entry. If the record
+    /// cannot be stored it is withdrawn and the entry is left as it was.
+    pub(in crate::fs) fn settle(
+        &self,
+        ino: u64,
+        attrs: Attrs,
+        record: Record,
+        data: Option<Data>,
+        size: u64,
+    ) -> FsResult<()> {
+        let ticket = {
+            let _ns = lock(&self.ns);
+            self.journal.record(vec![record])
+        };
+        self.journal.store_or_withdraw(ticket)?;
+        if let Some(n) = lock(&self.table).get_mut(ino) {
+            n.attrs = attrs;
+            n.size = size;
+            n.data = data;
+        }
+        Ok(())
+    }
+
+    /// The release of write handle `w`: stores what no close stored.
+    pub(in crate::fs) fn release_write(&self, w: &Writer) -> FsResult<()> {
+        if !lock(&w.w).is_open() {
+            return Ok(());
+        }
+        // The kernel flushes on every close; this is the safety net.
+        self.finish_write(w, End::Release)
+    }
+}

@@ -1,0 +1,393 @@
+//! The journal's life in a mount, the writing half: records appended now are
+//! visible at once and stored by group commit (within a second, on sync, at
+//! unmount). Owns the committer thread and the shared state; reading other
+//! mounts' batches and checkpoints lives in `replay`. Owns only
+//! `.cofferfs/journal/` and `.cofferfs/checkpoint/`; knows nothing of inodes or FUSE.
+
+use super::format::{batch_key, Batch, Overlay, Record, JOURNAL_PREFIX};
+use crate::fs::error::{FsError, FsResult};
+use crate::protocol::{hex, md5};
+use crate::store::{landed, ObjectStore};
+use bytes::Bytes;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a record may wait before its batch goes up.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A checkpoint is written after this many batches since the last one...
+pub const CHECKPOINT_EVERY: u64 = 1000;
+/// ...and at unmount after this many.
+pub const CHECKPOINT_AT_UNMOUNT: u64 = 100;
+
+#[derive(Default)]
+pub(super) struct State {
+    /// The newest checkpoint read or written: its overlay and the last batch
+    /// key it covers (batches up to it are not read again).
+    pub(super) checkpoint: Overlay,
+    pub(super) floor: String,
+    /// Batches applied since that checkpoint.
+    pub(super) since_checkpoint: u64,
+    /// The coffer's batches replayed, in key order.
+    pub(super) base: Overlay,
+    /// `base` plus the records not yet stored: what the mount shows.
+    pub(super) overlay: Overlay,
+    pub(super) applied: BTreeSet<String>,
+    /// Batches that cannot be used (damaged, or gone between listing and
+    /// reading): reported once, never fetched again by this mount.
+    pub(super) skipped: BTreeSet<String>,
+    /// The first object of a later format met (a batch or checkpoint): the
+    /// mount is read-only from then on and writes no checkpoint.
+    pub(super) newer: Option<String>,
+    /// A batch of a later format was met: the view stays as of the batch
+    /// before it and later batches are not read.
+    pub(super) halted: bool,
+    /// Records being stored now, then those waiting, each with its number
+    /// (records are numbered 1, 2, … in the order they were appended).
+    pub(super) in_flight: Vec<(u64, Record)>,
+    pub(super) pending: Vec<(u64, Record)>,
+    pub(super) appended: u64,
+    /// Every record numbered up to this is stored or withdrawn.
+    pub(super) committed: u64,
+    pub(super) seq: u64,
+    /// The last commit's failure, until a commit succeeds.
+    pub(super) failure: Option<String>,
+    /// Batch attempts started, and the number of the last that failed.
+    pub(super) attempts: u64,
+    pub(super) last_failed: u64,
+    pub(super) flush: bool,
+    pub(super) stop: bool,
+}
+
+impl State {
+    /// Moves `committed` up to just before the oldest record still outstanding.
+    fn advance_committed(&mut self) {
+        self.committed = self
+            .in_flight
+            .iter()
+            .chain(self.pending.iter())
+            .map(|(n, _)| n - 1)
+            .min()
+            .unwrap_or(self.appended);
+    }
+
+    /// `base` plus the records not yet stored.
+    pub(super) fn rebuild_overlay(&mut self) {
+        let mut overlay = self.base.clone();
+        for (_, r) in self.in_flight.iter().chain(self.pending.iter()) {
+            overlay.apply(r);
+        }
+        self.overlay = overlay;
+    }
+
+    /// The time of the newest batch applied (0 for none).
+    pub(super) fn last_micros(&self) -> u64 {
+        self.applied.iter().next_back().map_or(0, |k| key_micros(k))
+    }
+}
+
+pub struct Committer {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) mount_id: String,
+    pub(super) checkpoint_every: u64,
+    pub(super) state: Mutex<State>,
+    pub(super) changed: Condvar,
+    pub(super) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A ticket: the numbers of records appended together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    first: u64,
+    last: u64,
+}
+
+/// Microseconds since the Unix epoch (0 before it): the time part of keys.
+pub(crate) fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The time part of a batch key.
+fn key_micros(key: &str) -> u64 {
+    key.strip_prefix(JOURNAL_PREFIX)
+        .and_then(|r| r.split('-').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Committer {
+    /// Replays the coffer's journal and starts the committer.
+    pub fn open(store: Arc<dyn ObjectStore>) -> Result<Arc<Committer>, FsError> {
+        Committer::open_with(store, CHECKPOINT_EVERY)
+    }
+
+    /// As `open`, writing a checkpoint every `checkpoint_every` batches.
+    pub fn open_with(
+        store: Arc<dyn ObjectStore>,
+        checkpoint_every: u64,
+    ) -> Result<Arc<Committer>, FsError> {
+        use rand::Rng;
+        let mount_id = format!("{:016x}", rand::rng().random::<u64>());
+        let j = Arc::new(Committer {
+            store,
+            mount_id,
+            checkpoint_every: checkpoint_every.max(1),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+        });
+        j.load_checkpoint()?;
+        j.reload()?;
+        let worker = Arc::clone(&j);
+        let handle = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || worker.commit_loop())
+            .map_err(|e| {
+                FsError::new(libc::EIO, format!("cannot start the journal thread: {e}"))
+            })?;
+        *j.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(j)
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the overlay (the view's journal part, own unsaved records included).
+    pub fn with_overlay<R>(&self, f: impl FnOnce(&Overlay) -> R) -> R {
+        f(&self.lock().overlay)
+    }
+
+    /// Appends records: visible at once, stored within `COMMIT_INTERVAL`.
+    pub fn record(&self, records: Vec<Record>) -> Ticket {
+        let mut s = self.lock();
+        let first = s.appended + 1;
+        for r in records {
+            s.overlay.apply(&r);
+            s.appended += 1;
+            let n = s.appended;
+            s.pending.push((n, r));
+        }
+        self.changed.notify_all();
+        Ticket {
+            first,
+            last: s.appended,
+        }
+    }
+
+    /// Stores everything appended up to `ticket` now; fails when a batch attempt
+    /// made after this call fails (the records stay queued and are retried).
+    pub fn sync(&self, ticket: Ticket) -> FsResult<()> {
+        self.wait_stored(ticket, false)
+    }
+
+    /// Stores the records of `ticket` now, or, when a batch attempt made after
+    /// this call fails, withdraws them: they never land later and the view no
+    /// longer shows them. For records whose failure the caller reports (close).
+    pub fn store_or_withdraw(&self, ticket: Ticket) -> FsResult<()> {
+        self.wait_stored(ticket, true)
+    }
+
+    fn wait_stored(&self, ticket: Ticket, withdraw: bool) -> FsResult<()> {
+        let mut s = self.lock();
+        let started = s.attempts;
+        s.flush = true;
+        self.changed.notify_all();
+        let mine = |n: &u64| (ticket.first..=ticket.last).contains(n);
+        while s.committed < ticket.last {
+            // A batch holding some of these records is on its way: its outcome decides.
+            let sending = withdraw && s.in_flight.iter().any(|(n, _)| mine(n));
+            if s.last_failed > started && !sending {
+                let why = s.failure.clone().unwrap_or_default();
+                if withdraw {
+                    s.pending.retain(|(n, _)| !mine(n));
+                    s.advance_committed();
+                    s.rebuild_overlay();
+                    self.changed.notify_all();
+                    log::warn!(
+                        "metadata of a failed close withdrawn ({} records): {why}",
+                        ticket.last + 1 - ticket.first
+                    );
+                }
+                return Err(FsError::new(libc::EIO, format!("storing metadata: {why}")));
+            }
+            if s.stop && s.in_flight.is_empty() && s.pending.is_empty() {
+                return Err(FsError::new(
+                    libc::EIO,
+                    "metadata journal stopped before storing",
+                ));
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Stores everything appended so far.
+    pub fn sync_all(&self) -> FsResult<()> {
+        let last = self.lock().appended;
+        self.sync(Ticket { first: 1, last })
+    }
+
+    fn commit_loop(self: Arc<Self>) {
+        loop {
+            let (batch, key) = {
+                let mut s = self.lock();
+                while !s.stop && !s.flush && s.pending.is_empty() {
+                    s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                if !s.flush && !s.stop {
+                    // Group commit: let a second's worth of records gather.
+                    let (g, _) = self
+                        .changed
+                        .wait_timeout_while(s, COMMIT_INTERVAL, |s| !s.flush && !s.stop)
+                        .unwrap_or_else(|p| p.into_inner());
+                    s = g;
+                }
+                s.flush = false;
+                if s.pending.is_empty() {
+                    self.changed.notify_all();
+                    if s.stop {
+                        return;
+                    }
+                    continue;
+                }
+                s.in_flight = std::mem::take(&mut s.pending);
+                s.seq += 1;
+                s.attempts += 1;
+                let key = batch_key(now_micros().max(s.last_micros() + 1), &self.mount_id, s.seq);
+                let records = s.in_flight.iter().map(|(_, r)| r.clone()).collect();
+                (Batch::new(&self.mount_id, s.seq, records), key)
+            };
+            let n = batch.records.len() as u64;
+            let body = Bytes::from(batch.encode());
+            let result = match self.store.put(&key, body.clone()) {
+                // The request may have landed and only its answer been lost:
+                // a batch that is there is stored, whatever the answer said.
+                Err(e) => {
+                    let md5 = hex(&md5(&body));
+                    match landed(self.store.as_ref(), &key, body.len() as u64, Some(&md5)) {
+                        Ok(Some(etag)) => Ok(etag),
+                        _ => Err(e),
+                    }
+                }
+                ok => ok,
+            };
+            let mut s = self.lock();
+            let failed = match result {
+                Ok(_) => {
+                    for r in &batch.records {
+                        s.base.apply(r);
+                    }
+                    s.applied.insert(key);
+                    s.in_flight.clear();
+                    s.advance_committed();
+                    s.failure = None;
+                    s.since_checkpoint += 1;
+                    false
+                }
+                Err(e) => {
+                    log::error!("storing metadata batch {key:?} ({n} records): {e}; will retry");
+                    let mut back = std::mem::take(&mut s.in_flight);
+                    back.append(&mut s.pending);
+                    s.pending = back;
+                    s.failure = Some(e.to_string());
+                    s.last_failed = s.attempts;
+                    true
+                }
+            };
+            self.changed.notify_all();
+            let stopping = s.stop;
+            let checkpoint_due = !failed && s.since_checkpoint >= self.checkpoint_every;
+            drop(s);
+            if checkpoint_due {
+                self.write_checkpoint();
+            }
+            if failed {
+                if stopping {
+                    // Unmounting and the coffer refuses: the log said what is lost.
+                    return;
+                }
+                std::thread::sleep(COMMIT_INTERVAL);
+            }
+        }
+    }
+
+    /// Stores what is left and stops the committer (unmount).
+    /// `checkpoint`: whether this mount may write one (not when read-only).
+    pub fn shutdown(&self, checkpoint: bool) {
+        if let Err(e) = self.sync_all() {
+            log::error!("unmount: {}", e.message);
+        }
+        let due = checkpoint
+            && self.lock().since_checkpoint >= CHECKPOINT_AT_UNMOUNT.min(self.checkpoint_every);
+        if due {
+            self.write_checkpoint();
+        }
+        self.lock().stop = true;
+        self.changed.notify_all();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Test seam (tests/model.rs models a crash with it): stops the committer at
+    /// once and drops the records not yet stored, as a killed process would.
+    pub fn abandon(&self) {
+        {
+            let mut s = self.lock();
+            s.pending.clear();
+            s.stop = true;
+        }
+        self.changed.notify_all();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::journal::{Attrs, Shape};
+    use crate::store::memory::MemoryStore;
+
+    fn mkdir(p: &str) -> Record {
+        Record::Mkdir {
+            path: p.into(),
+            attrs: Attrs::default(),
+        }
+    }
+
+    #[test]
+    fn records_are_visible_at_once_and_stored_by_sync() {
+        let store = Arc::new(MemoryStore::new());
+        let j = Committer::open(store.clone()).expect("open");
+        let t = j.record(vec![mkdir("a"), mkdir("b")]);
+        assert!(j.with_overlay(|o| o.get("a").is_some()));
+        j.sync(t).expect("sync");
+        assert_eq!(store.calls("PutObject"), 1, "one batch for both records");
+        // A second mount replays them.
+        let other = Committer::open(store.clone()).expect("open");
+        assert_eq!(
+            other.with_overlay(|o| o.get("b").map(|e| e.shape.clone())),
+            Some(Shape::Dir)
+        );
+        j.shutdown(true);
+        other.shutdown(true);
+    }
+
+    #[test]
+    fn unmount_stores_pending_records() {
+        let store = Arc::new(MemoryStore::new());
+        let j = Committer::open(store.clone()).expect("open");
+        j.record(vec![mkdir("late")]);
+        j.shutdown(true);
+        let again = Committer::open(store.clone()).expect("open");
+        assert!(again.with_overlay(|o| o.get("late").is_some()));
+        again.shutdown(true);
+    }
+}

@@ -1,0 +1,371 @@
+//! The journal's life in a mount, the reading half: the newest checkpoint and
+//! the batches after it at start, other mounts' batches on reload, and writing
+//! checkpoints. A batch of a later format turns the mount read-only. Knows
+//! nothing of inodes or FUSE; appending and committing live in `committer`.
+
+use super::committer::{Committer, State};
+use super::format::{
+    checkpoint_key, Batch, Checkpoint, JournalError, CHECKPOINT_PREFIX, JOURNAL_PREFIX,
+};
+use crate::fs::error::{FsError, FsResult};
+use crate::store::ListAll;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// Batches stored up to this long after a later one are still found by an
+/// incremental reload (clock skew between mounts, slow commits).
+const LATE_WINDOW: Duration = Duration::from_secs(300);
+
+impl Committer {
+    /// Starts from the newest readable checkpoint, if any.
+    pub(super) fn load_checkpoint(&self) -> FsResult<()> {
+        let keys = self.list_keys(CHECKPOINT_PREFIX, "")?;
+        for key in keys.iter().rev() {
+            let got = match self.store.get(key, None) {
+                Ok(g) => g,
+                Err(e) => {
+                    log::warn!("reading checkpoint {key:?}: {e}; trying an older one");
+                    continue;
+                }
+            };
+            match Checkpoint::decode(key, &got.data) {
+                Ok(c) => {
+                    let mut s = self.lock();
+                    s.base = c.overlay.clone();
+                    s.overlay = c.overlay.clone();
+                    s.checkpoint = c.overlay;
+                    s.floor = c.upto;
+                    return Ok(());
+                }
+                Err(e @ JournalError::Version { .. }) => {
+                    // Start from an older one; the batches after it say the rest,
+                    // up to the first of the later format.
+                    self.note_newer(&mut self.lock(), &e);
+                }
+                Err(e) => log::warn!("{e}; trying an older checkpoint"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys under `prefix` (journal batches or checkpoints) after `after`.
+    pub(super) fn list_keys(&self, prefix: &str, after: &str) -> FsResult<Vec<String>> {
+        ListAll::after(self.store.as_ref(), prefix, after)
+            .map(|r| r.map(|m| m.key))
+            .collect::<Result<_, _>>()
+            .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))
+    }
+
+    /// Remembers that the coffer holds an object of a later format: from now on
+    /// the mount is read-only. Logs one line, the first time only.
+    pub(super) fn note_newer(&self, s: &mut State, e: &JournalError) {
+        if s.newer.is_some() {
+            log::debug!("{e}");
+            return;
+        }
+        let why = format!(
+            "{e}: mounted read-only (writes fail with EROFS); the view shows the journal up to \
+             the first batch of the later format; a newer cofferfs shows and changes the rest"
+        );
+        log::warn!("{why}");
+        s.newer = Some(why);
+    }
+
+    /// Whether the mount must be read-only (`newer_format` says why).
+    pub fn read_only(&self) -> bool {
+        self.lock().newer.is_some()
+    }
+
+    /// Why the mount must be read-only: the coffer holds a journal object of a
+    /// later format (see docs/journal.md). `None` while all is readable.
+    pub fn newer_format(&self) -> Option<String> {
+        self.lock().newer.clone()
+    }
+
+    /// Reads batches other mounts stored since the last look. Returns whether
+    /// the overlay changed. A damaged batch is logged once and skipped; a batch
+    /// of a later format ends replay for good (`newer_format`).
+    pub fn reload(&self) -> FsResult<bool> {
+        let (floor, window) = {
+            let s = self.lock();
+            if s.halted {
+                return Ok(false);
+            }
+            let from = s
+                .last_micros()
+                .saturating_sub(LATE_WINDOW.as_micros() as u64);
+            let window = format!("{JOURNAL_PREFIX}{from:020}");
+            (s.floor.clone(), window.max(s.floor.clone()))
+        };
+        let keys = self.list_keys(JOURNAL_PREFIX, &window)?;
+        let (new, rebuild) = {
+            let s = self.lock();
+            let last = s.applied.iter().next_back().cloned();
+            let new: Vec<String> = keys
+                .iter()
+                .filter(|k| !s.applied.contains(*k) && !s.skipped.contains(*k))
+                .cloned()
+                .collect();
+            let rebuild = match (&last, new.first()) {
+                (Some(l), Some(f)) => f < l,
+                _ => false,
+            };
+            (new, rebuild)
+        };
+        if new.is_empty() {
+            return Ok(false);
+        }
+        let wanted = if rebuild {
+            self.list_keys(JOURNAL_PREFIX, &floor)?
+        } else {
+            new
+        };
+        let skipped = self.lock().skipped.clone();
+        let mut batches = Vec::with_capacity(wanted.len());
+        let mut bad = Vec::new();
+        let mut newer = None;
+        for key in wanted.iter().filter(|k| !skipped.contains(*k)) {
+            let got = match self.store.get(key, None) {
+                Ok(g) => g,
+                Err(e) if e.is_not_found() => {
+                    log::warn!("journal batch {key:?} is gone (expired?): {e}; skipped");
+                    bad.push(key.clone());
+                    continue;
+                }
+                Err(e) => {
+                    return Err(FsError::io(&format!("reading journal batch {key:?}"), &e));
+                }
+            };
+            match Batch::decode(key, &got.data) {
+                Ok(b) => batches.push((key.clone(), b)),
+                Err(e @ JournalError::Version { .. }) => {
+                    // Later records may build on this batch's: applying them
+                    // without it could show what never was. Stop here.
+                    newer = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    log::error!("{e}; skipped (this mount will not read it again)");
+                    bad.push(key.clone());
+                }
+            }
+        }
+        let mut s = self.lock();
+        s.skipped.extend(bad);
+        if let Some(e) = &newer {
+            self.note_newer(&mut s, e);
+            s.halted = true;
+        }
+        if rebuild {
+            // Another mount's batch sorts before one already applied: replay all
+            // since the checkpoint, so every mount ends with the same overlay.
+            s.base = s.checkpoint.clone();
+            s.applied.clear();
+            s.since_checkpoint = 0;
+        }
+        let mut changed = rebuild;
+        for (key, b) in &batches {
+            if s.applied.insert(key.clone()) {
+                for r in &b.records {
+                    s.base.apply(r);
+                }
+                s.since_checkpoint += 1;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(false);
+        }
+        s.rebuild_overlay();
+        Ok(true)
+    }
+
+    /// Stores the replayed overlay as a checkpoint, so later mounts read it
+    /// instead of every batch before it.
+    pub(super) fn write_checkpoint(&self) {
+        let (upto, overlay) = {
+            let s = self.lock();
+            if s.newer.is_some() {
+                // It would claim to cover batches of the later format that it
+                // leaves out.
+                return;
+            }
+            match s.applied.iter().next_back() {
+                Some(k) => (k.clone(), s.base.clone()),
+                None => return,
+            }
+        };
+        let key = checkpoint_key(&upto, &self.mount_id);
+        match self.store.put(
+            &key,
+            Bytes::from(Checkpoint::new(&upto, overlay.clone()).encode()),
+        ) {
+            Ok(_) => {
+                let mut s = self.lock();
+                s.checkpoint = overlay;
+                s.floor = upto;
+                s.since_checkpoint = 0;
+                log::info!("journal checkpoint {key:?} written");
+            }
+            Err(e) => log::warn!("writing journal checkpoint {key:?}: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::journal::{batch_key, now_micros, Attrs, Record};
+    use crate::store::memory::MemoryStore;
+    use crate::store::ObjectStore;
+    use std::sync::Arc;
+
+    fn mkdir(p: &str) -> Record {
+        Record::Mkdir {
+            path: p.into(),
+            attrs: Attrs::default(),
+        }
+    }
+
+    #[test]
+    fn a_mount_sees_another_mounts_batches_after_reload() {
+        let store = Arc::new(MemoryStore::new());
+        let a = Committer::open(store.clone()).expect("open");
+        let b = Committer::open(store.clone()).expect("open");
+        let t = a.record(vec![mkdir("from-a")]);
+        a.sync(t).expect("sync");
+        assert!(b.with_overlay(|o| o.get("from-a").is_none()));
+        assert!(b.reload().expect("reload"));
+        assert!(b.with_overlay(|o| o.get("from-a").is_some()));
+        assert!(!b.reload().expect("reload"), "nothing new the second time");
+        a.shutdown(true);
+        b.shutdown(true);
+    }
+
+    #[test]
+    fn a_checkpoint_bounds_what_the_next_mount_reads() {
+        let store = Arc::new(MemoryStore::new());
+        let j = Committer::open_with(store.clone(), 3).expect("open");
+        for i in 0..7 {
+            let t = j.record(vec![mkdir(&format!("d{i}"))]);
+            j.sync(t).expect("sync");
+        }
+        j.shutdown(true);
+        let gets_before = store.calls("GetObject");
+        let again = Committer::open(store.clone()).expect("open");
+        for i in 0..7 {
+            assert!(
+                again.with_overlay(|o| o.get(&format!("d{i}")).is_some()),
+                "d{i}"
+            );
+        }
+        // One checkpoint and the one batch after it, not all seven batches.
+        assert_eq!(store.calls("GetObject") - gets_before, 2);
+        again.shutdown(true);
+    }
+
+    fn put_raw(store: &MemoryStore, micros: u64, body: &str) -> String {
+        let key = batch_key(micros, "00000000000000ff", 1);
+        store.put(&key, Bytes::from(body.to_string())).expect("put");
+        key
+    }
+
+    fn batch_of(records: Vec<Record>) -> String {
+        String::from_utf8(Batch::new("00000000000000aa", 1, records).encode()).expect("utf-8")
+    }
+
+    #[test]
+    fn a_damaged_batch_is_fetched_once_and_later_batches_still_apply() {
+        let store = Arc::new(MemoryStore::new());
+        let t0 = now_micros();
+        put_raw(&store, t0, &batch_of(vec![mkdir("before")]));
+        put_raw(&store, t0 + 1, "{not json");
+        put_raw(&store, t0 + 2, &batch_of(vec![mkdir("after")]));
+        let j = Committer::open(store.clone()).expect("open despite a damaged batch");
+        assert!(j.with_overlay(|o| o.get("before").is_some() && o.get("after").is_some()));
+        assert_eq!(j.newer_format(), None);
+        let gets = store.calls("GetObject");
+        assert_eq!(gets, 3, "each batch read once at open");
+        for _ in 0..3 {
+            assert!(!j.reload().expect("reload"), "nothing changed");
+        }
+        assert_eq!(
+            store.calls("GetObject"),
+            gets,
+            "the damaged batch was read again"
+        );
+        // Another mount's batch still comes through, and alone.
+        put_raw(&store, now_micros(), &batch_of(vec![mkdir("later")]));
+        assert!(j.reload().expect("reload"));
+        assert!(j.with_overlay(|o| o.get("later").is_some()));
+        assert_eq!(store.calls("GetObject"), gets + 1);
+        j.shutdown(true);
+    }
+
+    #[test]
+    fn a_batch_of_a_later_version_opens_read_only_as_of_the_batch_before_it() {
+        let store = Arc::new(MemoryStore::new());
+        let t0 = now_micros();
+        put_raw(&store, t0, &batch_of(vec![mkdir("before")]));
+        let v2 = put_raw(
+            &store,
+            t0 + 1,
+            r#"{"format":"cofferfs-journal","version":2,"mount":"m","seq":1,"records":[]}"#,
+        );
+        put_raw(&store, t0 + 2, &batch_of(vec![mkdir("after")]));
+        let j = Committer::open(store.clone()).expect("open");
+        let why = j.newer_format().expect("the later format is reported");
+        assert!(why.contains(&v2) && why.contains("version 2"), "{why}");
+        assert!(j.read_only());
+        assert!(j.with_overlay(|o| o.get("before").is_some()));
+        assert!(
+            j.with_overlay(|o| o.get("after").is_none()),
+            "a batch after the later-format one was applied"
+        );
+        // Reloads stop: nothing is read again, nothing fails.
+        let gets = store.calls("GetObject");
+        put_raw(&store, now_micros(), &batch_of(vec![mkdir("later")]));
+        assert!(!j.reload().expect("reload"));
+        assert_eq!(store.calls("GetObject"), gets);
+        j.shutdown(true);
+    }
+
+    #[test]
+    fn a_later_version_met_by_a_reload_turns_the_mount_read_only() {
+        let store = Arc::new(MemoryStore::new());
+        let j = Committer::open(store.clone()).expect("open");
+        assert!(!j.read_only());
+        put_raw(
+            &store,
+            now_micros(),
+            r#"{"format":"cofferfs-journal","version":2}"#,
+        );
+        assert!(!j.reload().expect("a reload does not fail"));
+        assert!(j.read_only());
+        assert!(!j.reload().expect("nor does the next"));
+        // What was recorded before still goes up; no checkpoint claims to
+        // cover the later-format batch.
+        let t = j.record(vec![mkdir("mine")]);
+        j.sync(t).expect("sync");
+        j.write_checkpoint();
+        assert_eq!(ListAll::new(store.as_ref(), CHECKPOINT_PREFIX).count(), 0);
+        j.shutdown(true);
+    }
+
+    #[test]
+    fn a_checkpoint_of_a_later_version_falls_back_to_the_batches() {
+        let store = Arc::new(MemoryStore::new());
+        put_raw(&store, now_micros(), &batch_of(vec![mkdir("d")]));
+        let cp = checkpoint_key(&batch_key(now_micros(), "00000000000000ff", 9), "ee");
+        store
+            .put(
+                &cp,
+                Bytes::from(r#"{"format":"cofferfs-checkpoint","version":2}"#),
+            )
+            .expect("put");
+        let j = Committer::open(store.clone()).expect("open");
+        assert!(j.read_only());
+        assert!(j.with_overlay(|o| o.get("d").is_some()));
+        j.shutdown(true);
+    }
+}

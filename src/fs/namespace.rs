@@ -1,0 +1,504 @@
+//! The namespace: operations that make, rename, hide and change entries —
+//! mkdir, symlink, create, rename, unlink, rmdir, setattr — and the write-once
+//! rules they follow (no deletes without --allow-delete, nothing renamed or
+//! hidden while being written, `.cofferfs` reserved). Each change is a journal
+//! record and a change of the view's table. Never moves or deletes bytes in the
+//! coffer; knows nothing of FUSE or of how a file's bytes are written.
+
+use super::error::{FsError, FsResult};
+use super::file_write::{WriteHandle, Writer};
+use super::handles::Handle;
+use super::journal::{self, Attrs, Record};
+use super::view::{join, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+use super::{lock, name_str, to_timestamp, touched_now, Attr, Fs, Owner, SetAttr};
+use crate::protocol::rules;
+use crate::store::StoreError;
+use std::ffi::OsStr;
+use std::time::{Instant, SystemTime};
+
+impl Fs {
+    /// The owner of a new entry in `dir` made by `by`, and whether `dir` is
+    /// setgid. Recorded only where it differs from the mount's own uid/gid: an
+    /// unrecorded owner shows as the mount's, so what a mount's user makes stays
+    /// theirs on a machine where they have another uid. As Linux does, a setgid
+    /// directory gives its group instead of the creator's.
+    fn owner_attrs(&self, dir: &Node, by: Owner) -> (Attrs, bool) {
+        let d = self.attr(dir);
+        let setgid = u32::from(d.perm) & libc::S_ISGID != 0;
+        let gid = if setgid { d.gid } else { by.gid };
+        let attrs = Attrs {
+            uid: (by.uid != self.cfg.uid).then_some(by.uid),
+            gid: (gid != self.cfg.gid).then_some(gid),
+            ..Attrs::default()
+        };
+        (attrs, setgid)
+    }
+
+    /// Checks a new entry's name: valid as a key, not the reserved prefix.
+    fn new_path(&self, parent: &Node, name: &str, op: &str) -> FsResult<String> {
+        if parent.ino == ROOT && name == RESERVED {
+            return Err(FsError::new(
+                libc::EPERM,
+                format!("{op} {name:?}: reserved for cofferfs's own records"),
+            ));
+        }
+        let path = parent.child_path(name);
+        rules::validate_key(&path).map_err(|reason| {
+            FsError::from(StoreError::InvalidKey {
+                key: path.clone(),
+                reason,
+            })
+        })?;
+        self.writable(op, &path)?;
+        Ok(path)
+    }
+
+    /// Adds a new entry to the table and the journal.
+    fn add_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        record: Record,
+        entry: ViewEntry,
+    ) -> FsResult<Attr> {
+        self.journal.record(vec![record]);
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        let ino = t
+            .upsert(parent, name, entry, Origin::Stored, now)
+            .ok_or_else(FsError::not_found)?;
+        if let Some(n) = t.get_mut(ino) {
+            if n.kind == Kind::Dir {
+                // Nothing lies beneath a directory made just now.
+                n.listed = Some(now);
+            }
+        }
+        t.mark_stored(ino, now);
+        let n = t.get(ino).ok_or_else(FsError::not_found)?;
+        Ok(self.attr(n))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, by: Owner) -> FsResult<Attr> {
+        let name = name_str(name)?;
+        let dir = self.dir(parent)?;
+        let path = self.new_path(&dir, name, "mkdir")?;
+        if self.exists(parent, name)? {
+            return Err(FsError::new(
+                libc::EEXIST,
+                format!("mkdir {path:?}: exists"),
+            ));
+        }
+        let (owner, setgid) = self.owner_attrs(&dir, by);
+        // A subdirectory of a setgid directory is setgid too (Linux).
+        let inherited = if setgid { libc::S_ISGID } else { 0 };
+        let attrs = Attrs {
+            mode: Some(mode & 0o7777 | inherited),
+            mtime: Some(to_timestamp(SystemTime::now())),
+            ..owner
+        };
+        self.add_entry(
+            parent,
+            name,
+            Record::Mkdir { path, attrs },
+            ViewEntry::dir(attrs, SystemTime::now()),
+        )
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+        by: Owner,
+    ) -> FsResult<Attr> {
+        let name = name_str(name)?;
+        let dir = self.dir(parent)?;
+        let path = self.new_path(&dir, name, "symlink")?;
+        let target = target
+            .to_str()
+            .ok_or_else(|| {
+                FsError::new(
+                    libc::EINVAL,
+                    format!("symlink {path:?}: target is not UTF-8"),
+                )
+            })?
+            .to_string();
+        if self.exists(parent, name)? {
+            return Err(FsError::new(
+                libc::EEXIST,
+                format!("symlink {path:?}: exists"),
+            ));
+        }
+        let attrs = Attrs {
+            mtime: Some(to_timestamp(SystemTime::now())),
+            ..self.owner_attrs(&dir, by).0
+        };
+        let entry = ViewEntry::from_journal(
+            &journal::Shape::Symlink {
+                target: target.clone(),
+            },
+            attrs,
+        )
+        .ok_or_else(FsError::not_found)?;
+        self.add_entry(
+            parent,
+            name,
+            Record::Symlink {
+                path,
+                target,
+                attrs,
+            },
+            entry,
+        )
+    }
+
+    /// Creates and opens a file; `pid` is the calling thread (0: unknown).
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        pid: u32,
+        by: Owner,
+    ) -> FsResult<(Attr, u64)> {
+        let name = name_str(name)?;
+        let dir = self.dir(parent)?;
+        let path = self.new_path(&dir, name, "create")?;
+        if let Some(a) = self.lookup_opt(parent, OsStr::new(name))? {
+            if flags & libc::O_EXCL != 0 {
+                return Err(FsError::new(
+                    libc::EEXIST,
+                    format!("create {path:?}: exists"),
+                ));
+            }
+            if a.kind == Kind::Dir {
+                return Err(FsError::new(libc::EISDIR, format!("{path:?}: a directory")));
+            }
+            let (fh, _) = self.open(a.ino, flags, pid)?;
+            return Ok((self.getattr(a.ino)?, fh));
+        }
+        // The file's own key when the coffer has nothing there; if it turns out
+        // taken (another client's object or open upload), a fresh key instead.
+        let (key, fallback) = if self.own_key_free(&path) {
+            (path.clone(), Some(self.data_key()))
+        } else {
+            (self.data_key(), None)
+        };
+        let now = Instant::now();
+        let _ns = lock(&self.ns);
+        let mut t = lock(&self.table);
+        if t.child(parent, name).is_some() {
+            return Err(FsError::new(
+                libc::EEXIST,
+                format!("create {path:?}: exists"),
+            ));
+        }
+        // The owner goes into the record the file's close makes.
+        let attrs = Attrs {
+            mode: Some(mode & 0o7777),
+            ..touched_now().merged(self.owner_attrs(&dir, by).0)
+        };
+        let entry = ViewEntry {
+            kind: Kind::File,
+            size: 0,
+            data: None,
+            target: None,
+            attrs,
+            mtime: SystemTime::now(),
+        };
+        let ino = t
+            .upsert(parent, name, entry, Origin::Writing, now)
+            .ok_or_else(FsError::not_found)?;
+        let attr = t
+            .get(ino)
+            .map(|n| self.attr(n))
+            .ok_or_else(FsError::not_found)?;
+        drop(t);
+        let w = WriteHandle::new(&self.uploader, &self.staging, &key, fallback);
+        let fh = self.handles.add(Handle::Write(Box::new(Writer::new(
+            ino,
+            w,
+            None,
+            (mode & 0o7777) as u16,
+            pid,
+        ))));
+        Ok((attr, fh))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let name = name_str(name)?;
+        let a = self.lookup(parent, OsStr::new(name))?;
+        let n = self.node(a.ino)?;
+        if n.kind == Kind::Dir {
+            return Err(FsError::new(
+                libc::EISDIR,
+                format!("unlink {:?}: a directory", n.path),
+            ));
+        }
+        self.may_delete(&n, "unlink")?;
+        self.hide(&n, "unlink");
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let name = name_str(name)?;
+        let a = self.lookup(parent, OsStr::new(name))?;
+        let n = self.node(a.ino)?;
+        if n.kind != Kind::Dir {
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("rmdir {:?}: not a directory", n.path),
+            ));
+        }
+        // Refused before "not empty": without --allow-delete nothing is removed.
+        self.may_delete(&n, "rmdir")?;
+        self.ensure_empty(&n, "rmdir")?;
+        self.hide(&n, "rmdir");
+        Ok(())
+    }
+
+    /// ENOTEMPTY unless directory `dir` shows nothing.
+    fn ensure_empty(&self, dir: &Node, op: &str) -> FsResult<()> {
+        self.ensure_listed(dir)?;
+        if !lock(&self.table).children(dir.ino).is_empty() {
+            return Err(FsError::new(
+                libc::ENOTEMPTY,
+                format!("{op} {:?}: not empty", dir.path),
+            ));
+        }
+        Ok(())
+    }
+
+    /// unlink/rmdir are allowed only on a writable mount started with
+    /// --allow-delete, and not while the file is being written.
+    fn may_delete(&self, n: &Node, op: &str) -> FsResult<()> {
+        self.writable(op, &n.path)?;
+        if !self.cfg.allow_delete {
+            return Err(FsError::new(
+                libc::EPERM,
+                format!(
+                    "{op} {:?}: the coffer is write-once and this mount was not started with \
+                     --allow-delete (which hides paths; their bytes stay until the coffer's \
+                     lifecycle rule expires them)",
+                    n.path
+                ),
+            ));
+        }
+        if n.origin == Origin::Writing {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("{op} {:?}: being written", n.path),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hides the path; its bytes stay in the coffer. A directory that only
+    /// its entries implied is recorded first, so it stays when its last
+    /// entry goes, as directories do.
+    fn hide(&self, n: &Node, op: &str) {
+        let mut records = Vec::new();
+        if let Some(parent) = n.path.rsplit_once('/').map(|(p, _)| p) {
+            let explicit = self.journal.with_overlay(|o| {
+                o.get(parent)
+                    .is_some_and(|e| e.shape == journal::Shape::Dir)
+            });
+            if !explicit {
+                if let Some(p) = lock(&self.table).get(n.parent) {
+                    records.push(p.view().record_at(parent));
+                }
+            }
+        }
+        records.push(Record::Hide {
+            path: n.path.clone(),
+        });
+        self.journal.record(records);
+        lock(&self.table).remove(n.ino);
+        log::info!("{op} {:?}: hidden (its bytes stay in the coffer)", n.path);
+    }
+
+    /// rename: the new path is bound to the same bytes (and attributes), the old
+    /// one hidden. No bytes move; nothing is deleted.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        noreplace: bool,
+    ) -> FsResult<()> {
+        let src = self.lookup(parent, name)?;
+        let src = self.node(src.ino)?;
+        let newname_s = name_str(newname)?;
+        let newdir = self.dir(newparent)?;
+        let to = self.new_path(&newdir, newname_s, "rename")?;
+        if src.origin == Origin::Writing {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("rename {:?}: still being written", src.path),
+            ));
+        }
+        if to == src.path {
+            return Ok(());
+        }
+        if to.starts_with(&format!("{}/", src.path)) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("rename {:?} into itself", src.path),
+            ));
+        }
+        let replaces = self.lookup_opt(newparent, newname)?;
+        if let Some(dst) = &replaces {
+            let dst = self.node(dst.ino)?;
+            if noreplace {
+                return Err(FsError::new(libc::EEXIST, format!("rename: {to:?} exists")));
+            }
+            if dst.origin == Origin::Writing {
+                return Err(FsError::new(
+                    libc::EBUSY,
+                    format!("rename: {to:?} being written"),
+                ));
+            }
+            match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                (true, false) => {
+                    return Err(FsError::new(
+                        libc::ENOTDIR,
+                        format!("rename: {to:?} not a directory"),
+                    ))
+                }
+                (false, true) => {
+                    return Err(FsError::new(
+                        libc::EISDIR,
+                        format!("rename: {to:?} is a directory"),
+                    ))
+                }
+                (true, true) => self.ensure_empty(&dst, "rename")?,
+                (false, false) => {}
+            }
+        }
+        if src.kind == Kind::Dir {
+            self.list_subtree(&src)?;
+        }
+        // From here to the table's change, nothing else reshapes the namespace:
+        // a file created or closed inside the directory meanwhile is recorded
+        // either before (and moved with it) or after (at its new path).
+        let _ns = lock(&self.ns);
+        let writers = self.handles.overwritten_versions();
+        let mut t = lock(&self.table);
+        let src = t.get(src.ino).cloned().ok_or_else(FsError::not_found)?;
+        let mut moved = src.view();
+        moved.attrs = moved.attrs.merged(Attrs {
+            ctime: touched_now().ctime,
+            ..Attrs::default()
+        });
+        // What was at the new path goes first, attributes and all: the moved
+        // entry keeps only its own.
+        let mut records = match replaces {
+            Some(_) => vec![Record::Hide { path: to.clone() }],
+            None => Vec::new(),
+        };
+        records.push(moved.record_at(&to));
+        for n in t.subtree(src.ino) {
+            let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
+            let at = format!("{to}{rel}");
+            // A path no object key can hold is refused before anything is
+            // recorded: the records so far are only in this vector.
+            if at.len() > rules::MAX_KEY_BYTES {
+                return Err(FsError::new(
+                    libc::ENAMETOOLONG,
+                    format!(
+                        "rename {:?} to {to:?}: {at:?} would be {} bytes; object keys \
+                         are at most {}",
+                        src.path,
+                        at.len(),
+                        rules::MAX_KEY_BYTES
+                    ),
+                ));
+            }
+            match (n.origin, writers.get(&n.ino)) {
+                (Origin::Stored, _) => records.push(n.view().record_at(&at)),
+                // Being overwritten: the version it had stands at the new path
+                // until its close records the new one there.
+                (Origin::Writing, Some(Some(before))) => records.push(before.record_at(&at)),
+                // New and being written: its close records it where it is then.
+                (Origin::Writing, _) => {}
+            }
+        }
+        records.push(Record::Hide {
+            path: src.path.clone(),
+        });
+        self.journal.record(records);
+        t.rename(src.ino, newparent, newname_s);
+        t.mark_stored(src.ino, Instant::now());
+        if let Some(n) = t.get_mut(src.ino) {
+            n.attrs = moved.attrs;
+        }
+        Ok(())
+    }
+
+    /// Hard links and device nodes have no place in a coffer.
+    pub fn unsupported(&self, op: &str, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let dir = self.dir(parent)?;
+        let path = join(&dir.path, &name.to_string_lossy());
+        self.writable(op, &path)?;
+        Err(FsError::new(
+            libc::EPERM,
+            format!("{op} {path:?}: a coffer holds no hard links or device nodes"),
+        ))
+    }
+
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<Attr> {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            // ftruncate on a finished handle of a file since removed: the
+            // handle's own answer (EPERM after fsync, or its first error).
+            Err(e) => match (set.size, fh.map(|f| self.handles.get(f))) {
+                (Some(size), Some(Ok(h))) => match &*h {
+                    Handle::Write(w) if w.ino == ino => {
+                        lock(&w.w).truncate(size)?;
+                        return Err(e);
+                    }
+                    _ => return Err(e),
+                },
+                _ => return Err(e),
+            },
+        };
+        self.writable("setattr", &node.path)?;
+        if let Some(size) = set.size {
+            self.truncate(&node, fh, size)?;
+        }
+        let attrs = Attrs {
+            mode: set.mode.map(|m| m & 0o7777),
+            uid: set.uid,
+            gid: set.gid,
+            mtime: set.mtime.map(to_timestamp),
+            ctime: None,
+        };
+        if attrs != Attrs::default() {
+            let attrs = Attrs {
+                ctime: touched_now().ctime,
+                ..attrs
+            };
+            // Metadata returns at once; the batch goes up within a second.
+            let path = {
+                let _ns = lock(&self.ns);
+                let mut t = lock(&self.table);
+                let Some(n) = t.get_mut(ino) else {
+                    return Err(FsError::not_found());
+                };
+                n.attrs = n.attrs.merged(attrs);
+                n.path.clone()
+            };
+            if !self.being_written(ino) {
+                self.journal.record(vec![Record::Attr { path, attrs }]);
+            }
+            // A file being written carries its attributes in the record its
+            // close makes, so a failed close leaves no trace of them either.
+        }
+        self.getattr(ino)
+    }
+}
+
+#[cfg(test)]
+mod tests;

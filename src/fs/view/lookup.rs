@@ -1,0 +1,213 @@
+//! Lookup and listing: how the mount finds out what exists — the table first,
+//! then the journal's overlay, then HEAD and LIST on the coffer — and how an
+//! entry is shown (`Attr`). Changes nothing in the coffer or the journal.
+
+use super::node::{Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::{from_timestamp, lock, name_str, Attr, Fs};
+use crate::protocol::rules;
+use crate::store::{ListAll, ObjectMeta, StoreError};
+use std::ffi::OsStr;
+use std::time::{Instant, SystemTime};
+
+impl Fs {
+    /// Reads other mounts' journal batches; what changed is asked for again.
+    pub fn reload_journal(&self) {
+        match self.journal.reload() {
+            Ok(true) => lock(&self.table).invalidate(),
+            Ok(false) => {}
+            Err(e) => log::warn!("reloading the journal: {}", e.message),
+        }
+    }
+
+    pub(in crate::fs) fn attr(&self, n: &Node) -> Attr {
+        let (default_perm, volatile) = match n.kind {
+            Kind::Dir => (self.cfg.dir_mode, false),
+            Kind::File => (self.cfg.file_mode, n.origin == Origin::Writing),
+            Kind::Symlink => (0o777, false),
+        };
+        let mtime = n.attrs.mtime.map(from_timestamp).unwrap_or(n.mtime);
+        Attr {
+            ino: n.ino,
+            kind: n.kind,
+            size: n.size,
+            mtime,
+            ctime: n.attrs.ctime.map(from_timestamp).unwrap_or(mtime),
+            perm: n.attrs.mode.map_or(default_perm, |m| (m & 0o7777) as u16),
+            uid: n.attrs.uid.unwrap_or(self.cfg.uid),
+            gid: n.attrs.gid.unwrap_or(self.cfg.gid),
+            volatile,
+        }
+    }
+
+    pub(in crate::fs) fn node(&self, ino: u64) -> FsResult<Node> {
+        lock(&self.table)
+            .get(ino)
+            .cloned()
+            .ok_or_else(FsError::not_found)
+    }
+
+    pub(in crate::fs) fn dir(&self, ino: u64) -> FsResult<Node> {
+        let n = self.node(ino)?;
+        if n.kind != Kind::Dir {
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("{:?}: not a directory", n.path),
+            ));
+        }
+        Ok(n)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let name = name_str(name)?;
+        let dir = self.dir(parent)?;
+        if parent == ROOT && name == RESERVED {
+            return Err(FsError::not_found());
+        }
+        let ttl = self.cfg.metadata_ttl;
+        {
+            let t = lock(&self.table);
+            match t.child(parent, name) {
+                Some(n) if n.origin == Origin::Writing || n.seen.elapsed() < ttl => {
+                    return Ok(self.attr(n))
+                }
+                None if t.listed_within(parent, ttl) => return Err(FsError::not_found()),
+                _ => {}
+            }
+        }
+        if self.negative.absent(parent, name, ttl) {
+            return Err(FsError::not_found());
+        }
+        let path = dir.child_path(name);
+        if rules::validate_key(&path).is_err() {
+            return Err(FsError::not_found());
+        }
+        let found = self.probe(&path)?;
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        let Some(entry) = found else {
+            self.negative.insert(parent, name, now);
+            // Not in the view; but this mount may be writing it.
+            return match t.child(parent, name) {
+                Some(n) if n.origin == Origin::Writing => Ok(self.attr(n)),
+                Some(n) => {
+                    let ino = n.ino;
+                    t.remove(ino);
+                    Err(FsError::not_found())
+                }
+                None => Err(FsError::not_found()),
+            };
+        };
+        // The view's answer stands over what the table remembers: a directory
+        // renamed away elsewhere must not shadow what took its name.
+        if let Some(old) = t.child(parent, name) {
+            if old.kind != entry.kind && old.origin == Origin::Stored {
+                let ino = old.ino;
+                t.remove(ino);
+            }
+        }
+        let ino = t
+            .upsert(parent, name, entry, Origin::Stored, now)
+            .ok_or_else(FsError::not_found)?;
+        let n = t.get(ino).ok_or_else(FsError::not_found)?;
+        Ok(self.attr(n))
+    }
+
+    /// What the view has at `path`: the journal first, else HEAD `path` and
+    /// LIST `path/` side by side.
+    pub(in crate::fs) fn probe(&self, path: &str) -> FsResult<Option<ViewEntry>> {
+        let (journal, attrs, hidden, dir_below) = self.journal.with_overlay(|o| {
+            let e = o
+                .get(path)
+                .and_then(|e| ViewEntry::from_journal(&e.shape, e.attrs));
+            (
+                e,
+                o.attrs(path).unwrap_or_default(),
+                o.hides_object(path),
+                o.has_entries_under(path),
+            )
+        });
+        if let Some(e) = journal {
+            return Ok(Some(e));
+        }
+        if dir_below {
+            return Ok(Some(ViewEntry::dir(attrs, SystemTime::now())));
+        }
+        let prefix = format!("{path}/");
+        let (head, list) = std::thread::scope(|s| {
+            let list = s.spawn(|| self.store.list(&prefix, "", 100));
+            let head = self.store.head(path);
+            let list = list
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Invalid("listing thread panicked".into())));
+            (head, list)
+        });
+        let is_dir = match list {
+            Ok(page) => {
+                let visible = self
+                    .journal
+                    .with_overlay(|o| page.objects.iter().any(|m| !o.hides_object(&m.key)));
+                // A full page of hidden keys may hide visible ones after it.
+                visible || (page.next_marker.is_some() && !hidden)
+            }
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if is_dir {
+            return Ok(Some(ViewEntry::dir(attrs, SystemTime::now())));
+        }
+        match head {
+            Ok(Some(meta)) if !hidden => Ok(Some(ViewEntry::object(&meta, attrs))),
+            Ok(_) => Ok(None),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let t = lock(&self.table);
+        t.get(ino)
+            .map(|n| self.attr(n))
+            .ok_or_else(FsError::not_found)
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<String> {
+        let n = self.node(ino)?;
+        n.target
+            .ok_or_else(|| FsError::new(libc::EINVAL, format!("{:?}: not a symlink", n.path)))
+    }
+
+    /// `parent/name` if it exists (asking the coffer when the table cannot tell);
+    /// `None` where lookup says ENOENT.
+    pub(in crate::fs) fn lookup_opt(&self, parent: u64, name: &OsStr) -> FsResult<Option<Attr>> {
+        match self.lookup(parent, name) {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if e.errno == libc::ENOENT => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(in crate::fs) fn exists(&self, parent: u64, name: &str) -> FsResult<bool> {
+        Ok(self.lookup_opt(parent, OsStr::new(name))?.is_some())
+    }
+
+    pub(in crate::fs) fn ensure_listed(&self, dir: &Node) -> FsResult<()> {
+        if !lock(&self.table).listed_within(dir.ino, self.cfg.metadata_ttl) {
+            self.list_subtree(dir)?;
+        }
+        Ok(())
+    }
+
+    /// One listing of the directory's prefix fills its whole subtree.
+    pub(in crate::fs) fn list_subtree(&self, dir: &Node) -> FsResult<()> {
+        let prefix = dir.prefix();
+        let objects: Vec<ObjectMeta> = ListAll::new(self.store.as_ref(), &prefix)
+            .collect::<Result<_, _>>()
+            .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?;
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        self.journal
+            .with_overlay(|o| t.apply_listing(dir.ino, &objects, o, now));
+        Ok(())
+    }
+}

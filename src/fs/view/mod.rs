@@ -1,0 +1,13 @@
+//! The view: what the mount believes exists. The inode table (`table`, `node`),
+//! the names known absent (`negative`), and lookup and listing (`lookup`), which
+//! fill them from the journal's overlay and the coffer. Nothing here changes
+//! the namespace or knows about open handles or FUSE.
+
+mod lookup;
+mod negative;
+mod node;
+mod table;
+
+pub use negative::NegativeCache;
+pub use node::{join, usable_name, Data, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+pub use table::Table;
