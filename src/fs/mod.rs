@@ -70,8 +70,10 @@ pub struct FsConfig {
 
 impl Default for FsConfig {
     fn default() -> Self {
-        // SAFETY: getuid/getgid cannot fail and touch no memory.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         FsConfig {
             uid,
             gid,

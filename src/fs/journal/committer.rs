@@ -11,7 +11,7 @@ use crate::store::{landed, ObjectStore};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long a record may wait before its batch goes up.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
@@ -103,13 +103,7 @@ pub struct Ticket {
     last: u64,
 }
 
-/// Microseconds since the Unix epoch (0 before it): the time part of keys.
-pub(crate) fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::protocol::time::now_micros;
 
 /// The time part of a batch key.
 fn key_micros(key: &str) -> u64 {
