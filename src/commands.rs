@@ -2,9 +2,9 @@
 //! without a mount, the baseline of every benchmark. Printing happens here, parsing in main.rs.
 
 use crate::client::{credentials, CdcsClient, ClientConfig};
-use crate::fs::upload::{UploadConfig, Uploader};
 use crate::protocol::{self as proto};
 use crate::store::{ListAll, ObjectStore, Range, StoreError};
+use crate::transfer::upload::{UploadConfig, Uploader};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

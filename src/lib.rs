@@ -12,3 +12,4 @@ pub mod mount;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod transfer;

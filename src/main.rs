@@ -7,12 +7,12 @@
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use cofferfs::commands::{self, parse_size, split_path, CommandError, Target};
 use cofferfs::fs::cache::CacheConfig;
-use cofferfs::fs::upload::UploadConfig;
 use cofferfs::fs::{private_dir, FsConfig};
 use cofferfs::mount::{self, MountConfig};
 use cofferfs::protocol::sign::Credentials;
 use cofferfs::server::{ConnLimits, ServeConfig};
 use cofferfs::store::ObjectStore;
+use cofferfs::transfer::upload::UploadConfig;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -10,11 +10,11 @@ pub mod fuse;
 pub mod inode;
 pub mod journal;
 pub mod private_dir;
-pub mod upload;
 pub mod write;
 
 use crate::protocol::rules;
 use crate::store::{ListAll, ObjectMeta, ObjectStore, StoreError};
+use crate::transfer::upload::{UploadConfig, Uploader};
 use bytes::Bytes;
 use cache::{BlockCache, CacheConfig, ObjectId, ReadState};
 use commit::Journal;
@@ -27,7 +27,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use upload::{UploadConfig, Uploader};
 use write::{Finished, Source, Staging, WriteHandle};
 
 /// How the mount presents the coffer.

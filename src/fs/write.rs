@@ -5,10 +5,10 @@
 //! Knows nothing of inodes, the journal or FUSE.
 
 use super::error::{FsError, FsResult};
-use super::upload::{ObjectUpload, Uploader};
 use crate::protocol::rules;
 use crate::protocol::{etag_is_md5, hex, unquote_etag};
 use crate::store::{ObjectStore, Range};
+use crate::transfer::upload::{ObjectUpload, Uploader};
 use md5::{Digest, Md5};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -523,8 +523,8 @@ fn upload_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::upload::UploadConfig;
     use crate::store::memory::MemoryStore;
+    use crate::transfer::upload::UploadConfig;
 
     fn setup() -> (
         Arc<MemoryStore>,

@@ -8,11 +8,11 @@ use super::reference::{
 use super::{pattern, At, Op, P};
 use bytes::Bytes;
 use cofferfs::fs::inode::Kind;
-use cofferfs::fs::upload::UploadConfig;
 use cofferfs::fs::{Attr, Fs, FsConfig, Owner, SetAttr};
 use cofferfs::store::faulty::{FaultyStore, Ledger};
 use cofferfs::store::memory::MemoryStore;
 use cofferfs::store::ObjectStore;
+use cofferfs::transfer::upload::UploadConfig;
 use proptest::sample::Index;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
