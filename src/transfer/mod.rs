@@ -3,4 +3,5 @@
 //! filesystem alike. Knows objects, parts and ranges, never files of the
 //! mount, inodes or FUSE.
 
+pub mod pool;
 pub mod upload;

@@ -2,15 +2,14 @@
 //! bounded worker pool under a shared memory budget; finish = CompleteMultipartUpload.
 //! Never reports success for bytes the store has not acknowledged.
 
+use super::pool::Pool;
 use crate::protocol::rules::{self, part_size_for, streaming_part_size};
 use crate::protocol::{hex, md5};
 use crate::store::{CompletedPart, ObjectStore, StoreError};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 
 /// Sizes and bounds of the uploader.
 #[derive(Debug, Clone, Copy)]
@@ -179,8 +178,6 @@ impl Drop for Reservation {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
 /// The shared pool that uploads parts for every `ObjectUpload`.
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
@@ -189,8 +186,7 @@ pub struct Uploader {
     /// such a writer overdraws instead; fine for the one-file CLI).
     spill_dir: Option<std::path::PathBuf>,
     budget: Arc<MemoryBudget>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    workers: Pool,
 }
 
 impl Uploader {
@@ -212,39 +208,12 @@ impl Uploader {
         cfg: UploadConfig,
         spill_dir: Option<std::path::PathBuf>,
     ) -> Arc<Uploader> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let workers = (0..cfg.concurrency.max(1))
-            .map(|i| {
-                let rx = Arc::clone(&rx);
-                std::thread::Builder::new()
-                    .name(format!("upload-{i}"))
-                    .spawn(move || loop {
-                        let job = {
-                            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                            guard.recv()
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    })
-            })
-            .filter_map(|r| match r {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    log::error!("cannot start an upload worker: {e}");
-                    None
-                }
-            })
-            .collect();
         Arc::new(Uploader {
             store,
             spill_dir,
             budget: MemoryBudget::new(cfg.memory),
+            workers: Pool::new("upload", cfg.concurrency),
             cfg,
-            jobs: Mutex::new(Some(tx)),
-            workers: Mutex::new(workers),
         })
     }
 
@@ -277,23 +246,15 @@ impl Uploader {
         }
     }
 
-    fn submit(&self, job: Job) -> Result<(), StoreError> {
-        let guard = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.as_ref() {
-            Some(tx) => tx
-                .send(job)
-                .map_err(|_| StoreError::Invalid("uploader has stopped".into())),
-            None => Err(StoreError::Invalid("uploader has stopped".into())),
-        }
+    fn submit(&self, job: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+        self.workers
+            .submit(job)
+            .map_err(|_| StoreError::Invalid("uploader has stopped".into()))
     }
 
     /// Stops the workers after the queued parts are done.
     pub fn shutdown(&self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
-        for w in workers {
-            let _ = w.join();
-        }
+        self.workers.shutdown();
     }
 }
 
@@ -584,7 +545,7 @@ impl ObjectUpload {
         let state = Arc::clone(&self.state);
         let store = Arc::clone(&self.uploader.store);
         let key = self.key.clone();
-        let job: Job = Box::new(move || {
+        let job = move || {
             let digest = md5(&data);
             let result = store.upload_part(&key, &upload_id, part_number, data, digest);
             drop(reservation);
@@ -603,7 +564,7 @@ impl ObjectUpload {
             }
             g.outstanding -= 1;
             state.changed.notify_all();
-        });
+        };
         if let Err(e) = self.uploader.submit(job) {
             let mut g = self.state.lock();
             g.outstanding -= 1;
