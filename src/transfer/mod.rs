@@ -3,5 +3,7 @@
 //! filesystem alike. Knows objects, parts and ranges, never files of the
 //! mount, inodes or FUSE.
 
+mod budget;
+mod object_upload;
 pub mod pool;
 pub mod upload;
