@@ -5,9 +5,9 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 /// A byte budget for part buffers. A taker never waits for bytes that only an
-/// idle writer (and so only another FUSE request) could give back: it waits
-/// only while parts are in flight, which free themselves; otherwise it is told
-/// to spill to disk, or, when it cannot, it overdraws by one part at a time.
+/// idle writer could give back (with its next write, which may never come): it
+/// waits only while parts are in flight, which free themselves; otherwise it is
+/// told to spill to disk, or, when it cannot, it overdraws by one part at a time.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,
