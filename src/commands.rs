@@ -2,14 +2,13 @@
 //! without a mount, the baseline of every benchmark. Printing happens here, parsing in main.rs.
 
 use crate::client::{credentials, CdcsClient, ClientConfig};
-use crate::fs::upload::{UploadConfig, Uploader};
 use crate::protocol::{self as proto};
-use crate::store::{ListAll, ObjectStore, Range, StoreError};
+use crate::store::{ListAll, ObjectStore, StoreError};
+use crate::transfer::download::{download, DownloadError};
+use crate::transfer::upload::{UploadConfig, Uploader};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Why a command failed; printed as one line.
@@ -22,6 +21,8 @@ pub enum CommandError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Download(#[from] DownloadError),
     #[error("{0}")]
     Credentials(#[from] credentials::CredentialsError),
     #[error("{0}")]
@@ -176,80 +177,12 @@ pub fn get(
 ) -> Result<TransferReport, CommandError> {
     let started = Instant::now();
     let meta = head_existing(store.as_ref(), key)?;
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".cofferfs-get-")
-        .tempfile_in(&dir)
-        .map_err(io_err(&dir))?;
-    tmp.as_file().set_len(meta.size).map_err(io_err(file))?;
-    let chunk = chunk.max(1);
-    let chunks = meta.size.div_ceil(chunk);
-    let next = AtomicU64::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<CommandError>> = Mutex::new(None);
     let bar = progress_bar(meta.size, "get", progress);
-    std::thread::scope(|s| {
-        for _ in 0..concurrency.max(1) {
-            s.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= chunks {
-                        return;
-                    }
-                    let start = i * chunk;
-                    let end = (start + chunk).min(meta.size) - 1;
-                    let result = store
-                        .get(key, Some(Range::Bounded(start, end)))
-                        .map_err(CommandError::from)
-                        .and_then(|r| {
-                            if r.start != start || r.data.len() as u64 != end - start + 1 {
-                                return Err(CommandError::Store(StoreError::BadAnswer {
-                                    op: "GetObject",
-                                    key: key.to_string(),
-                                    detail: format!(
-                                        "asked for {start}-{end}, got {} bytes at {}",
-                                        r.data.len(),
-                                        r.start
-                                    ),
-                                    request_id: String::new(),
-                                }));
-                            }
-                            if !meta.etag.is_empty() && !r.etag.is_empty() && r.etag != meta.etag {
-                                return Err(CommandError::Usage(format!(
-                                    "{key:?} changed during the download (ETag {} then {})",
-                                    meta.etag, r.etag
-                                )));
-                            }
-                            tmp.as_file()
-                                .write_all_at(&r.data, start)
-                                .map_err(io_err(file))?;
-                            bar.inc(r.data.len() as u64);
-                            Ok(())
-                        });
-                    if let Err(e) = result {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        return;
-                    }
-                }
-            });
-        }
+    let result = download(store.as_ref(), &meta, file, chunk, concurrency, &|n| {
+        bar.inc(n)
     });
     bar.finish_and_clear();
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
-    tmp.as_file().sync_all().map_err(io_err(file))?;
-    tmp.persist(file).map_err(|e| CommandError::Io {
-        path: file.display().to_string(),
-        source: e.error,
-    })?;
+    result?;
     Ok(TransferReport {
         bytes: meta.size,
         elapsed: started.elapsed(),

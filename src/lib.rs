@@ -13,3 +13,4 @@ pub mod options;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod transfer;

@@ -6,12 +6,12 @@
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use cofferfs::commands::{self, split_path, CommandError};
-use cofferfs::fs::upload::UploadConfig;
 use cofferfs::mount::{self, MountConfig};
 use cofferfs::options::{self, parse_count, parse_part_size, MountOptions, Target};
 use cofferfs::protocol::sign::Credentials;
 use cofferfs::server::{ConnLimits, ServeConfig};
 use cofferfs::store::ObjectStore;
+use cofferfs::transfer::upload::UploadConfig;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -5,11 +5,11 @@
 use super::disk_cache::DiskTier;
 use super::error::{FsError, FsResult};
 use crate::store::{ObjectStore, Range};
+use crate::transfer::pool::Pool;
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 use std::collections::HashSet;
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 /// One object version's identity: a new ETag is a new object to the cache.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,7 +59,10 @@ pub struct BlockCache {
     cfg: CacheConfig,
     inner: Mutex<Inner>,
     loaded: Condvar,
-    prefetch: Mutex<Option<mpsc::Sender<BlockId>>>,
+    /// Read-ahead workers.
+    prefetch: Pool,
+    /// This cache, for read-ahead jobs: they must not keep it alive.
+    me: Weak<BlockCache>,
 }
 
 /// A reader's position and read-ahead window.
@@ -75,7 +78,7 @@ impl BlockCache {
         cfg: CacheConfig,
         disk: Option<DiskTier>,
     ) -> Arc<BlockCache> {
-        let cache = Arc::new(BlockCache {
+        Arc::new_cyclic(|me| BlockCache {
             store,
             disk,
             cfg: CacheConfig {
@@ -88,34 +91,9 @@ impl BlockCache {
                 loading: HashSet::new(),
             }),
             loaded: Condvar::new(),
-            prefetch: Mutex::new(None),
-        });
-        let (tx, rx) = mpsc::channel::<BlockId>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..cfg.read_concurrency.max(1) {
-            let rx = Arc::clone(&rx);
-            let weak = Arc::downgrade(&cache);
-            let spawned = std::thread::Builder::new()
-                .name(format!("read-ahead-{i}"))
-                .spawn(move || loop {
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok(id) = job else { return };
-                    let Some(cache) = weak.upgrade() else { return };
-                    if let Err(e) = cache.block(&id) {
-                        log::debug!(
-                            "read-ahead of {:?} block {}: {}",
-                            id.object.key,
-                            id.index,
-                            e.message
-                        );
-                    }
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start a read-ahead thread: {e}");
-            }
-        }
-        *cache.prefetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-        cache
+            prefetch: Pool::new("read-ahead", cfg.read_concurrency),
+            me: me.clone(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -222,14 +200,19 @@ impl BlockCache {
                 return;
             }
         }
-        if let Some(tx) = self
-            .prefetch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            let _ = tx.send(id);
-        }
+        let me = self.me.clone();
+        // Refused only after shutdown: then nobody needs the block.
+        let _ = self.prefetch.submit(move || {
+            let Some(cache) = me.upgrade() else { return };
+            if let Err(e) = cache.block(&id) {
+                log::debug!(
+                    "read-ahead of {:?} block {}: {}",
+                    id.object.key,
+                    id.index,
+                    e.message
+                );
+            }
+        });
     }
 
     /// Reads `len` bytes at `offset` of `object` for a reader at `state`:
@@ -297,12 +280,10 @@ impl BlockCache {
         Ok(out.freeze())
     }
 
-    /// Stops the read-ahead workers.
+    /// Stops the read-ahead workers: they take no more blocks and end on
+    /// their own; nothing waits for them.
     pub fn shutdown(&self) {
-        self.prefetch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.prefetch.close();
     }
 }
 

@@ -23,12 +23,12 @@ mod handles;
 pub mod journal;
 mod namespace;
 pub mod private_dir;
-pub mod upload;
 pub mod view;
 
 pub use view::Kind;
 
 use crate::store::ObjectStore;
+use crate::transfer::upload::{UploadConfig, Uploader};
 use cache::{BlockCache, CacheConfig, ObjectId};
 use error::{FsError, FsResult};
 use file_write::{End, Staging};
@@ -40,7 +40,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use upload::{UploadConfig, Uploader};
 use view::{NegativeCache, Table};
 
 /// How the mount presents the coffer.

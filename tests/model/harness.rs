@@ -7,11 +7,11 @@ use super::reference::{
 };
 use super::{pattern, At, Op, P};
 use bytes::Bytes;
-use cofferfs::fs::upload::UploadConfig;
 use cofferfs::fs::{Attr, Fs, FsConfig, Kind, Owner, SetAttr};
 use cofferfs::store::faulty::{FaultyStore, Ledger};
 use cofferfs::store::memory::MemoryStore;
 use cofferfs::store::ObjectStore;
+use cofferfs::transfer::upload::UploadConfig;
 use proptest::sample::Index;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -6,10 +6,10 @@
 
 use super::staging::Staging;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::upload::{ObjectUpload, Uploader};
 use crate::protocol::rules;
 use crate::protocol::{etag_is_md5, hex, unquote_etag};
 use crate::store::{ObjectStore, Range};
+use crate::transfer::upload::{ObjectUpload, Uploader};
 use md5::{Digest, Md5};
 use std::fs::File;
 use std::os::unix::fs::FileExt;

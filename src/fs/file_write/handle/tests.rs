@@ -1,8 +1,8 @@
 //! WriteHandle's own tests: streaming, staging, edits, poisoning, fallback keys.
 
 use super::*;
-use crate::fs::upload::UploadConfig;
 use crate::store::memory::MemoryStore;
+use crate::transfer::upload::UploadConfig;
 
 fn setup() -> (
     Arc<MemoryStore>,
