@@ -44,6 +44,9 @@ pub(in crate::fs) struct Writer {
     /// Its failure was handled: the path shows its old version again, and
     /// may since be another handle's to write.
     pub(in crate::fs) abandoned: AtomicBool,
+    /// An fsync stored the bytes but failed to store the journal: the close
+    /// must store it (and fail if it cannot), as a close that stored them would.
+    pub(in crate::fs) unsynced: AtomicBool,
 }
 
 impl Writer {
@@ -65,6 +68,7 @@ impl Writer {
             empty_synced: Mutex::new(None),
             opener: process_of(pid),
             abandoned: AtomicBool::new(false),
+            unsynced: AtomicBool::new(false),
         }
     }
 }
@@ -239,10 +243,13 @@ impl Fs {
     /// fsync(2): the file's bytes and every metadata change so far are stored.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.handles.get(fh)?;
-        if let Handle::Write(w) = &*h {
-            self.finish_write(w, End::Fsync)?;
-        }
-        self.journal.sync_all()
+        let Handle::Write(w) = &*h else {
+            return self.journal.sync_all();
+        };
+        self.finish_write(w, End::Fsync)?;
+        self.journal.sync_all().inspect_err(|_| {
+            w.unsynced.store(true, Ordering::SeqCst);
+        })
     }
 
     /// fsyncdir(2): all metadata so far is stored. sync(1) and syncfs(2) never
@@ -265,6 +272,10 @@ impl Fs {
             Err(e) => return Err(e),
         };
         if !was_open {
+            if end != End::Fsync && w.unsynced.load(Ordering::SeqCst) {
+                self.journal.sync_all()?;
+                w.unsynced.store(false, Ordering::SeqCst);
+            }
             return Ok(());
         }
         match self.settle_write(w, result, end) {
