@@ -113,6 +113,36 @@ fn tee_to_256_files_finishes_with_default_options() {
 }
 
 #[test]
+fn ls_and_stat_answer_while_more_files_close_than_there_are_fuse_threads() {
+    // Every PutObject (each small file's close, each journal batch) takes 8 s.
+    let server = Server::start(&["--faults", "PutObject:slow=8s:1"]);
+    let m = Mount::start(&server, &["--fuse-threads", "4"]);
+    let script = format!(
+        r#"
+set -u
+cd {mnt}
+pids=""
+for i in $(seq 1 12); do (echo "file $i" > f$i) & pids="$pids $!"; done
+sleep 2
+timeout 4 ls > /dev/null || {{ echo "ls did not answer while files close" >&2; exit 1; }}
+timeout 4 stat . > /dev/null || {{ echo "stat did not answer while files close" >&2; exit 1; }}
+rc=0
+for p in $pids; do wait $p || rc=1; done
+exit $rc
+"#,
+        mnt = q(&m.dir),
+    );
+    let out = sh(&script, Duration::from_secs(240));
+    assert!(out.ok, "{}\n{}", out.stderr, m.log_text());
+    for i in 1..=12 {
+        assert_eq!(
+            read(&m.path(&format!("f{i}"))),
+            format!("file {i}\n").as_bytes()
+        );
+    }
+}
+
+#[test]
 fn sixty_four_pausing_writers_and_four_readers_all_finish_within_the_memory_bound() {
     let server = Server::start(&[]);
     let (upload_mib, cache_mib) = (64, 64);

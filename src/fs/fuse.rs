@@ -4,6 +4,7 @@
 use super::error::FsError;
 use super::view::Kind;
 use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE, STATFS_BLOCKS, STATFS_FILES};
+use crate::transfer::pool::Pool;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -21,13 +22,40 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// How long the kernel may cache entries and attributes.
 const TTL: Duration = Duration::from_secs(1);
 
+/// Threads that finish closes and fsyncs.
+const FINISHERS: usize = 16;
+
 pub struct FuseFs {
     fs: Arc<Fs>,
+    /// close and fsync wait for uploads and the journal; they wait on these
+    /// threads and reply from there, so the FUSE threads stay free for every
+    /// other request (an `ls` while 64 files close). The closing process still
+    /// waits for its answer.
+    finishers: Pool,
 }
 
 impl FuseFs {
     pub fn new(fs: Arc<Fs>) -> FuseFs {
-        FuseFs { fs }
+        FuseFs {
+            fs,
+            finishers: Pool::new("finish", FINISHERS),
+        }
+    }
+
+    /// Runs `job` on a finisher thread and replies with its result.
+    fn finish<F>(&self, op: &'static str, reply: ReplyEmpty, job: F)
+    where
+        F: FnOnce(&Fs) -> Result<(), FsError> + Send + 'static,
+    {
+        let fs = Arc::clone(&self.fs);
+        if self
+            .finishers
+            .submit(move || done(reply, op, job(&fs)))
+            .is_err()
+        {
+            // Only after destroy; the dropped reply answers EIO.
+            log::error!("{op}: the mount is shutting down");
+        }
     }
 }
 
@@ -121,6 +149,8 @@ impl Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
+        // Closes in progress finish before the mount's own shutdown.
+        self.finishers.shutdown();
         self.fs.shutdown();
     }
 
@@ -347,7 +377,8 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        done(reply, "close", self.fs.flush(fh.0, req.pid()))
+        let pid = req.pid();
+        self.finish("close", reply, move |fs| fs.flush(fh.0, pid))
     }
 
     fn fsync(
@@ -358,7 +389,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        done(reply, "fsync", self.fs.fsync(fh.0))
+        self.finish("fsync", reply, move |fs| fs.fsync(fh.0))
     }
 
     fn release(
@@ -371,7 +402,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        done(reply, "release", self.fs.release(fh.0))
+        self.finish("release", reply, move |fs| fs.release(fh.0))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -418,7 +449,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        done(reply, "fsyncdir", self.fs.sync_metadata())
+        self.finish("fsyncdir", reply, |fs| fs.sync_metadata())
     }
 
     // No extended attributes: ENOSYS makes the kernel stop asking.
