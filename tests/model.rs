@@ -347,36 +347,70 @@ fn found_cases_still_agree_with_the_model() {
     // An fsync stored a new file's bytes under its own key but not its journal
     // record; the close after it said ok without storing the record, so a crash
     // then lost the file's mode and time.
-    let cases: Vec<Vec<Op>> = vec![vec![
-        Op::Create {
-            path: P::Name("a".into()),
-            mode: 0o755,
-        },
-        Op::Write {
-            h: any(),
-            at: At::End,
-            len: 1202,
-            seed: 36,
-        },
-        Op::Faulty {
-            faults: vec![
-                Fault {
-                    op: StoreOp::Get,
-                    scope: Scope::Data,
-                    kind: FaultKind::Unavailable,
-                    count: 2,
-                },
-                Fault {
-                    op: StoreOp::Put,
-                    scope: Scope::Journal,
-                    kind: FaultKind::Unavailable,
-                    count: 1,
-                },
-            ],
-            op: Box::new(Op::Fsync { h: any() }),
-        },
-        Op::Crash,
-    ]];
+    let cases: Vec<Vec<Op>> = vec![
+        vec![
+            Op::Create {
+                path: P::Name("a".into()),
+                mode: 0o755,
+            },
+            Op::Write {
+                h: any(),
+                at: At::End,
+                len: 1202,
+                seed: 36,
+            },
+            Op::Faulty {
+                faults: vec![
+                    Fault {
+                        op: StoreOp::Get,
+                        scope: Scope::Data,
+                        kind: FaultKind::Unavailable,
+                        count: 2,
+                    },
+                    Fault {
+                        op: StoreOp::Put,
+                        scope: Scope::Journal,
+                        kind: FaultKind::Unavailable,
+                        count: 1,
+                    },
+                ],
+                op: Box::new(Op::Fsync { h: any() }),
+            },
+            Op::Crash,
+        ],
+        // The same, but the close cannot store the record either: it fails, and
+        // the new file is gone from the view (its object stays in the coffer).
+        vec![
+            Op::Create {
+                path: P::Name("c".into()),
+                mode: 0o640,
+            },
+            Op::Write {
+                h: any(),
+                at: At::End,
+                len: 8446,
+                seed: 100,
+            },
+            Op::Faulty {
+                faults: vec![
+                    Fault {
+                        op: StoreOp::List,
+                        scope: Scope::Data,
+                        kind: FaultKind::Unavailable,
+                        count: 1,
+                    },
+                    Fault {
+                        op: StoreOp::Put,
+                        scope: Scope::Journal,
+                        kind: FaultKind::Transport,
+                        count: 2,
+                    },
+                ],
+                op: Box::new(Op::Fsync { h: any() }),
+            },
+            Op::Crash,
+        ],
+    ];
     for ops in cases {
         if let Err(e) = run_case(false, ops.clone()) {
             panic!("{ops:?}: {e}");

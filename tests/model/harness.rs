@@ -451,9 +451,15 @@ impl Harness {
     }
 
     fn close(&mut self, i: usize, faulty: bool) -> R<()> {
+        let mark = self.ledger.mark();
+        self.close_since(i, faulty, mark)
+    }
+
+    /// close, counting as its own the objects written since `mark` (a failed
+    /// fsync's object is the close's to settle).
+    fn close_since(&mut self, i: usize, faulty: bool, mark: usize) -> R<()> {
         let fh = self.model.handles[i].fh;
         let exp = loosen(self.model.expect_close(i), faulty);
-        let mark = self.ledger.mark();
         let got = errno(self.a().flush(fh, 0));
         // release's answer reaches nobody (close(2) returned flush's).
         let _ = self.a().release(fh);
@@ -468,13 +474,16 @@ impl Harness {
         let Some(i) = self.pick(h) else { return Ok(()) };
         let fh = self.model.handles[i].fh;
         let exp = loosen(self.model.expect_fsync(i), faulty);
+        let mark = self.ledger.mark();
         let got = errno(self.a().fsync(fh));
         if check("fsync", exp, &got)? {
             self.model.fsynced(i);
         } else if self.model.handles[i].state != HState::Poisoned {
             // What a failed fsync left is for the close to settle: the bytes are
             // stored (close succeeds) or the previous version stands (it fails).
-            self.close(i, true)?;
+            // An object the fsync stored under the path's own key stays in the
+            // coffer either way, like one a close stores there.
+            self.close_since(i, true, mark)?;
         }
         Ok(())
     }

@@ -405,6 +405,13 @@ impl Model {
     /// the path's own key (no journal record waited for).
     pub fn closed(&mut self, i: usize, ok: bool, own: bool) {
         let h = self.handles.remove(i);
+        if !ok && own && h.dirty {
+            // Failed, but its object landed under the path's own key: the view
+            // shows the old version, yet a crash before the undo is stored
+            // shows the object.
+            self.own
+                .push((h.path.clone(), Bytes::from(h.buf.clone()), self.step + 1));
+        }
         if !ok || h.state != HState::Open || !h.dirty {
             return;
         }

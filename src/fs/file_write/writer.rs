@@ -222,6 +222,44 @@ impl Fs {
         e
     }
 
+    /// A close could not store the journal record of what a failed fsync
+    /// stored: the close fails, so the path shows its old version again — in
+    /// the view, and by a record queued after the unstored one. Returns `e`.
+    fn withdraw_synced(&self, w: &Writer, e: FsError) -> FsError {
+        if w.abandoned.swap(true, Ordering::SeqCst) {
+            return e;
+        }
+        let undo = {
+            let _ns = lock(&self.ns);
+            let mut t = lock(&self.table);
+            let Some(n) = t.get_mut(w.ino) else {
+                return e;
+            };
+            let path = n.path.clone();
+            match (*lock(&w.empty_synced), &w.before) {
+                (Some(attrs), _) => {
+                    n.size = 0;
+                    n.data = None;
+                    n.attrs = attrs;
+                    Record::File { path, attrs }
+                }
+                (None, None) => {
+                    t.remove(w.ino);
+                    Record::Hide { path }
+                }
+                (None, Some(v)) => {
+                    n.size = v.size;
+                    n.data = v.data.clone();
+                    n.attrs = v.attrs;
+                    n.mtime = v.mtime;
+                    v.record_at(&path)
+                }
+            }
+        };
+        self.journal.record(vec![undo]);
+        e
+    }
+
     /// close(2) by thread `pid` (0: unknown): every byte written so far is
     /// stored, or an error. A close by another process than the opener (a
     /// child done with an inherited descriptor) stores nothing yet: the
@@ -273,7 +311,10 @@ impl Fs {
         };
         if !was_open {
             if end != End::Fsync && w.unsynced.load(Ordering::SeqCst) {
-                self.journal.sync_all()?;
+                if let Err(e) = self.journal.sync_all() {
+                    lock(&w.w).fail_with(e.clone());
+                    return Err(self.withdraw_synced(w, e));
+                }
                 w.unsynced.store(false, Ordering::SeqCst);
             }
             return Ok(());
