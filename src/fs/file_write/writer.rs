@@ -167,6 +167,39 @@ impl Fs {
         }
     }
 
+    /// Gives `w`'s path in the view the version a failure of `w` falls back to:
+    /// what an fsync of it stored empty, else what it showed before (a new file
+    /// goes). Returns the path and the record that says so in the journal.
+    fn fall_back(&self, t: &mut crate::fs::view::Table, w: &Writer) -> Option<(String, Record)> {
+        let n = t.get_mut(w.ino)?;
+        let path = n.path.clone();
+        let undo = match (*lock(&w.empty_synced), &w.before) {
+            (Some(attrs), _) => {
+                n.origin = Origin::Stored;
+                n.size = 0;
+                n.data = None;
+                n.attrs = attrs;
+                Record::File {
+                    path: path.clone(),
+                    attrs,
+                }
+            }
+            (None, None) => {
+                t.remove(w.ino);
+                Record::Hide { path: path.clone() }
+            }
+            (None, Some(v)) => {
+                n.origin = Origin::Stored;
+                n.size = v.size;
+                n.data = v.data.clone();
+                n.attrs = v.attrs;
+                n.mtime = v.mtime;
+                v.record_at(&path)
+            }
+        };
+        Some((path, undo))
+    }
+
     /// After a write, truncate or close failed (the handle is poisoned): the
     /// path shows what it showed before, also in the journal when an earlier
     /// close of this handle recorded it empty. `finishing`: the failure came
@@ -176,48 +209,28 @@ impl Fs {
         if w.abandoned.swap(true, Ordering::SeqCst) {
             return e;
         }
-        let path = {
+        let (path, undo) = {
             let _ns = lock(&self.ns);
             let mut t = lock(&self.table);
-            let Some(n) = t.get_mut(w.ino) else {
-                return e;
-            };
-            if n.origin != Origin::Writing {
+            if t.get(w.ino).map(|n| n.origin) != Some(Origin::Writing) {
                 return e;
             }
-            let path = n.path.clone();
-            let synced = *lock(&w.empty_synced);
-            match &w.before {
-                _ if synced.is_some() => {
-                    n.origin = Origin::Stored;
-                    n.size = 0;
-                    n.data = None;
-                    n.attrs = synced.unwrap_or_default();
-                }
-                None => t.remove(w.ino),
-                Some(v) => {
-                    n.origin = Origin::Stored;
-                    n.size = v.size;
-                    n.data = v.data.clone();
-                    n.attrs = v.attrs;
-                    n.mtime = v.mtime;
-                }
+            match self.fall_back(&mut t, w) {
+                Some(x) => x,
+                None => return e,
             }
-            path
         };
+        let synced = lock(&w.empty_synced).is_some();
         if lock(&w.empty_recorded).is_some() {
-            if lock(&w.empty_synced).is_none() {
+            if !synced {
                 // A close of a dup'd descriptor stored this file empty; undo that.
-                let undo = match &w.before {
-                    None => Record::Hide { path },
-                    Some(v) => v.record_at(&path),
-                };
                 self.journal.record(vec![undo]);
             }
-        } else if finishing && w.before.is_none() && lock(&w.w).key() == path {
+        } else if finishing && w.before.is_none() && !synced && lock(&w.w).key() == path {
             // A new file's object at its own path may have landed though the
-            // answer said otherwise: keep it out of the view for good.
-            self.journal.record(vec![Record::Hide { path }]);
+            // answer said otherwise: keep it out of the view for good (`undo`
+            // hides it).
+            self.journal.record(vec![undo]);
         }
         e
     }
@@ -231,32 +244,11 @@ impl Fs {
         }
         let undo = {
             let _ns = lock(&self.ns);
-            let mut t = lock(&self.table);
-            let Some(n) = t.get_mut(w.ino) else {
-                return e;
-            };
-            let path = n.path.clone();
-            match (*lock(&w.empty_synced), &w.before) {
-                (Some(attrs), _) => {
-                    n.size = 0;
-                    n.data = None;
-                    n.attrs = attrs;
-                    Record::File { path, attrs }
-                }
-                (None, None) => {
-                    t.remove(w.ino);
-                    Record::Hide { path }
-                }
-                (None, Some(v)) => {
-                    n.size = v.size;
-                    n.data = v.data.clone();
-                    n.attrs = v.attrs;
-                    n.mtime = v.mtime;
-                    v.record_at(&path)
-                }
-            }
+            self.fall_back(&mut lock(&self.table), w)
         };
-        self.journal.record(vec![undo]);
+        if let Some((_, undo)) = undo {
+            self.journal.record(vec![undo]);
+        }
         e
     }
 
