@@ -41,12 +41,17 @@ pub fn max_param(call: &Call, name: &str) -> Result<usize, Response<Body>> {
 }
 
 /// Whether a listing's keys go out URL-encoded (`encoding-type=url`).
-pub fn url_encoding(call: &Call) -> Result<bool, Response<Body>> {
+fn url_encoding(call: &Call) -> Result<bool, Response<Body>> {
     match call.param("encoding-type") {
         None => Ok(false),
         Some("url") => Ok(true),
         Some(_) => Err(call.error(ErrorCode::InvalidArgument, "encoding-type must be url")),
     }
+}
+
+/// A key listing's page size (from the parameter `max_name`) and encoding.
+pub fn page(call: &Call, max_name: &str) -> Result<(usize, bool), Response<Body>> {
+    Ok((max_param(call, max_name)?, url_encoding(call)?))
 }
 
 pub fn get_service(state: &State, call: &Call) -> Response<Body> {
@@ -198,12 +203,8 @@ pub fn delete_policy(state: &State, call: &Call) -> Response<Body> {
 
 /// GetCoffer: one page of the coffer's objects.
 pub fn get_coffer(state: &State, call: &Call) -> Response<Body> {
-    let max = match max_param(call, "max-keys") {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let encode = match url_encoding(call) {
-        Ok(e) => e,
+    let (max, encode) = match page(call, "max-keys") {
+        Ok(p) => p,
         Err(r) => return r,
     };
     let prefix = call.param("prefix").unwrap_or("");

@@ -3,7 +3,7 @@
 //! including the faults only Complete has) and abort. Must not know about
 //! whole-object puts or reads, or coffer documents.
 
-use super::coffers::{max_param, owner, url_encoding};
+use super::coffers::{max_param, owner, page};
 use super::disk::DiskError;
 use super::error::{disk_error, error_json};
 use super::faults::Fault;
@@ -91,12 +91,8 @@ pub async fn upload_part(state: &State, call: &Call, req: Request<Incoming>) -> 
 }
 
 pub fn list_uploads(state: &State, call: &Call) -> Response<Body> {
-    let max = match max_param(call, "max-uploads") {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let encode = match url_encoding(call) {
-        Ok(e) => e,
+    let (max, encode) = match page(call, "max-uploads") {
+        Ok(p) => p,
         Err(r) => return r,
     };
     let prefix = call.param("prefix").unwrap_or("");
