@@ -410,6 +410,25 @@ fn found_cases_still_agree_with_the_model() {
             },
             Op::Crash,
         ],
+        // A new file fsynced empty inside a directory that is then renamed,
+        // still open: the rename must move the stored empty file too.
+        vec![
+            Op::Mkdir {
+                path: P::Name("c".into()),
+                mode: 0o755,
+            },
+            Op::Create {
+                path: P::Name("c/a".into()),
+                mode: 0o644,
+            },
+            Op::Fsync { h: any() },
+            Op::Rename {
+                from: P::Name("c".into()),
+                to: P::Name("a".into()),
+                noreplace: false,
+            },
+            Op::SecondMount,
+        ],
     ];
     for ops in cases {
         if let Err(e) = run_case(false, ops.clone()) {

@@ -81,12 +81,24 @@ impl Handles {
             .find(|h| matches!(&**h, Handle::Write(w) if lock(&w.w).is_open()))
     }
 
-    /// Files being written, with the version each showed before (`None`: new).
+    /// Files being written, with the version of each the journal holds: an
+    /// empty one the handle stored, else what the path showed before (`None`: new).
     pub(super) fn overwritten_versions(&self) -> HashMap<u64, Option<ViewEntry>> {
         lock(&self.open)
             .values()
             .filter_map(|h| match &**h {
-                Handle::Write(w) => Some((w.ino, w.before.clone())),
+                Handle::Write(w) => {
+                    // An empty version this handle stored stands in the journal.
+                    let stored = lock(&w.journal_version).map(|attrs| ViewEntry {
+                        kind: Kind::File,
+                        size: 0,
+                        data: None,
+                        target: None,
+                        attrs,
+                        mtime: std::time::SystemTime::now(),
+                    });
+                    Some((w.ino, stored.or_else(|| w.before.clone())))
+                }
                 _ => None,
             })
             .collect()

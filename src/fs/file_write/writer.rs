@@ -37,6 +37,10 @@ pub(in crate::fs) struct Writer {
     /// ... and an fsync(2) then said it was stored, with these attributes:
     /// it is the version a failure of this handle falls back to.
     pub(in crate::fs) empty_synced: Mutex<Option<Attrs>>,
+    /// The empty version of the file this handle put in the journal, while it
+    /// stands: a rename of a directory above moves it. A leaf lock: taken
+    /// alone or last, never while taking another.
+    pub(in crate::fs) journal_version: Mutex<Option<Attrs>>,
     /// The process that opened it (0: unknown). Only its closes store the
     /// file: a child that inherited the descriptor (`{ cat a; cat b; } > f`)
     /// closes its copy while the opener goes on writing.
@@ -66,6 +70,7 @@ impl Writer {
             mode,
             empty_recorded: Mutex::new(None),
             empty_synced: Mutex::new(None),
+            journal_version: Mutex::new(None),
             opener: process_of(pid),
             abandoned: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
@@ -173,7 +178,11 @@ impl Fs {
     fn fall_back(&self, t: &mut crate::fs::view::Table, w: &Writer) -> Option<(String, Record)> {
         let n = t.get_mut(w.ino)?;
         let path = n.path.clone();
-        let undo = match (*lock(&w.empty_synced), &w.before) {
+        let synced = *lock(&w.empty_synced);
+        // What this handle put in the journal no longer stands, but a synced
+        // empty version does.
+        *lock(&w.journal_version) = synced;
+        let undo = match (synced, &w.before) {
             (Some(attrs), _) => {
                 n.origin = Origin::Stored;
                 n.size = 0;
@@ -372,6 +381,7 @@ impl Fs {
                     };
                     self.journal.store_or_withdraw(ticket)?;
                     *recorded = Some(attrs);
+                    *lock(&w.journal_version) = Some(attrs);
                     if let Some(n) = lock(&self.table).get_mut(w.ino) {
                         n.attrs = attrs;
                         n.size = 0;
