@@ -141,7 +141,11 @@ pub struct FaultyStore {
     ledger: Arc<Ledger>,
     faults: Mutex<Vec<Fault>>,
     dead: AtomicBool,
+    /// Called after each put lands, before its answer returns (tests of races).
+    after_put: Mutex<Option<PutHook>>,
 }
+
+type PutHook = Box<dyn Fn(&str) + Send + Sync>;
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn ObjectStore>, ledger: Arc<Ledger>) -> Arc<FaultyStore> {
@@ -150,6 +154,7 @@ impl FaultyStore {
             ledger,
             faults: Mutex::new(Vec::new()),
             dead: AtomicBool::new(false),
+            after_put: Mutex::new(None),
         })
     }
 
@@ -160,6 +165,11 @@ impl FaultyStore {
     /// Adds faults for the next calls.
     pub fn arm(&self, f: Fault) {
         self.lock_faults().push(f);
+    }
+
+    /// Runs `hook` with the key after every put lands, before it answers.
+    pub fn after_put(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        *self.after_put.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
     }
 
     /// Drops faults not yet used.
@@ -278,6 +288,9 @@ impl ObjectStore for FaultyStore {
             self.check_fresh("PutObject", key);
             let etag = self.inner.put(key, data)?;
             self.ledger.landed(key);
+            if let Some(hook) = &*self.after_put.lock().unwrap_or_else(|p| p.into_inner()) {
+                hook(key);
+            }
             Ok(etag)
         })
     }

@@ -34,6 +34,9 @@ pub(super) struct State {
     /// `base` plus the records not yet stored: what the mount shows.
     pub(super) overlay: Overlay,
     pub(super) applied: BTreeSet<String>,
+    /// `base` applied a batch of this mount's after a later one: the next
+    /// reload replays from the checkpoint in key order.
+    pub(super) out_of_order: bool,
     /// Batches that cannot be used (damaged, or gone between listing and
     /// reading): reported once, never fetched again by this mount.
     pub(super) skipped: BTreeSet<String>,
@@ -273,14 +276,30 @@ impl Committer {
             let mut s = self.lock();
             let failed = match result {
                 Ok(_) => {
-                    for r in &batch.records {
-                        s.base.apply(r);
-                    }
-                    s.applied.insert(key);
+                    // A reload may have applied this batch already (it found it
+                    // stored before its answer came back): never apply it twice.
+                    let in_order = if s.applied.insert(key.clone()) {
+                        for r in &batch.records {
+                            s.base.apply(r);
+                        }
+                        s.since_checkpoint += 1;
+                        // Applied after a later batch of another mount, out of the
+                        // key order every mount replays in: the next reload
+                        // replays everything in that order.
+                        let last = s.applied.iter().next_back() == Some(&key);
+                        s.out_of_order |= !last;
+                        last
+                    } else {
+                        false
+                    };
                     s.in_flight.clear();
+                    if !in_order {
+                        // The overlay showed these records on top of batches
+                        // that in fact came after them.
+                        s.rebuild_overlay();
+                    }
                     s.advance_committed();
                     s.failure = None;
-                    s.since_checkpoint += 1;
                     false
                 }
                 Err(e) => {

@@ -106,13 +106,14 @@ impl Committer {
                 .filter(|k| !s.applied.contains(*k) && !s.skipped.contains(*k))
                 .cloned()
                 .collect();
-            let rebuild = match (&last, new.first()) {
-                (Some(l), Some(f)) => f < l,
-                _ => false,
-            };
+            let rebuild = s.out_of_order
+                || match (&last, new.first()) {
+                    (Some(l), Some(f)) => f < l,
+                    _ => false,
+                };
             (new, rebuild)
         };
-        if new.is_empty() {
+        if new.is_empty() && !rebuild {
             return Ok(false);
         }
         let wanted = if rebuild {
@@ -162,6 +163,7 @@ impl Committer {
             s.base = s.checkpoint.clone();
             s.applied.clear();
             s.since_checkpoint = 0;
+            s.out_of_order = false;
         }
         let mut changed = rebuild;
         for (key, b) in &batches {
@@ -225,6 +227,52 @@ mod tests {
             path: p.into(),
             attrs: Attrs::default(),
         }
+    }
+
+    fn file(p: &str, mode: u32) -> Record {
+        Record::File {
+            path: p.into(),
+            attrs: Attrs {
+                mode: Some(mode),
+                ..Attrs::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_a_reload_found_before_its_answer_is_applied_once_in_key_order() {
+        use crate::store::faulty::{FaultyStore, Ledger};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{OnceLock, Weak};
+        let mem = Arc::new(MemoryStore::new());
+        let faulty = FaultyStore::new(mem.clone(), Ledger::new());
+        let a_cell: Arc<OnceLock<Weak<Committer>>> = Arc::new(OnceLock::new());
+        let b = Committer::open(mem.clone()).expect("open b");
+        let fired = AtomicBool::new(false);
+        let (cell, other) = (Arc::clone(&a_cell), Arc::clone(&b));
+        // When a's batch has landed, before a hears so: another mount stores a
+        // later batch for the same path, and a reloads (finding both).
+        faulty.after_put(move |key| {
+            if key.starts_with(JOURNAL_PREFIX) && !fired.swap(true, Ordering::SeqCst) {
+                let t = other.record(vec![file("x", 0o644)]);
+                other.sync(t).expect("b stores");
+                if let Some(a) = cell.get().and_then(Weak::upgrade) {
+                    a.reload().expect("a reloads");
+                }
+            }
+        });
+        let a = Committer::open(faulty.clone()).expect("open a");
+        let _ = a_cell.set(Arc::downgrade(&a));
+        let t = a.record(vec![file("x", 0o600)]);
+        a.sync(t).expect("a stores");
+        let mode = |j: &Committer| j.with_overlay(|o| o.get("x").and_then(|e| e.attrs.mode));
+        // b's batch sorts after a's: every mount ends with b's mode.
+        assert_eq!(mode(&a), Some(0o644), "a applied its own batch again, last");
+        let fresh = Committer::open(mem.clone()).expect("open fresh");
+        assert_eq!(mode(&fresh), Some(0o644));
+        a.shutdown(false);
+        b.shutdown(false);
+        fresh.shutdown(false);
     }
 
     #[test]
