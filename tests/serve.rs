@@ -320,3 +320,37 @@ fn stats_count_requests_and_faults_switch_at_run_time() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400, "a bad spec is refused");
 }
+
+#[test]
+fn an_early_refusal_reaches_a_client_still_sending_its_body() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--faults", "PutObject:503:1"]);
+    let host = server.endpoint.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let len = 8 << 20;
+    write!(
+        s,
+        "PUT /{COFFER}/early HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    // The body follows slowly, well after the server has decided to refuse.
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(&chunk)
+            .expect("the server took the body instead of resetting the connection");
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("ServiceUnavailable"), "{text}");
+}

@@ -280,30 +280,31 @@ async fn die(kill: &Notify) -> Response<Body> {
     Response::new(empty())
 }
 
-/// The checks every CDCS operation passes, its fault, then its handler.
-async fn dispatch(
+/// The checks every CDCS operation passes before its handler, and its fault:
+/// `Err` is the answer when one refuses.
+async fn admit(
     state: &Arc<State>,
     kill: &Arc<Notify>,
     call: &Call,
-    req: Request<Incoming>,
-) -> Response<Body> {
+    req: &Request<Incoming>,
+) -> Result<Option<Fault>, Response<Body>> {
     if call.op == Op::MethodNotAllowed {
-        return call.error(
+        return Err(call.error(
             ErrorCode::MethodNotAllowed,
             "no such operation (the coffer has no delete)",
-        );
+        ));
     }
-    if let Err(e) = auth::check_auth(state, call, &req) {
+    if let Err(e) = auth::check_auth(state, call, req) {
         log::info!(
             "{} {:?}: authentication failed: {e}",
             call.op,
             call.resource()
         );
-        return call.error(ErrorCode::AuthFailed, "authentication failed");
+        return Err(call.error(ErrorCode::AuthFailed, "authentication failed"));
     }
     if let Some(k) = &call.key {
         if let Err(e) = rules::validate_key(k) {
-            return call.error(ErrorCode::InvalidObjectKey, &e.to_string());
+            return Err(call.error(ErrorCode::InvalidObjectKey, &e.to_string()));
         }
     }
     if !call.coffer.is_empty() && call.op != Op::PutCoffer {
@@ -315,9 +316,9 @@ async fn dispatch(
                 } else {
                     ErrorCode::CofferNotFound
                 };
-                return call.error(code, "no such coffer");
+                return Err(call.error(code, "no such coffer"));
             }
-            Err(e) => return call.fail(e),
+            Err(e) => return Err(call.fail(e)),
         }
     }
     let fault = state
@@ -331,15 +332,47 @@ async fn dispatch(
     }
     match &fault {
         Some(Fault::Unavailable) => {
-            return call.error(ErrorCode::ServiceUnavailable, "injected fault")
+            Err(call.error(ErrorCode::ServiceUnavailable, "injected fault"))
         }
-        Some(Fault::Internal) => return call.error(ErrorCode::InternalError, "injected fault"),
-        Some(Fault::Reset) => return die(kill).await,
+        Some(Fault::Internal) => Err(call.error(ErrorCode::InternalError, "injected fault")),
+        Some(Fault::Reset) => Err(die(kill).await),
         Some(Fault::Slow(d)) if call.op != Op::CompleteMultipartUpload => {
-            tokio::time::sleep(*d).await
+            tokio::time::sleep(*d).await;
+            Ok(fault)
         }
-        _ => {}
+        _ => Ok(fault),
     }
+}
+
+/// Bodies up to this size are read and dropped before an early answer.
+const EARLY_DRAIN: u64 = 64 << 20;
+
+/// An answer given before the request's body was read. The body (up to
+/// `EARLY_DRAIN`) is read and dropped first: closing a connection with unread
+/// bytes resets it, and a client still sending would see the reset instead
+/// of the answer (a 503 it would retry on, an error it should report).
+async fn answer_early(req: Request<Incoming>, answer: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let declared = http::content_length(&req).unwrap_or(0);
+    if declared > 0 && declared <= EARLY_DRAIN {
+        let mut body = req.into_body();
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(30), drain).await;
+    }
+    answer
+}
+
+/// One CDCS operation: admitted (or answered early), then its handler.
+async fn dispatch(
+    state: &Arc<State>,
+    kill: &Arc<Notify>,
+    call: &Call,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let fault = match admit(state, kill, call, &req).await {
+        Ok(f) => f,
+        Err(early) => return answer_early(req, early).await,
+    };
     let resp = match call.op {
         Op::GetService => coffers::get_service(state, call),
         Op::PutCoffer => coffers::put_coffer(state, call, req).await,
