@@ -152,6 +152,11 @@ impl Incoming {
         io!(file.write_all(data))
     }
 
+    /// Whether writing `n` more bytes touches the disk (else it only copies).
+    pub fn blocks_on(&self, n: usize) -> bool {
+        self.file.is_some() || self.size + n as u64 > INLINE_MAX
+    }
+
     /// The temp file, created (with the bytes held in memory) at the first need.
     fn spill(&mut self) -> Result<&mut std::fs::File, DiskError> {
         if self.file.is_none() {
@@ -291,6 +296,7 @@ impl Disk {
         }
     }
 
+    /// A body to receive; no file is made until it outgrows `INLINE_MAX`.
     pub fn incoming(&self) -> Result<Incoming, DiskError> {
         let path = self.root.join("tmp").join(random_id());
         Ok(Incoming {
