@@ -6,7 +6,12 @@
 #   reads:  `cofferfs get`; cold and warm reads through the mount, 4 KiB random
 #           reads, ls -l of 1000 entries; `openssl md5` as the CPU ceiling;
 #   memory: peak RSS (VmHWM) of `cofferfs put` and of the mount daemon.
+# Timed rows show the median and, in brackets, the slowest and fastest run.
 # Usage: scripts/bench.sh [SIZE_MIB]   (default 1024)
+#   BENCH_SAVE=FILE    also writes the table's values to FILE;
+#   BENCH_BEFORE=FILE  prints the values a earlier run saved beside these
+#                      (e.g. saved on the commit before a change);
+#   BENCH_BIN=FILE     measures that cofferfs binary instead of building this tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -15,8 +20,12 @@ size_mib=${1:-1024}
 runs=3
 small_files=1000
 ensure_deps
-cargo build --release --quiet
-bin=$PWD/target/release/cofferfs
+if [ -n "${BENCH_BIN:-}" ]; then
+    bin=$(realpath "$BENCH_BIN")
+else
+    cargo build --release --quiet
+    bin=$PWD/target/release/cofferfs
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/cofferfs-bench.XXXXXX")
 coffer=bench-1250000000
 cleanup() {
@@ -51,12 +60,39 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mbps() { echo "$bytes / $1 / 1000000" | bc -l | xargs printf '%.0f'; }
 ratio() { echo "$2 / $1" | bc -l | xargs printf '%.2f'; }
 
-declare -A med
+# med/slow/fast[NAME]: the median, longest and shortest of a row's run times.
+# times[NAME]: every run time, in run order.
+declare -A med slow fast times
+summarize() {
+    local name=$1
+    shift
+    times[$name]="$*"
+    med[$name]=$(printf '%s\n' "$@" | median)
+    slow[$name]=$(printf '%s\n' "$@" | sort -g | tail -1)
+    fast[$name]=$(printf '%s\n' "$@" | sort -g | head -1)
+}
+# measure NAME CMD: runs CMD (with the run number) $runs times.
 measure() {
-    local i
+    local name=$1 i ts=()
+    shift
     for i in $(seq $runs); do
-        timeit "$@" "$i"
-    done | median
+        ts+=("$(timeit "$@" "$i")")
+    done
+    summarize "$name" "${ts[@]}"
+}
+# alternate A CMD_A B CMD_B: runs A, B, A, B, ... so both meet the same load,
+# page-cache and disk state. With cold=1, each run starts with the page cache
+# dropped (untimed).
+alternate() {
+    local i a=() b=()
+    for i in $(seq $runs); do
+        [ "${cold:-0}" = 1 ] && drop_caches
+        a+=("$(timeit "$2" "$i")")
+        [ "${cold:-0}" = 1 ] && drop_caches
+        b+=("$(timeit "$4" "$i")")
+    done
+    summarize "$1" "${a[@]}"
+    summarize "$3" "${b[@]}"
 }
 
 put_run() { "$bin" --endpoint "$endpoint" put "$work/src.bin" "$coffer/put-$1"; }
@@ -66,27 +102,21 @@ cp_run() { cp "$work/src.bin" "$work/cp-$1.bin" && sync "$work/cp-$1.bin" && rm 
 mount_run() { cp "$work/src.bin" "$work/mnt/mount-$1.bin"; }
 small_run() { cp -r "$work/small" "$work/mnt/small-$1"; }
 
-med[md5]=$(measure md5_run)
-med[cp]=$(measure cp_run)
-# put and the mount alternate, so both meet the same page-cache and disk state.
-put_times=() mount_times=()
-for i in $(seq $runs); do
-    put_times+=("$(timeit put_run "$i")")
-    mount_times+=("$(timeit mount_run "$i")")
-done
-med[put]=$(printf '%s\n' "${put_times[@]}" | median)
-med[mount]=$(printf '%s\n' "${mount_times[@]}" | median)
-med[small]=$(measure small_run)
-med[get]=$(measure get_run)
+# Cold runs (get, and reads through the mount) start with no page cache on
+# either side: the server's files are read from disk in both.
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+measure md5 md5_run
+measure cp cp_run
+alternate put put_run mount mount_run
+measure small small_run
 
 # Reads through the mount: cold (page cache dropped, a file not read before),
 # warm (the same file again), 4 KiB random reads, ls -l of 1000 entries.
-drop_caches() { sync; echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
-cold_run() { drop_caches; cat "$work/mnt/mount-$1.bin" >/dev/null; }
+cold_run() { cat "$work/mnt/mount-$1.bin" >/dev/null; }
 warm_run() { cat "$work/mnt/mount-1.bin" >/dev/null; }
-med[cold]=$(measure cold_run)
+cold=1 alternate get get_run cold cold_run
 cat "$work/mnt/mount-1.bin" >/dev/null
-med[warm]=$(measure warm_run)
+measure warm warm_run
 drop_caches
 random_reads=$(python3 - "$work/mnt/mount-2.bin" <<'PY'
 import os, random, sys, time
@@ -123,8 +153,8 @@ tar_requests=$((r1 - r0))
 mkdir -p "$work/tree"
 for d in $(seq 20); do mkdir -p "$work/tree/d$d"; for f in $(seq 50); do head -c $((f * 97)) /dev/urandom >"$work/tree/d$d/f$f"; done; done
 rsync_run() { rsync -a "$work/tree/" "$work/mnt/rsync-$1/"; }
-med[rsync_first]=$(measure rsync_run)
-med[rsync_second]=$(measure rsync_run)
+measure rsync_first rsync_run
+measure rsync_second rsync_run
 
 # Peak RSS of one more put (GNU time is not always installed: read VmHWM instead).
 "$bin" --endpoint "$endpoint" put "$work/src.bin" "$coffer/rss" &
@@ -137,23 +167,58 @@ while kill -0 "$put_pid" 2>/dev/null; do
 done
 wait "$put_pid"
 
-printf '\n%s MiB file, %d x 4 KiB files, median of %d runs, %s cores, one local cofferfs serve\n' \
-    "$size_mib" "$small_files" "$runs" "$(nproc)"
-printf '%-34s %10s  %s\n' "what" "MB/s" "ratio"
-printf '%-34s %10s  %s\n' "openssl md5 (CPU ceiling)" "$(mbps "${med[md5]}")" ""
-printf '%-34s %10s  %s\n' "cp to local disk (+sync)" "$(mbps "${med[cp]}")" ""
-printf '%-34s %10s  %s\n' "cofferfs put" "$(mbps "${med[put]}")" "1.00 (baseline)"
-printf '%-34s %10s  %s\n' "cp into the mount" "$(mbps "${med[mount]}")" "$(ratio "${med[mount]}" "${med[put]}") x put (target >= 0.80)"
-printf '%-34s %10s  %s\n' "cofferfs get" "$(mbps "${med[get]}")" ""
-printf '%-34s %10s  %s\n' "cold read through the mount" "$(mbps "${med[cold]}")" "$(ratio "${med[cold]}" "${med[get]}") x get (target >= 0.80)"
-printf '%-34s %10s  %s\n' "warm re-read through the mount" "$(mbps "${med[warm]}")" "(target >= 1000)"
-printf '%-34s %10s  %s\n' "4 KiB random reads (cold file)" "$random_reads/s" ""
-printf '%-34s %10s  %s\n' "ls -l of $small_files entries" "$(printf '%.2f s' "$ls_time")" "$((l1 - l0)) listing requests, $((h1 - h0)) HEAD"
-printf '%-34s %10s  %s\n' "$small_files x 4 KiB into the mount" \
-    "$(echo "$small_files / ${med[small]}" | bc -l | xargs printf '%.0f') files/s" ""
-printf '%-34s %10s  %s\n' "tar -xp of $small_files files" "$tar_requests requests" \
+# row LABEL VALUE [NOTE]: one line of the table, with the value an earlier
+# run saved under LABEL (BENCH_BEFORE) and saving this one (BENCH_SAVE).
+row() {
+    local before=""
+    if [ -n "${BENCH_BEFORE:-}" ] && [ -f "$BENCH_BEFORE" ]; then
+        before=$(awk -F'\t' -v l="$1" '$1 == l {print $2}' "$BENCH_BEFORE")
+    fi
+    [ -n "${BENCH_SAVE:-}" ] && printf '%s\t%s\n' "$1" "$2" >>"$BENCH_SAVE"
+    if [ -n "${BENCH_BEFORE:-}" ]; then
+        printf '%-34s %-26s %-26s %s\n' "$1" "${before:--}" "$2" "${3:-}"
+    else
+        printf '%-34s %-26s %s\n' "$1" "$2" "${3:-}"
+    fi
+}
+# MB/s of a timed row: median [slowest-fastest].
+rate() { printf '%s [%s-%s]' "$(mbps "${med[$1]}")" "$(mbps "${slow[$1]}")" "$(mbps "${fast[$1]}")"; }
+# Throughput of $1 over $2: the ratio of medians, and in brackets the lowest
+# and highest ratio of runs made side by side (run i of each).
+ratios() {
+    local a=(${times[$1]}) b=(${times[$2]}) i rs=()
+    for i in "${!a[@]}"; do rs+=("$(ratio "${a[$i]}" "${b[$i]}")"); done
+    printf '%s x [%s-%s]' "$(ratio "${med[$1]}" "${med[$2]}")" \
+        "$(printf '%s\n' "${rs[@]}" | sort -g | head -1)" "$(printf '%s\n' "${rs[@]}" | sort -g | tail -1)"
+}
+secs() { printf '%.2f s [%.2f-%.2f]' "${med[$1]}" "${slow[$1]}" "${fast[$1]}"; }
+[ -n "${BENCH_SAVE:-}" ] && : >"$BENCH_SAVE"
+
+printf '\n%s MiB file, %d x 4 KiB files, median [slowest-fastest] of %d runs, %s cores, load %s, one local cofferfs serve\n' \
+    "$size_mib" "$small_files" "$runs" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "${BENCH_BEFORE:-}" ]; then
+    printf '%-34s %-26s %-26s %s\n' "what" "before" "now" "target"
+else
+    printf '%-34s %-26s %s\n' "what" "now" "target"
+fi
+row "openssl md5 (CPU ceiling), MB/s" "$(rate md5)"
+row "cp to local disk (+sync), MB/s" "$(rate cp)"
+row "cofferfs put, MB/s" "$(rate put)" "baseline"
+row "cp into the mount, MB/s" "$(rate mount)"
+row "  ... / cofferfs put" "$(ratios mount put)" ">= 0.95"
+row "cofferfs get (cold), MB/s" "$(rate get)" "baseline"
+row "cold read through the mount, MB/s" "$(rate cold)"
+row "  ... / cofferfs get" "$(ratios cold get)" ">= 0.95"
+row "warm re-read through the mount" "$(rate warm)" ">= 1000"
+row "4 KiB random reads (cold file)" "$random_reads/s"
+row "ls -l of $small_files entries" "$(printf '%.2f s' "$ls_time")" "$((l1 - l0)) listing requests, $((h1 - h0)) HEAD"
+row "$small_files x 4 KiB into the mount" \
+    "$(printf '%s files/s [%s-%s]' "$(echo "$small_files / ${med[small]}" | bc -l | xargs printf '%.0f')" \
+        "$(echo "$small_files / ${slow[small]}" | bc -l | xargs printf '%.0f')" \
+        "$(echo "$small_files / ${fast[small]}" | bc -l | xargs printf '%.0f')")" ">= 1500"
+row "tar -xp of $small_files files" "$tar_requests requests" \
     "$(echo "$tar_requests / $small_files" | bc -l | xargs printf '%.2f') per data upload (target <= 1.10)"
-printf '%-34s %10s  %s\n' "rsync -a 1000 files, first run" "$(printf '%.2f s' "${med[rsync_first]}")" ""
-printf '%-34s %10s  %s\n' "rsync -a 1000 files, second run" "$(printf '%.2f s' "${med[rsync_second]}")" "(nothing to transfer)"
-printf 'peak RSS (VmHWM): cofferfs put %d MiB, mount daemon %d MiB (--upload-memory 64MiB)\n' \
-    $((peak / 1024)) $((mount_hwm / 1024))
+row "rsync -a 1000 files, first run" "$(secs rsync_first)"
+row "rsync -a 1000 files, second run" "$(secs rsync_second)" "(nothing to transfer)"
+row "peak RSS of cofferfs put" "$((peak / 1024)) MiB"
+row "peak RSS of the mount daemon" "$((mount_hwm / 1024)) MiB" "(--upload-memory 64MiB, --cache-size 256MiB)"

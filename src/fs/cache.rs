@@ -51,6 +51,10 @@ struct Inner {
     blocks: LruCache<BlockId, Bytes>,
     bytes: u64,
     loading: HashSet<BlockId>,
+    /// Blocks handed to the read-ahead workers and not yet begun: each read
+    /// of a sequential reader asks for its whole window again, and a block
+    /// must not wait in the queue once per ask.
+    queued: HashSet<BlockId>,
 }
 
 pub struct BlockCache {
@@ -68,8 +72,29 @@ pub struct BlockCache {
 /// A reader's position and read-ahead window.
 #[derive(Debug, Default)]
 pub struct ReadState {
+    /// The end of the furthest read so far.
     next: u64,
     window: u64,
+}
+
+impl ReadState {
+    /// Notes a read of `offset..end`; gives the window to read ahead of `end`
+    /// (0: a random reader). The kernel's read-ahead sends a sequential
+    /// reader's requests on several FUSE threads at once, so they arrive
+    /// slightly out of order: a read within `slack` of the furthest one so far
+    /// keeps the window (and the furthest end), rather than starting its ramp
+    /// again from one block.
+    fn advance(&mut self, offset: u64, end: u64, block: u64, max: u64) -> u64 {
+        let slack = 2 * block.max(end - offset);
+        if offset.abs_diff(self.next) <= slack && (self.window > 0 || offset == self.next) {
+            self.window = (self.window * 2).clamp(block, max.max(block));
+            self.next = self.next.max(end);
+        } else {
+            self.window = 0;
+            self.next = end;
+        }
+        self.window
+    }
 }
 
 impl BlockCache {
@@ -89,6 +114,7 @@ impl BlockCache {
                 blocks: LruCache::unbounded(),
                 bytes: 0,
                 loading: HashSet::new(),
+                queued: HashSet::new(),
             }),
             loaded: Condvar::new(),
             prefetch: Pool::new("read-ahead", cfg.read_concurrency),
@@ -195,15 +221,18 @@ impl BlockCache {
 
     fn queue(&self, id: BlockId) {
         {
-            let g = self.lock();
-            if g.loading.contains(&id) || g.blocks.peek(&id).is_some() {
+            let mut g = self.lock();
+            if g.loading.contains(&id) || g.queued.contains(&id) || g.blocks.peek(&id).is_some() {
                 return;
             }
+            g.queued.insert(id.clone());
         }
         let me = self.me.clone();
-        // Refused only after shutdown: then nobody needs the block.
-        let _ = self.prefetch.submit(move || {
+        let job_id = id.clone();
+        let submitted = self.prefetch.submit(move || {
+            let id = job_id;
             let Some(cache) = me.upgrade() else { return };
+            cache.lock().queued.remove(&id);
             if let Err(e) = cache.block(&id) {
                 log::debug!(
                     "read-ahead of {:?} block {}: {}",
@@ -213,15 +242,20 @@ impl BlockCache {
                 );
             }
         });
+        // Refused only after shutdown: then nobody needs the block.
+        if submitted.is_err() {
+            self.lock().queued.remove(&id);
+        }
     }
 
     /// Reads `len` bytes at `offset` of `object` for a reader at `state`:
     /// a sequential reader's window grows and is fetched ahead in parallel; a
-    /// random one fetches only what it asked for.
+    /// random one fetches only what it asked for. `state` is held only to
+    /// note the read: a reader's requests wait for their blocks side by side.
     pub fn read(
         &self,
         object: &ObjectId,
-        state: &mut ReadState,
+        state: &Mutex<ReadState>,
         offset: u64,
         len: u32,
     ) -> FsResult<Bytes> {
@@ -230,15 +264,15 @@ impl BlockCache {
         }
         let end = (offset + u64::from(len)).min(object.size);
         let bs = self.cfg.block_size;
-        if offset == state.next {
-            state.window = (state.window * 2).clamp(bs, self.cfg.read_ahead.max(bs));
-        } else {
-            state.window = 0;
-        }
-        state.next = end;
-        if state.window > 0 {
+        let window = state.lock().unwrap_or_else(|p| p.into_inner()).advance(
+            offset,
+            end,
+            bs,
+            self.cfg.read_ahead,
+        );
+        if window > 0 {
             let first = end.div_ceil(bs);
-            let last = (end + state.window).min(object.size).div_ceil(bs);
+            let last = (end + window).min(object.size).div_ceil(bs);
             for index in first..last {
                 self.queue(BlockId {
                     object: object.clone(),
@@ -318,7 +352,7 @@ mod tests {
     #[test]
     fn reads_across_blocks_return_the_exact_bytes() {
         let (_s, cache, id, data) = setup(1 << 20);
-        let mut st = ReadState::default();
+        let st = Mutex::new(ReadState::default());
         for (off, len) in [
             (0u64, 1u32),
             (4095, 2),
@@ -326,7 +360,7 @@ mod tests {
             (40_955, 100),
             (40_966, 10),
         ] {
-            let got = cache.read(&id, &mut st, off, len).expect("read");
+            let got = cache.read(&id, &st, off, len).expect("read");
             let end = ((off + len as u64) as usize).min(data.len());
             assert_eq!(&got[..], &data[off as usize..end], "{off}+{len}");
         }
@@ -335,21 +369,19 @@ mod tests {
     #[test]
     fn a_re_read_is_served_from_the_cache() {
         let (store, cache, id, _data) = setup(1 << 20);
-        let mut st = ReadState::default();
-        cache.read(&id, &mut st, 5000, 100).expect("read");
+        let st = Mutex::new(ReadState::default());
+        cache.read(&id, &st, 5000, 100).expect("read");
         let gets = store.calls("GetObject");
-        cache
-            .read(&id, &mut ReadState::default(), 5000, 100)
-            .expect("read");
+        cache.read(&id, &Mutex::default(), 5000, 100).expect("read");
         assert_eq!(store.calls("GetObject"), gets);
     }
 
     #[test]
     fn the_cache_stays_within_its_budget() {
         let (_s, cache, id, _data) = setup(3 * 4096);
-        let mut st = ReadState::default();
+        let st = Mutex::new(ReadState::default());
         for off in (0..40_000).step_by(4096) {
-            cache.read(&id, &mut st, off, 4096).expect("read");
+            cache.read(&id, &st, off, 4096).expect("read");
         }
         assert!(cache.bytes() <= 3 * 4096);
     }
@@ -362,7 +394,7 @@ mod tests {
             ..id
         };
         let e = cache
-            .read(&gone, &mut ReadState::default(), 0, 10)
+            .read(&gone, &Mutex::default(), 0, 10)
             .expect_err("missing");
         assert_eq!(e.errno, libc::ENOENT, "{}", e.message);
         assert!(e.message.contains("never-stored"), "{}", e.message);
@@ -376,7 +408,7 @@ mod tests {
             ..id
         };
         let e = cache
-            .read(&stale, &mut ReadState::default(), 0, 10)
+            .read(&stale, &Mutex::default(), 0, 10)
             .expect_err("stale");
         assert_eq!(e.errno, libc::EIO);
     }

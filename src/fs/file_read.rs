@@ -37,7 +37,7 @@ impl Fs {
             return Err(FsError::new(libc::EBADF, "read: not open for reading"));
         };
         match object {
-            Some(o) => self.cache.read(o, &mut lock(state), offset, size),
+            Some(o) => self.cache.read(o, state, offset, size),
             None => Ok(Bytes::new()),
         }
     }

@@ -129,6 +129,22 @@ fn time(t: TimeOrNow) -> SystemTime {
     }
 }
 
+/// FOPEN_DIRECT_IO for a handle opened write-only: its writes then go from
+/// the writer's buffer straight into the request, not first into page-cache
+/// pages allocated (and, under memory pressure, reclaimed for) in the
+/// writer's context. That copy cost `cp` 0.4-1.4 s of CPU per GiB, nearly
+/// all of the gap to `cofferfs put` on a busy machine; with it, 0.1 s. Every
+/// write is still a synchronous WRITE, so a close (FLUSH) sees all data.
+/// Nothing can read or mmap through a write-only descriptor, and readers
+/// never reused pages a writer left (a written file's next open drops them).
+fn write_only_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(max) = config.set_max_write(MAX_WRITE) {
@@ -301,7 +317,7 @@ impl Filesystem for FuseFs {
                 let f = if keep {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
-                    FopenFlags::empty()
+                    write_only_flags(flags.0)
                 };
                 reply.opened(FileHandle(fh), f)
             }
@@ -328,7 +344,7 @@ impl Filesystem for FuseFs {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                write_only_flags(flags),
             ),
             Err(e) => reply.error(fail("create", &e)),
         }

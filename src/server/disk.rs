@@ -17,6 +17,13 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("parts");
 const COMPLETED: TableDefinition<&str, &str> = TableDefinition::new("completed");
+/// The bytes of small PutObjects, by the id in their record's `file`.
+const INLINE: TableDefinition<&str, &[u8]> = TableDefinition::new("inline");
+
+/// A PutObject this small is kept in the database, not in a file of its own:
+/// then storing it takes one fsync (the commit) instead of three (its file,
+/// the directory it is renamed into, the commit), and no inode.
+pub const INLINE_MAX: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CofferRec {
@@ -33,9 +40,13 @@ pub struct ObjectRec {
     pub mtime: u64,
     pub content_type: String,
     /// The data file under `data/` (PutObject, or a multipart object stored by
-    /// an older version that merged parts); empty when `parts` holds the bytes.
+    /// an older version that merged parts); empty when `parts` holds the bytes;
+    /// with `inline`, the id of the bytes in the INLINE table instead.
     #[serde(default)]
     pub file: String,
+    /// A small PutObject whose bytes are in the database (`INLINE_MAX`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
     /// A multipart object: its part files under `parts/`, in order. Complete
     /// hands the (already fsync'd) part files to the object instead of copying.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -119,9 +130,11 @@ pub struct Disk {
     completing: Mutex<HashSet<String>>,
 }
 
-/// A file being written under `tmp/`, moved into place by `commit_*`.
+/// A body being received: in memory while it is at most `INLINE_MAX` bytes,
+/// then in a file under `tmp/`, moved into place by `commit_*`.
 pub struct Incoming {
-    file: std::fs::File,
+    mem: Vec<u8>,
+    file: Option<std::fs::File>,
     path: PathBuf,
     hasher: Md5,
     pub size: u64,
@@ -131,23 +144,57 @@ impl Incoming {
     pub fn write(&mut self, data: &[u8]) -> Result<(), DiskError> {
         self.hasher.update(data);
         self.size += data.len() as u64;
-        io!(self.file.write_all(data))
+        if self.file.is_none() && self.size <= INLINE_MAX {
+            self.mem.extend_from_slice(data);
+            return Ok(());
+        }
+        let file = self.spill()?;
+        io!(file.write_all(data))
+    }
+
+    /// Whether writing `n` more bytes touches the disk (else it only copies).
+    pub fn blocks_on(&self, n: usize) -> bool {
+        self.file.is_some() || self.size + n as u64 > INLINE_MAX
+    }
+
+    /// The temp file, created (with the bytes held in memory) at the first need.
+    fn spill(&mut self) -> Result<&mut std::fs::File, DiskError> {
+        if self.file.is_none() {
+            let mut f = io!(std::fs::File::create(&self.path))?;
+            io!(f.write_all(&self.mem))?;
+            self.mem = Vec::new();
+            self.file = Some(f);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| DiskError::Io("temp file missing".into()))
     }
 
     fn finish(mut self, dest_dir: &Path) -> Result<(String, [u8; 16]), DiskError> {
-        io!(self.file.sync_all())?;
+        io!(self.spill()?.sync_all())?;
         let name = random_id();
         io!(std::fs::rename(&self.path, dest_dir.join(&name)))?;
         io!(std::fs::File::open(dest_dir).and_then(|d| d.sync_all()))?;
         let digest: [u8; 16] = std::mem::take(&mut self.hasher).finalize().into();
         Ok((name, digest))
     }
+
+    /// The bytes and their MD5, when they are still all in memory.
+    fn take_small(&mut self) -> Option<(Vec<u8>, [u8; 16])> {
+        if self.file.is_some() {
+            return None;
+        }
+        let digest: [u8; 16] = std::mem::take(&mut self.hasher).finalize().into();
+        Some((std::mem::take(&mut self.mem), digest))
+    }
 }
 
 impl Drop for Incoming {
     fn drop(&mut self) {
         // Only an abandoned temp file is still at `path`; a finished one was renamed.
-        let _ = std::fs::remove_file(&self.path);
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -170,6 +217,7 @@ impl Disk {
             io!(tx.open_table(UPLOADS))?;
             io!(tx.open_table(PARTS))?;
             io!(tx.open_table(COMPLETED))?;
+            io!(tx.open_table(INLINE))?;
             io!(tx.commit())?;
         }
         let disk = Disk {
@@ -221,9 +269,26 @@ impl Disk {
             .collect()
     }
 
-    /// Removes an object's files (after its record is gone).
+    /// The bytes of an `inline` object (`None`: its bytes are in files).
+    pub fn inline_bytes(&self, rec: &ObjectRec) -> Result<Option<Vec<u8>>, DiskError> {
+        if !rec.inline {
+            return Ok(None);
+        }
+        let tx = io!(self.db.begin_read())?;
+        let t = io!(tx.open_table(INLINE))?;
+        match io!(t.get(rec.file.as_str()))? {
+            Some(v) => Ok(Some(v.value().to_vec())),
+            None => Err(DiskError::Io(format!(
+                "the bytes of inline object {} are missing",
+                rec.file
+            ))),
+        }
+    }
+
+    /// Removes an object's files (after its record is gone; an inline
+    /// object's bytes went with it, in the same transaction).
     fn remove_files(&self, rec: &ObjectRec) {
-        if !rec.file.is_empty() {
+        if !rec.file.is_empty() && !rec.inline {
             let _ = std::fs::remove_file(self.root.join("data").join(&rec.file));
         }
         for p in &rec.parts {
@@ -231,10 +296,12 @@ impl Disk {
         }
     }
 
+    /// A body to receive; no file is made until it outgrows `INLINE_MAX`.
     pub fn incoming(&self) -> Result<Incoming, DiskError> {
         let path = self.root.join("tmp").join(random_id());
         Ok(Incoming {
-            file: io!(std::fs::File::create(&path))?,
+            mem: Vec::new(),
+            file: None,
             path,
             hasher: Md5::new(),
             size: 0,
@@ -414,6 +481,10 @@ impl Disk {
         content_type: &str,
         expect_md5: Option<[u8; 16]>,
     ) -> Result<ObjectRec, DiskError> {
+        let mut inc = inc;
+        if let Some((bytes, digest)) = inc.take_small() {
+            return self.commit_small_put(coffer, key, bytes, digest, content_type, expect_md5);
+        }
         let size = inc.size;
         let (file, digest) = inc.finish(&self.root.join("data"))?;
         let cleanup = |e: DiskError| {
@@ -432,6 +503,7 @@ impl Disk {
             mtime: now(),
             content_type: content_type.to_string(),
             file: file.clone(),
+            inline: false,
             parts: Vec::new(),
         };
         let result = (|| {
@@ -444,6 +516,44 @@ impl Disk {
             io!(tx.commit())
         })();
         result.map_err(cleanup)?;
+        Ok(rec)
+    }
+
+    /// `commit_put` of a body small enough for the database: the record and
+    /// the bytes in one transaction.
+    fn commit_small_put(
+        &self,
+        coffer: &str,
+        key: &str,
+        bytes: Vec<u8>,
+        digest: [u8; 16],
+        content_type: &str,
+        expect_md5: Option<[u8; 16]>,
+    ) -> Result<ObjectRec, DiskError> {
+        if expect_md5.is_some_and(|m| m != digest) {
+            return Err(DiskError::code(
+                ErrorCode::BadDigest,
+                "Content-MD5 mismatch",
+            ));
+        }
+        let rec = ObjectRec {
+            size: bytes.len() as u64,
+            etag: format!("\"{}\"", hex(&digest)),
+            mtime: now(),
+            content_type: content_type.to_string(),
+            file: random_id(),
+            inline: true,
+            parts: Vec::new(),
+        };
+        let tx = io!(self.db.begin_write())?;
+        self.check_free(coffer, key, &tx)?;
+        {
+            let mut t = io!(tx.open_table(OBJECTS))?;
+            io!(t.insert(obj_key(coffer, key).as_str(), to_json(&rec)?.as_slice()))?;
+            let mut t = io!(tx.open_table(INLINE))?;
+            io!(t.insert(rec.file.as_str(), bytes.as_slice()))?;
+        }
+        io!(tx.commit())?;
         Ok(rec)
     }
 
@@ -666,6 +776,7 @@ impl Disk {
                 mtime: now(),
                 content_type: up.content_type,
                 file: String::new(),
+                inline: false,
                 parts: chosen
                     .into_iter()
                     .map(|p| Piece {
@@ -755,6 +866,10 @@ impl Disk {
                     removed.push((k, rec));
                 }
             }
+            let mut inline = io!(tx.open_table(INLINE))?;
+            for (_, rec) in removed.iter().filter(|(_, r)| r.inline) {
+                io!(inline.remove(rec.file.as_str()))?;
+            }
         }
         io!(tx.commit())?;
         for (k, rec) in &removed {
@@ -842,6 +957,7 @@ fn unhex16(s: &str) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
 
     const C: &str = "t-1";
 
@@ -910,6 +1026,88 @@ mod tests {
         assert_eq!(files(tmp.path(), "parts"), 1);
         disk.abort(C, "k", &id).unwrap();
         assert_eq!(files(tmp.path(), "parts"), 0);
+    }
+
+    fn put(disk: &Disk, key: &str, data: &[u8]) -> ObjectRec {
+        disk.begin_put(C, key).unwrap();
+        let mut inc = disk.incoming().unwrap();
+        for chunk in data.chunks(10_000) {
+            inc.write(chunk).unwrap();
+        }
+        let rec = disk.commit_put(C, key, inc, "", None).unwrap();
+        disk.end_put(C, key);
+        rec
+    }
+
+    /// The bytes of an object, as GetObject reads them.
+    fn bytes_of(disk: &Disk, rec: &ObjectRec) -> Vec<u8> {
+        if let Some(b) = disk.inline_bytes(rec).unwrap() {
+            return b;
+        }
+        let pieces = disk.pieces(rec);
+        pieces
+            .iter()
+            .flat_map(|p| std::fs::read(&p.0).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_small_put_lives_in_the_database_and_a_large_one_in_a_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = Disk::open(tmp.path()).unwrap();
+        disk.create_coffer(C, "ap-local").unwrap();
+        disk.update_coffer(C, |c| {
+            c.lifecycle = Some(r#"{"Rule":[{"Expiration":{"Days":1}}]}"#.into())
+        })
+        .unwrap();
+        let small = vec![7u8; INLINE_MAX as usize];
+        let large = vec![9u8; INLINE_MAX as usize + 1];
+        let s = put(&disk, "small", &small);
+        let l = put(&disk, "large", &large);
+        assert!(s.inline && !l.inline);
+        assert_eq!(
+            s.etag,
+            format!("\"{}\"", hex(&crate::protocol::md5(&small)))
+        );
+        assert_eq!(
+            (files(tmp.path(), "data"), files(tmp.path(), "tmp")),
+            (1, 0)
+        );
+        drop(disk);
+        let disk = Disk::open(tmp.path()).unwrap();
+        let s = disk.object(C, "small").unwrap().unwrap();
+        let l = disk.object(C, "large").unwrap().unwrap();
+        assert!(
+            bytes_of(&disk, &s) == small,
+            "the small object after a restart"
+        );
+        assert!(
+            bytes_of(&disk, &l) == large,
+            "the large object after a restart"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(disk.expire(1).unwrap(), 2);
+        assert_eq!(files(tmp.path(), "data"), 0);
+        let tx = disk.db.begin_read().unwrap();
+        assert_eq!(
+            tx.open_table(INLINE).unwrap().len().unwrap(),
+            0,
+            "inline bytes expired too"
+        );
+    }
+
+    #[test]
+    fn a_small_put_with_a_wrong_md5_stores_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = Disk::open(tmp.path()).unwrap();
+        disk.create_coffer(C, "ap-local").unwrap();
+        let mut inc = disk.incoming().unwrap();
+        inc.write(b"abc").unwrap();
+        assert!(matches!(
+            disk.commit_put(C, "k", inc, "", Some([0u8; 16])),
+            Err(DiskError::Code(ErrorCode::BadDigest, _))
+        ));
+        assert!(disk.object(C, "k").unwrap().is_none());
     }
 
     #[test]

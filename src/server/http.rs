@@ -111,7 +111,10 @@ pub async fn receive(
     call: &Call,
     body: Incoming,
 ) -> Result<DiskIncoming, DiskError> {
-    let mut inc = tokio::task::block_in_place(|| state.disk.incoming())?;
+    // Off the runtime's worker only for what touches the disk: a small body
+    // stays in memory, and handing a worker's place over costs a thread wake
+    // per call, a visible part of a 4 KiB PutObject's time.
+    let mut inc = state.disk.incoming()?;
     let mut body = body;
     let mut got = 0u64;
     while let Some(frame) = body.frame().await {
@@ -132,7 +135,11 @@ pub async fn receive(
                 .stats
                 .bytes_in
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
-            tokio::task::block_in_place(|| inc.write(&data))?;
+            if inc.blocks_on(data.len()) {
+                tokio::task::block_in_place(|| inc.write(&data))?;
+            } else {
+                inc.write(&data)?;
+            }
         }
     }
     Ok(inc)

@@ -220,7 +220,8 @@ impl ObjectStore for MemoryStore {
             .get_mut(upload_id)
             .filter(|(k, _)| k == key)
             .ok_or_else(|| err("UploadPart", key, ErrorCode::NoSuchUpload))?;
-        up.1.insert(part_number, data);
+        // A copy, as a real store's is: the caller may reuse its buffer.
+        up.1.insert(part_number, Bytes::copy_from_slice(&data));
         Ok(hex(&md5_digest))
     }
 

@@ -76,6 +76,8 @@ pub struct ObjectUpload {
     /// Where the bytes go instead if `key` is taken when the upload starts.
     fallback: Option<String>,
     buf: Vec<u8>,
+    /// `buf` is on loan from the uploader's spares.
+    lent: bool,
     reservation: Option<Reservation>,
     next_part: u32,
     written: u64,
@@ -95,6 +97,7 @@ impl ObjectUpload {
             spilled: None,
             fallback: None,
             buf: Vec::new(),
+            lent: false,
             reservation: None,
             next_part: 1,
             written: 0,
@@ -126,7 +129,15 @@ impl ObjectUpload {
             return None;
         }
         self.reservation = None;
-        Some(std::mem::take(&mut self.buf))
+        Some(self.take_buf())
+    }
+
+    /// Takes the part buffer out (ending its loan, if it was lent).
+    fn take_buf(&mut self) -> Vec<u8> {
+        if std::mem::take(&mut self.lent) {
+            self.uploader.spares.returned();
+        }
+        std::mem::take(&mut self.buf)
     }
 
     fn part_size(&self, n: u32) -> u64 {
@@ -211,7 +222,7 @@ impl ObjectUpload {
             self.next_part
         );
         self.spilled = Some((file, self.buf.len()));
-        self.buf = Vec::new();
+        self.take_buf();
         self.reservation = None;
         Ok(())
     }
@@ -256,6 +267,18 @@ impl ObjectUpload {
         if !r.grow((target - have) as u64, may_spill) {
             return false;
         }
+        // A part that will fill (a known size's whole part, a streamed file's
+        // after its first) starts in a spare buffer when one is free.
+        let fills = match self.fixed_size {
+            Some(_) => target == part_size,
+            None => self.next_part > 1,
+        };
+        if fills && self.buf.capacity() == 0 {
+            if let Some(v) = self.uploader.spares.lend(part_size) {
+                self.buf = v;
+                self.lent = true;
+            }
+        }
         self.buf
             .reserve_exact(target.saturating_sub(self.buf.len()));
         true
@@ -296,7 +319,7 @@ impl ObjectUpload {
     fn send_part(&mut self) -> Result<(), StoreError> {
         let upload_id = self.ensure_initiated()?;
         self.unspill()?;
-        let data = Bytes::from(std::mem::take(&mut self.buf));
+        let data = Bytes::from(self.take_buf());
         let mut reservation = self.reservation.take();
         if let Some(r) = reservation.as_mut() {
             r.launch();
@@ -313,10 +336,12 @@ impl ObjectUpload {
         self.state.lock().outstanding += 1;
         let state = Arc::clone(&self.state);
         let store = Arc::clone(&self.uploader.store);
+        let spares = Arc::clone(&self.uploader.spares);
         let key = self.key.clone();
         let job = move || {
             let digest = md5(&data);
-            let result = store.upload_part(&key, &upload_id, part_number, data, digest);
+            let result = store.upload_part(&key, &upload_id, part_number, data.clone(), digest);
+            spares.give(data);
             drop(reservation);
             let mut g = state.lock();
             match result {
@@ -376,7 +401,7 @@ impl ObjectUpload {
                     self.key
                 )));
             }
-            let data = Bytes::from(std::mem::take(&mut self.buf));
+            let data = Bytes::from(self.take_buf());
             // A put progresses on its own: writers short of budget may wait for it.
             if let Some(r) = self.reservation.as_mut() {
                 r.launch();
@@ -455,7 +480,7 @@ impl ObjectUpload {
     }
 
     fn abort_upload(&mut self) {
-        self.buf = Vec::new();
+        self.take_buf();
         self.spilled = None;
         self.reservation = None;
         self.state.wait_idle();

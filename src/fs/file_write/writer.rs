@@ -45,6 +45,9 @@ pub(in crate::fs) struct Writer {
     /// file: a child that inherited the descriptor (`{ cat a; cat b; } > f`)
     /// closes its copy while the opener goes on writing.
     pub(in crate::fs) opener: u32,
+    /// The thread that opened it (0: unknown): its own close needs no look
+    /// into /proc (a tenth of the mount's CPU for many small files).
+    pub(in crate::fs) opener_thread: u32,
     /// Its failure was handled: the path shows its old version again, and
     /// may since be another handle's to write.
     pub(in crate::fs) abandoned: AtomicBool,
@@ -72,6 +75,7 @@ impl Writer {
             empty_synced: Mutex::new(None),
             journal_version: Mutex::new(None),
             opener: process_of(pid),
+            opener_thread: pid,
             abandoned: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
         }
@@ -270,7 +274,9 @@ impl Fs {
         let Handle::Write(w) = &*h else {
             return Ok(());
         };
-        if w.opener != 0 && pid != 0 {
+        // The opening thread, or a thread whose id is the opener's process id
+        // (its main thread), closes as the opener.
+        if w.opener != 0 && pid != 0 && pid != w.opener_thread && pid != w.opener {
             let closer = process_of(pid);
             if closer != 0 && closer != w.opener {
                 return Ok(());
