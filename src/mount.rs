@@ -55,7 +55,7 @@ impl MountConfig {
             dir_mode: m.dir_mode,
             metadata_ttl: m.metadata_ttl,
             read_only: m.read_only,
-            allow_delete: m.allow_delete,
+            allow_delete: !m.no_delete,
             cache_dir: m.cache_dir.unwrap_or_else(private_dir::default_base),
             staging_limit: m.staging_limit,
             cache_dir_size: m.cache_dir_size,

@@ -62,9 +62,13 @@ pub struct MountOptions {
     /// Mount read-only.
     #[arg(long, alias = "ro")]
     pub read_only: bool,
-    /// unlink and rmdir hide paths (their bytes stay in the coffer until its
-    /// lifecycle rule expires them); without it they fail with EPERM.
+    /// rm of a file that holds coffer bytes fails with EPERM, instead of hiding
+    /// the path (the default; the bytes stay in the coffer either way). Empty
+    /// files, symlinks and empty directories can always be removed.
     #[arg(long)]
+    pub no_delete: bool,
+    /// Accepted for one release: hiding is now the default.
+    #[arg(long, hide = true, conflicts_with = "no_delete")]
     pub allow_delete: bool,
     /// Private directory (0700, yours) for staging files of appends and edits
     /// (cleaned up at unmount) and, with --cache-dir-size, file blocks kept

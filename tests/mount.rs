@@ -250,11 +250,15 @@ fn writing_one_gib_keeps_memory_within_the_upload_budget() {
 }
 
 #[test]
-fn deletes_and_hard_links_are_refused_with_eperm_and_say_why() {
+fn with_no_delete_files_holding_bytes_stay_but_what_holds_none_can_go() {
     let server = Server::start(&[]);
-    let m = Mount::start(&server, &[]);
+    let m = Mount::start(&server, &["--no-delete"]);
     let out = sh(
-        &format!("mkdir {d} && echo hello > {d}/f", d = q(&m.path("dir"))),
+        &format!(
+            "mkdir {d} && echo hello > {d}/f && : > {d}/empty && ln -s f {d}/link && \
+             mkdir {d}/sub",
+            d = q(&m.path("dir"))
+        ),
         LIMIT,
     );
     assert!(out.ok, "{}", out.stderr);
@@ -262,7 +266,6 @@ fn deletes_and_hard_links_are_refused_with_eperm_and_say_why() {
     let d = q(&m.path("dir"));
     for cmd in [
         format!("rm {f}"),
-        format!("rmdir {d}"),
         format!("ln {f} {d}/hard"),
         format!("mknod {d}/fifo p"),
     ] {
@@ -274,20 +277,25 @@ fn deletes_and_hard_links_are_refused_with_eperm_and_say_why() {
             out.stderr
         );
     }
-    assert!(
-        m.log_text().contains("--allow-delete"),
-        "no log line says why"
-    );
+    assert!(m.log_text().contains("--no-delete"), "no log line says why");
     assert_eq!(stored(&server, "dir/f").as_deref(), Some(&b"hello\n"[..]));
+    // An empty file, a symlink and an empty directory hold no coffer bytes.
+    let out = sh(
+        &format!("rm {d}/empty {d}/link && rmdir {d}/sub && ! rmdir {d}"),
+        LIMIT,
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let out = sh(&format!("ls -A {d}"), LIMIT);
+    assert_eq!(out.stdout.trim(), "f");
     // O_EXCL on an existing name.
     let out = sh(&format!("set -C; echo x > {f}"), LIMIT);
     assert!(!out.ok);
 }
 
 #[test]
-fn with_allow_delete_rm_hides_the_path_but_the_bytes_stay() {
+fn by_default_rm_hides_the_path_but_the_bytes_stay() {
     let server = Server::start(&[]);
-    let m = Mount::start(&server, &["--allow-delete"]);
+    let m = Mount::start(&server, &[]);
     let out = sh(
         &format!(
             "mkdir -p {d}/sub && echo one > {d}/sub/f && rm {d}/sub/f && rmdir {d}/sub && \
@@ -300,7 +308,8 @@ fn with_allow_delete_rm_hides_the_path_but_the_bytes_stay() {
     assert!(!m.path("d/sub").exists());
     assert_eq!(stored(&server, "d/sub/f").as_deref(), Some(&b"one\n"[..]));
     m.unmount();
-    let m = Mount::start(&server, &[]);
+    // --allow-delete is still accepted (hiding is the default now).
+    let m = Mount::start(&server, &["--allow-delete"]);
     assert!(
         !m.path("d/sub").exists(),
         "hidden path is back after remount"

@@ -53,7 +53,8 @@ pub struct FsConfig {
     /// journal batches are read.
     pub metadata_ttl: Duration,
     pub read_only: bool,
-    /// unlink/rmdir hide paths (the bytes stay in the coffer).
+    /// unlink/rmdir hide paths (the bytes stay in the coffer); false
+    /// (--no-delete) refuses them for files that hold coffer bytes.
     pub allow_delete: bool,
     pub upload: UploadConfig,
     /// This coffer's private directory (0700, see `private_dir`): staging files
@@ -80,7 +81,7 @@ impl Default for FsConfig {
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(10),
             read_only: false,
-            allow_delete: false,
+            allow_delete: true,
             upload: UploadConfig::default(),
             cache_dir: private_dir::default_base().join("default"),
             staging_limit: 16 << 30,

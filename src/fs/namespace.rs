@@ -270,17 +270,19 @@ impl Fs {
         Ok(())
     }
 
-    /// unlink/rmdir are allowed only on a writable mount started with
-    /// --allow-delete, and not while the file is being written.
+    /// unlink/rmdir hide the path on a writable mount (the bytes stay in the
+    /// coffer). With --no-delete, an entry that holds coffer bytes (a file
+    /// with data) is refused with EPERM; one that holds none (an empty file,
+    /// a symlink, a directory) can always go. Never while being written.
     fn may_delete(&self, n: &Node, op: &str) -> FsResult<()> {
         self.writable(op, &n.path)?;
-        if !self.cfg.allow_delete {
+        if !self.cfg.allow_delete && n.kind == Kind::File && n.data.is_some() {
             return Err(FsError::new(
                 libc::EPERM,
                 format!(
-                    "{op} {:?}: the coffer is write-once and this mount was not started with \
-                     --allow-delete (which hides paths; their bytes stay until the coffer's \
-                     lifecycle rule expires them)",
+                    "{op} {:?}: this mount was started with --no-delete and the file holds \
+                     bytes of the write-once coffer (without --no-delete, rm hides the path; \
+                     the bytes stay in the coffer)",
                     n.path
                 ),
             ));

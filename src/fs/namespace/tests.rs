@@ -91,14 +91,23 @@ fn create_with_o_excl_of_an_existing_file_is_eexist() {
 }
 
 #[test]
-fn unlink_without_allow_delete_is_eperm_and_the_file_stays() {
+fn with_no_delete_unlink_of_a_file_with_bytes_is_eperm_but_an_empty_file_goes() {
     let (fs, _dir) = fs_with(false, false);
     let (_, fh) = fs
         .create(ROOT, name("f"), 0o644, libc::O_WRONLY, 0, me(&fs))
         .expect("create");
-    fs.release(fh).expect("close");
+    fs.write(fh, 0, b"bytes").expect("write");
+    fs.flush(fh, 0).expect("close");
+    fs.release(fh).expect("release");
     assert_eq!(errno(fs.unlink(ROOT, name("f"))), libc::EPERM);
     fs.lookup(ROOT, name("f")).expect("still there");
+    let (_, fh) = fs
+        .create(ROOT, name("empty"), 0o644, libc::O_WRONLY, 0, me(&fs))
+        .expect("create");
+    fs.release(fh).expect("close");
+    fs.unlink(ROOT, name("empty"))
+        .expect("an empty file holds no bytes");
+    assert_eq!(errno(fs.lookup(ROOT, name("empty"))), libc::ENOENT);
     fs.shutdown();
 }
 
