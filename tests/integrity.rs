@@ -268,6 +268,40 @@ fn files_made_overwritten_and_moved_keep_true_times_across_remounts() {
     }
 }
 
+#[test]
+fn chmod_changes_ctime_but_not_mtime_and_both_survive_a_remount() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    let f = q(&m.path("f"));
+    let out = sh(
+        &format!("echo x > {f} && touch -d 2020-01-02T03:04:05Z {f} && chmod 600 {f}"),
+        LIMIT,
+    );
+    assert!(out.ok, "{}", out.stderr);
+    let times = |m: &Mount| {
+        let out = sh(&format!("stat -c '%Y %Z' {}", q(&m.path("f"))), LIMIT);
+        assert!(out.ok, "{}", out.stderr);
+        let v: Vec<i64> = out
+            .stdout
+            .split_whitespace()
+            .map(|t| t.parse().expect("seconds"))
+            .collect();
+        (v[0], v[1])
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let (mtime, ctime) = times(&m);
+    assert_eq!(mtime, 1_577_934_245, "touch -d set the mtime");
+    assert!(
+        (ctime - now).abs() < 60,
+        "chmod set ctime to now: {ctime} vs {now}"
+    );
+    let m = remount(&server, m, &[]);
+    assert_eq!(times(&m), (mtime, ctime));
+}
+
 // ---- a failed close never lands later --------------------------------------
 
 #[test]
