@@ -28,6 +28,17 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Bytes of a hex string (either case); `None` when it is not one.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
 /// MD5 of a byte slice.
 pub fn md5(data: &[u8]) -> [u8; 16] {
     use md5::{Digest, Md5};

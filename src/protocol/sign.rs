@@ -2,7 +2,7 @@
 //! Pure functions of their inputs; the caller supplies the clock and the request.
 
 use super::encode::url_encode;
-use super::hex;
+use super::{hex, unhex};
 use hmac::{Hmac, Mac};
 use sha1::{Digest, Sha1};
 
@@ -257,17 +257,6 @@ pub fn verify(
     )
     .verify_slice(&sent)
     .map_err(|_| AuthError::Mismatch)
-}
-
-/// Bytes of a hex string; `None` when it is not one.
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

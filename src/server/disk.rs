@@ -3,7 +3,7 @@
 //! Must not know HTTP or operations: it answers with `DiskError` codes, never responses.
 
 use crate::protocol::ErrorCode;
-use crate::protocol::{hex, multipart_etag, rules};
+use crate::protocol::{hex, multipart_etag, rules, unhex};
 use md5::{Digest, Md5};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -944,14 +944,7 @@ fn select_parts(
 
 /// The 16 bytes of a 32-digit hex MD5 this store wrote itself.
 fn unhex16(s: &str) -> [u8; 16] {
-    let mut d = [0u8; 16];
-    for (i, b) in d.iter_mut().enumerate() {
-        *b = s
-            .get(2 * i..2 * i + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .unwrap_or(0);
-    }
-    d
+    unhex(s).and_then(|d| d.try_into().ok()).unwrap_or([0; 16])
 }
 
 #[cfg(test)]
