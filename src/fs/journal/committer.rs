@@ -364,16 +364,10 @@ impl Committer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_records::mkdir;
     use super::*;
-    use crate::fs::journal::{Attrs, Shape};
+    use crate::fs::journal::Shape;
     use crate::store::memory::MemoryStore;
-
-    fn mkdir(p: &str) -> Record {
-        Record::Mkdir {
-            path: p.into(),
-            attrs: Attrs::default(),
-        }
-    }
 
     #[test]
     fn records_are_visible_at_once_and_stored_by_sync() {

@@ -12,3 +12,17 @@ mod replay;
 pub(crate) use committer::now_micros;
 pub use committer::{Committer, Ticket, CHECKPOINT_AT_UNMOUNT, CHECKPOINT_EVERY, COMMIT_INTERVAL};
 pub use format::*;
+
+/// Records for the journal's tests.
+#[cfg(test)]
+mod test_records {
+    use super::{Attrs, Record};
+
+    /// `mkdir p` with no attributes.
+    pub fn mkdir(p: &str) -> Record {
+        Record::Mkdir {
+            path: p.into(),
+            attrs: Attrs::default(),
+        }
+    }
+}

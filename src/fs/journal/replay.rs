@@ -216,18 +216,12 @@ impl Committer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_records::mkdir;
     use super::*;
     use crate::fs::journal::{batch_key, now_micros, Attrs, Record};
     use crate::store::memory::MemoryStore;
     use crate::store::ObjectStore;
     use std::sync::Arc;
-
-    fn mkdir(p: &str) -> Record {
-        Record::Mkdir {
-            path: p.into(),
-            attrs: Attrs::default(),
-        }
-    }
 
     fn file(p: &str, mode: u32) -> Record {
         Record::File {
