@@ -429,6 +429,68 @@ fn found_cases_still_agree_with_the_model() {
             },
             Op::SecondMount,
         ],
+        // Reading a new file being written completes what went up at its own
+        // key: it must be hidden first, not undo an empty version fsync stored.
+        vec![
+            Op::Create {
+                path: P::Name("a".into()),
+                mode: 0o644,
+            },
+            Op::Fsync { h: any() },
+            Op::Write {
+                h: any(),
+                at: At::End,
+                len: 1048577,
+                seed: 0,
+            },
+            Op::Crash,
+        ],
+        // A write after fsync begins a new version, taking a chmod made since.
+        vec![
+            Op::Create {
+                path: P::Name("a".into()),
+                mode: 0o755,
+            },
+            Op::Write {
+                h: any(),
+                at: At::End,
+                len: 1,
+                seed: 0,
+            },
+            Op::Fsync { h: any() },
+            Op::Chmod {
+                path: P::Name("a".into()),
+                mode: 0o644,
+            },
+            Op::Write {
+                h: any(),
+                at: At::End,
+                len: 1,
+                seed: 0,
+            },
+            Op::Remount,
+        ],
+        // A file being written, renamed: the version it had moves with only
+        // its ctime changed.
+        vec![
+            Op::Create {
+                path: P::Name("a".into()),
+                mode: 0o644,
+            },
+            Op::Fsync { h: any() },
+            Op::Write {
+                h: any(),
+                at: At::End,
+                len: 1,
+                seed: 0,
+            },
+            Op::Rename {
+                from: P::Name("a".into()),
+                to: P::Name("b".into()),
+                noreplace: false,
+            },
+            Op::SecondMount,
+        ],
     ];
     for ops in cases {
         if let Err(e) = run_case(false, ops.clone()) {

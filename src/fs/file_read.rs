@@ -6,7 +6,7 @@
 use super::cache::{ObjectId, ReadState};
 use super::error::{FsError, FsResult};
 use super::handles::Handle;
-use super::view::Node;
+use super::view::{Node, Origin};
 use super::{lock, Fs};
 use bytes::Bytes;
 use std::sync::Mutex;
@@ -24,18 +24,32 @@ impl Fs {
             Some(o) => lock(&self.kernel_cached).insert(n.ino, o.clone()).as_ref() == Some(o),
             None => false,
         };
-        let fh = self.handles.add(Handle::Read {
-            object,
-            state: Mutex::new(ReadState::default()),
-        });
+        let fh = self.add_file_handle(
+            n.ino,
+            Handle::Read {
+                ino: n.ino,
+                object,
+                state: Mutex::new(ReadState::default()),
+            },
+        );
         (fh, keep)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let h = self.handles.get(fh)?;
-        let Handle::Read { object, state } = &*h else {
-            return Err(FsError::new(libc::EBADF, "read: not open for reading"));
+        let (ino, object, state) = match &*h {
+            Handle::Read { ino, object, state } => (*ino, object, state),
+            Handle::Write(w) => return self.read_written(w, offset, size),
+            Handle::Dir(_) => return Err(FsError::new(libc::EISDIR, "read: a directory")),
         };
+        // Another handle is writing the file: it holds what the file is now.
+        if lock(&self.table).get(ino).map(|n| n.origin) == Some(Origin::Writing) {
+            if let Some(w) = self.handles.writer_of(ino, None) {
+                if let Handle::Write(w) = &*w {
+                    return self.read_written(w, offset, size);
+                }
+            }
+        }
         match object {
             Some(o) => self.cache.read(o, state, offset, size),
             None => Ok(Bytes::new()),

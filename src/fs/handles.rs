@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 pub(super) enum Handle {
     Write(Box<Writer>),
     Read {
+        ino: u64,
         object: Option<ObjectId>,
         state: Mutex<ReadState>,
     },
@@ -97,7 +98,7 @@ impl Handles {
                         attrs,
                         mtime: std::time::SystemTime::now(),
                     });
-                    Some((w.ino, stored.or_else(|| w.before.clone())))
+                    Some((w.ino, stored.or_else(|| lock(&w.before).clone())))
                 }
                 _ => None,
             })
@@ -120,30 +121,40 @@ impl Fs {
                 format!("{:?}: a directory", n.path),
             ));
         }
+        if !is_write(flags) && flags & libc::O_TRUNC == 0 {
+            // A file being written reads through its writer (`read`).
+            return Ok(self.open_read(&n));
+        }
         if n.origin == Origin::Writing {
             return Err(FsError::new(
                 libc::EBUSY,
                 format!(
-                    "open {:?}: this mount is still writing it; it can be opened once its \
-                     writer has closed it",
+                    "open {:?} for writing: another handle is writing it; it can be opened \
+                     once that one is closed",
                     n.path
                 ),
             ));
         }
-        if !is_write(flags) && flags & libc::O_TRUNC == 0 {
-            return Ok(self.open_read(&n));
-        }
         self.open_write(n, flags, pid)
+    }
+
+    /// Adds a handle of file `ino`: the file stays, even unlinked, while it is open.
+    pub(super) fn add_file_handle(&self, ino: u64, h: Handle) -> u64 {
+        lock(&self.table).pin(ino);
+        self.handles.add(h)
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = self.handles.remove(fh) else {
             return Ok(());
         };
-        let Handle::Write(w) = &*h else {
-            return Ok(());
+        let (ino, result) = match &*h {
+            Handle::Write(w) => (w.ino, self.release_write(w)),
+            Handle::Read { ino, .. } => (*ino, Ok(())),
+            Handle::Dir(_) => return Ok(()),
         };
-        self.release_write(w)
+        lock(&self.table).unpin(ino);
+        result
     }
 
     /// Whether an open, unfailed write handle holds `ino`.

@@ -176,7 +176,6 @@ pub struct Fs {
     cfg: FsConfig,
     table: Mutex<Table>,
     handles: Handles,
-    next_data: AtomicU64,
     stopping: AtomicBool,
     /// Held while the namespace changes shape: a rename's records, and the
     /// creation or settling of a file, are made under it, so a file made in a
@@ -229,6 +228,17 @@ pub fn from_timestamp((s, ns): Timestamp) -> SystemTime {
     }
 }
 
+/// A fresh key under `.cofferfs/data/` for bytes whose path key is taken (a
+/// new version of a path): never used before, by this or any mount.
+pub(crate) fn data_key() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let micros = journal::now_micros();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let r: u32 = rand::random();
+    format!("{DATA_PREFIX}{micros:020}-{pid:08x}{r:08x}-{n:010}")
+}
+
 /// Times for a change made now: mtime and ctime.
 pub(crate) fn touched_now() -> Attrs {
     let now = Some(to_timestamp(SystemTime::now()));
@@ -273,7 +283,6 @@ impl Fs {
             cfg,
             table: Mutex::new(Table::new()),
             handles: Handles::new(),
-            next_data: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             ns: Mutex::new(()),
         });
@@ -307,15 +316,6 @@ impl Fs {
             ));
         }
         Ok(())
-    }
-
-    /// A fresh key under `.cofferfs/data/` for bytes whose path key is taken.
-    fn data_key(&self) -> String {
-        let micros = journal::now_micros();
-        let n = self.next_data.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let r: u32 = rand::random();
-        format!("{DATA_PREFIX}{micros:020}-{pid:08x}{r:08x}-{n:010}")
     }
 
     /// Whether new bytes for `path` can go to the object of the same key: nothing

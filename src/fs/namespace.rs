@@ -181,9 +181,9 @@ impl Fs {
         // The file's own key when the coffer has nothing there; if it turns out
         // taken (another client's object or open upload), a fresh key instead.
         let (key, fallback) = if self.own_key_free(&path) {
-            (path.clone(), Some(self.data_key()))
+            (path.clone(), Some(crate::fs::data_key()))
         } else {
-            (self.data_key(), None)
+            (crate::fs::data_key(), None)
         };
         let now = Instant::now();
         let _ns = lock(&self.ns);
@@ -216,13 +216,16 @@ impl Fs {
             .ok_or_else(FsError::not_found)?;
         drop(t);
         let w = WriteHandle::new(&self.uploader, &self.staging, &key, fallback);
-        let fh = self.handles.add(Handle::Write(Box::new(Writer::new(
+        let fh = self.add_file_handle(
             ino,
-            w,
-            None,
-            (mode & 0o7777) as u16,
-            pid,
-        ))));
+            Handle::Write(Box::new(Writer::new(
+                ino,
+                w,
+                None,
+                (mode & 0o7777) as u16,
+                pid,
+            ))),
+        );
         Ok((attr, fh))
     }
 
@@ -287,12 +290,6 @@ impl Fs {
                 ),
             ));
         }
-        if n.origin == Origin::Writing {
-            return Err(FsError::new(
-                libc::EBUSY,
-                format!("{op} {:?}: being written", n.path),
-            ));
-        }
         Ok(())
     }
 
@@ -335,12 +332,6 @@ impl Fs {
         let newname_s = name_str(newname)?;
         let newdir = self.dir(newparent)?;
         let to = self.new_path(&newdir, newname_s, "rename")?;
-        if src.origin == Origin::Writing {
-            return Err(FsError::new(
-                libc::EBUSY,
-                format!("rename {:?}: still being written", src.path),
-            ));
-        }
         if to == src.path {
             return Ok(());
         }
@@ -355,12 +346,6 @@ impl Fs {
             let dst = self.node(dst.ino)?;
             if noreplace {
                 return Err(FsError::new(libc::EEXIST, format!("rename: {to:?} exists")));
-            }
-            if dst.origin == Origin::Writing {
-                return Err(FsError::new(
-                    libc::EBUSY,
-                    format!("rename: {to:?} being written"),
-                ));
             }
             match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
                 (true, false) => {
@@ -400,7 +385,17 @@ impl Fs {
             Some(_) => vec![Record::Hide { path: to.clone() }],
             None => Vec::new(),
         };
-        records.push(moved.record_at(&to));
+        match (src.origin, writers.get(&src.ino)) {
+            (Origin::Stored, _) => records.push(moved.record_at(&to)),
+            // Being overwritten: the version it had moves; its close records
+            // the new one at the path it has then.
+            (Origin::Writing, Some(Some(before))) => {
+                let mut before = before.clone();
+                before.attrs.ctime = moved.attrs.ctime;
+                records.push(before.record_at(&to));
+            }
+            (Origin::Writing, _) => {}
+        }
         for n in t.subtree(src.ino) {
             let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
             let at = format!("{to}{rel}");
@@ -432,7 +427,10 @@ impl Fs {
         });
         self.journal.record(records);
         t.rename(src.ino, newparent, newname_s);
-        t.mark_stored(src.ino, Instant::now());
+        match src.origin {
+            Origin::Stored => t.mark_stored(src.ino, Instant::now()),
+            Origin::Writing => t.mark_stored(newparent, Instant::now()),
+        }
         if let Some(n) = t.get_mut(src.ino) {
             n.attrs = moved.attrs;
         }
@@ -492,7 +490,7 @@ impl Fs {
                 n.attrs = n.attrs.merged(attrs);
                 n.path.clone()
             };
-            if !self.being_written(ino) {
+            if !self.being_written(ino) && !node.unlinked {
                 self.journal.record(vec![Record::Attr { path, attrs }]);
             }
             // A file being written carries its attributes in the record its

@@ -132,6 +132,37 @@ impl ObjectUpload {
         Some(self.take_buf())
     }
 
+    /// Whether parts already went up: what they hold cannot be read back or
+    /// changed, only completed.
+    pub fn sent_any(&self) -> bool {
+        self.upload_id.is_some()
+    }
+
+    /// Whether bytes `at..end` are all still in the current part.
+    pub fn tail_covers(&self, at: u64, end: u64) -> bool {
+        at >= self.written - self.buffered() as u64 && end <= self.written
+    }
+
+    /// Copies bytes `at..at + out.len()` into `out` when all of them are still
+    /// in the current part (in memory or spilled): a read-back of what was
+    /// just written. False when some of them already left as a part.
+    pub fn read_tail(&self, at: u64, out: &mut [u8]) -> Result<bool, StoreError> {
+        if !self.tail_covers(at, at + out.len() as u64) {
+            return Ok(false);
+        }
+        let off = at - (self.written - self.buffered() as u64);
+        match &self.spilled {
+            Some((file, _)) => file
+                .read_exact_at(out, off)
+                .map_err(|e| spill_error(&self.key, e))?,
+            None => {
+                let off = off as usize;
+                out.copy_from_slice(&self.buf[off..off + out.len()]);
+            }
+        }
+        Ok(true)
+    }
+
     /// Takes the part buffer out (ending its loan, if it was lent).
     fn take_buf(&mut self) -> Vec<u8> {
         if std::mem::take(&mut self.lent) {

@@ -39,8 +39,8 @@ pub struct Seen {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SeenWhat {
     File(Bytes),
-    /// A file whose open said EBUSY (being written).
-    Busy,
+    /// A file whose read failed (one being written whose upload failed).
+    Unreadable(i32),
     Dir,
     Symlink(String),
 }
@@ -48,6 +48,8 @@ pub enum SeenWhat {
 pub struct Harness {
     mem: Arc<MemoryStore>,
     ledger: Arc<Ledger>,
+    /// How far `note_own_objects` has looked in the ledger.
+    own_mark: usize,
     cfg: FsConfig,
     a: Option<Mount>,
     b: Option<Mount>,
@@ -141,6 +143,7 @@ impl Harness {
         let mut h = Harness {
             mem: Arc::new(MemoryStore::new()),
             ledger: Ledger::new(),
+            own_mark: 0,
             cfg,
             a: None,
             b: None,
@@ -293,9 +296,38 @@ impl Harness {
         let want = self.model.live();
         compare(&want, &seen, self.started)
             .map_err(|e| format!("mount differs from model: {e}"))?;
+        // A read of a file being written that failed poisoned its writer.
+        for (p, s) in &seen {
+            if let SeenWhat::Unreadable(_) = s.what {
+                if let Some(i) = self
+                    .model
+                    .handles
+                    .iter()
+                    .position(|h| h.live() && h.path == *p)
+                {
+                    self.model.poison(i);
+                }
+            }
+        }
+        self.note_own_objects();
         pin(&mut self.model.tree, &seen);
         self.model.end_step();
         Ok(())
+    }
+
+    /// Objects that landed under a path's own key since the last look: a crash
+    /// may show them where no record says otherwise yet.
+    fn note_own_objects(&mut self) {
+        let keys = self.ledger.written_since(self.own_mark);
+        self.own_mark = self.ledger.mark();
+        for k in keys {
+            if k.starts_with(".cofferfs/") {
+                continue;
+            }
+            if let Some(b) = self.mem.object(&k) {
+                self.model.own.push((k, b));
+            }
+        }
     }
 
     /// The path `p` names now.
@@ -377,7 +409,8 @@ impl Harness {
         });
         if check("create", exp, &got)? {
             let (attr, fh) = got.map_err(|e| e.to_string())?;
-            self.model.open_new(fh, attr.ino, path, mode);
+            let mark = self.ledger.mark();
+            self.model.open_new(fh, attr.ino, path, mode, mark);
         }
         Ok(())
     }
@@ -407,7 +440,8 @@ impl Harness {
             .and_then(|a| errno(self.a().open(a.ino, flags, 0)).map(|(fh, _)| (a.ino, fh)));
         if check("open", exp, &got)? {
             let (ino, fh) = got.map_err(|e| e.to_string())?;
-            self.model.open_existing(fh, ino, path, trunc);
+            let mark = self.ledger.mark();
+            self.model.open_existing(fh, ino, path, trunc, mark);
         }
         Ok(())
     }
@@ -427,7 +461,10 @@ impl Harness {
                 return Err(format!("write returned {got:?}, not {len}"));
             }
             self.model.wrote(i, offset, &data);
-        } else if self.model.handles[i].state == HState::Open {
+        } else if got.is_err_and(|e| e != libc::EBUSY)
+            && self.model.handles[i].state != HState::Poisoned
+        {
+            // EBUSY refused a new version; any other failure poisons.
             self.model.poison(i);
         }
         Ok(())
@@ -444,7 +481,10 @@ impl Harness {
         let got = errno(self.a().setattr(h.ino, Some(h.fh), set));
         if check("ftruncate", exp, &got)? {
             self.model.truncated(i, size);
-        } else if self.model.handles[i].state == HState::Open {
+        } else if got.is_err_and(|e| e != libc::EBUSY)
+            && self.model.handles[i].state != HState::Poisoned
+        {
+            // EBUSY refused a new version; any other failure poisons.
             self.model.poison(i);
         }
         Ok(())
@@ -456,8 +496,10 @@ impl Harness {
     }
 
     /// close, counting as its own the objects written since `mark` (a failed
-    /// fsync's object is the close's to settle).
+    /// fsync's object is the close's to settle) or since it opened (a read of
+    /// what went up completes an object of it).
     fn close_since(&mut self, i: usize, faulty: bool, mark: usize) -> R<()> {
+        let mark = mark.min(self.model.handles[i].mark);
         let fh = self.model.handles[i].fh;
         let exp = loosen(self.model.expect_close(i), faulty);
         let got = errno(self.a().flush(fh, 0));
@@ -640,7 +682,19 @@ impl Harness {
     }
 
     fn read(&mut self, path: &str, offset: usize, len: usize, faulty: bool) -> R<()> {
+        let writer = self
+            .model
+            .handles
+            .iter()
+            .position(|h| h.live() && h.path == path);
         let (exp, want) = match self.model.stored(path) {
+            // A file being written reads through its writer.
+            Err(libc::EBUSY) => {
+                let h = &self.model.handles[writer.unwrap_or_default()];
+                let end = (offset + len).min(h.buf.len());
+                let exp = if h.tainted { Exp::Either } else { Exp::Ok };
+                (exp, Bytes::from(h.buf[offset.min(end)..end].to_vec()))
+            }
             Err(e) => (Exp::Err(e), Bytes::new()),
             Ok(n) => match &n.what {
                 What::Dir => (Exp::Err(libc::EISDIR), Bytes::new()),
@@ -658,7 +712,14 @@ impl Harness {
             let _ = fs.release(fh);
             r
         });
-        if check("read", loosen(exp, faulty), &got)? {
+        let ok = check("read", loosen(exp, faulty), &got)?;
+        if let (false, Some(i)) = (ok, writer) {
+            // The read completed what went up, and that failed: the writer is poisoned.
+            if got.is_err() {
+                self.model.poison(i);
+            }
+        }
+        if ok {
             let got = got.map_err(|e| e.to_string())?;
             if got != want {
                 return Err(format!(
@@ -716,7 +777,7 @@ impl Harness {
         let seen = walk(self.a())?;
         let mut why = Vec::new();
         for (k, snap) in self.model.snaps.iter().rev() {
-            let extra = |p: &str, s: &Seen| self.own_extra(*k, p, s, &seen);
+            let extra = |p: &str, s: &Seen| self.own_extra(p, s, &seen);
             let want = snap
                 .iter()
                 .map(|(p, n)| (p.clone(), Want::Node(n.clone())))
@@ -741,21 +802,21 @@ impl Harness {
     }
 
     /// After a crash, an entry the view of step `k` lacks may show anyway when
-    /// it is an object a later close stored under its own key (or a directory
+    /// it is an object stored under its own key with no record yet (or a directory
     /// holding only such).
-    fn own_extra(&self, k: u64, path: &str, s: &Seen, seen: &BTreeMap<String, Seen>) -> bool {
+    fn own_extra(&self, path: &str, s: &Seen, seen: &BTreeMap<String, Seen>) -> bool {
         match &s.what {
             SeenWhat::File(b) => self
                 .model
                 .own
                 .iter()
-                .any(|(p, bytes, c)| p == path && bytes == b && k < *c),
+                .any(|(p, bytes)| p == path && bytes == b),
             SeenWhat::Dir => {
                 let mut below = seen
                     .iter()
                     .filter(|(p, _)| p.strip_prefix(path).is_some_and(|r| r.starts_with('/')))
                     .peekable();
-                below.peek().is_some() && below.all(|(p, s)| self.own_extra(k, p, s, seen))
+                below.peek().is_some() && below.all(|(p, s)| self.own_extra(p, s, seen))
             }
             _ => false,
         }
@@ -853,12 +914,14 @@ fn walk(fs: &Fs) -> R<BTreeMap<String, Seen>> {
                         .map_err(|err| format!("readlink {path:?}: {err}"))?,
                 ),
                 Kind::File => match fs.open(a.ino, libc::O_RDONLY, 0) {
-                    Err(err) if err.errno == libc::EBUSY => SeenWhat::Busy,
                     Err(err) => return Err(format!("open {path:?}: {err}")),
                     Ok((fh, _)) => {
                         let r = read_all(fs, fh, a.size);
                         let _ = fs.release(fh);
-                        SeenWhat::File(r.map_err(|err| format!("read {path:?}: {err}"))?)
+                        match r {
+                            Ok(b) => SeenWhat::File(b),
+                            Err(e) => SeenWhat::Unreadable(e),
+                        }
                     }
                 },
             };
@@ -876,18 +939,20 @@ fn walk(fs: &Fs) -> R<BTreeMap<String, Seen>> {
     Ok(out)
 }
 
-fn read_all(fs: &Fs, fh: u64, size: u64) -> Result<Bytes, String> {
+/// The whole file, or the errno of the read that failed.
+fn read_all(fs: &Fs, fh: u64, size: u64) -> Result<Bytes, i32> {
     let mut out = Vec::with_capacity(size as usize);
     loop {
         let got = fs
             .read(fh, out.len() as u64, 1 << 20)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.errno)?;
         if got.is_empty() {
             break;
         }
         out.extend_from_slice(&got);
         if out.len() as u64 > size + (4 << 20) {
-            return Err("reads past the size never end".into());
+            // Reads past the size never end.
+            return Err(libc::EOVERFLOW);
         }
     }
     Ok(Bytes::from(out))
@@ -930,10 +995,20 @@ fn compare_with(
             continue;
         };
         match w {
-            Want::Writing { size, mode } => {
-                if s.what != SeenWhat::Busy || s.size != *size || s.perm != *mode {
+            Want::Writing {
+                data,
+                mode,
+                tainted,
+            } => {
+                let same = match &s.what {
+                    SeenWhat::File(b) => b == data,
+                    SeenWhat::Unreadable(_) => *tainted,
+                    _ => false,
+                };
+                if !same || s.size != data.len() as u64 || s.perm != *mode {
                     diffs.push(format!(
-                        "{p:?} is being written ({size} bytes so far, mode {mode:o}): seen {}",
+                        "{p:?} is being written ({}, mode {mode:o}): seen {}",
+                        show_bytes(data),
                         show_seen(s)
                     ));
                 }
@@ -993,7 +1068,7 @@ fn show_bytes(b: &[u8]) -> String {
 
 fn show_want(w: &Want) -> String {
     match w {
-        Want::Writing { size, .. } => format!("a file being written ({size} bytes)"),
+        Want::Writing { data, .. } => format!("a file being written ({})", show_bytes(data)),
         Want::Node(n) => match &n.what {
             What::File(b) => format!("file of {}", show_bytes(b)),
             What::Dir => "directory".into(),
@@ -1005,7 +1080,7 @@ fn show_want(w: &Want) -> String {
 fn show_seen(s: &Seen) -> String {
     let what = match &s.what {
         SeenWhat::File(b) => format!("file of {}", show_bytes(b)),
-        SeenWhat::Busy => format!("a file being written ({} bytes)", s.size),
+        SeenWhat::Unreadable(e) => format!("a file of {} bytes whose read fails ({e})", s.size),
         SeenWhat::Dir => "directory".into(),
         SeenWhat::Symlink(t) => format!("symlink to {t:?}"),
     };

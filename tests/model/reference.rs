@@ -7,10 +7,6 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-/// The part size the mounts use: a streamed file whose first part has left can
-/// only grow sequentially.
-pub const PART: usize = 1 << 20;
-
 /// An expected modification time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MTime {
@@ -60,7 +56,8 @@ pub enum HState {
     /// A write or truncate failed: every later write and the close fail, and
     /// the path shows its previous version.
     Poisoned,
-    /// fsync stored its bytes; later writes fail with EPERM, close succeeds.
+    /// fsync stored its bytes; a later write or truncate begins a new
+    /// version (Open again), close succeeds.
     Completed,
 }
 
@@ -92,12 +89,16 @@ pub struct Handle {
     /// A fault was armed while this handle was open: a part upload may have
     /// failed in the background, so its later writes and close may fail.
     pub tainted: bool,
+    /// Its path was unlinked or renamed over: it goes on, but stores nothing.
+    pub unlinked: bool,
+    /// The store's ledger mark when it opened: objects written since may be its.
+    pub mark: usize,
 }
 
 impl Handle {
-    /// Shown as being written (EBUSY to readers and other writers).
+    /// Shown as being written (EBUSY to other writers; readers read its bytes).
     pub fn live(&self) -> bool {
-        self.state == HState::Open
+        self.state == HState::Open && !self.unlinked
     }
 }
 
@@ -105,7 +106,13 @@ impl Handle {
 #[derive(Debug, Clone)]
 pub enum Want {
     Node(Node),
-    Writing { size: u64, mode: u32 },
+    /// A file being written: readers see its bytes so far, unless a background
+    /// fault may have failed it (`tainted`: a read may fail instead).
+    Writing {
+        data: Bytes,
+        mode: u32,
+        tainted: bool,
+    },
 }
 
 /// What the model makes of a lookup.
@@ -132,10 +139,11 @@ pub struct Model {
     /// with absolute step numbers: a crash may leave any of them.
     pub snaps: Vec<(u64, Tree)>,
     step: u64,
-    /// Files whose close stored them under their own key without waiting for
-    /// a journal record, with the step of that close: after a crash they show
-    /// even in views from before it.
-    pub own: Vec<(String, Bytes, u64)>,
+    /// Objects stored under their path's own key (by a close without waiting
+    /// for a journal record, an fsync, or a read or write out of order that
+    /// completed what went up): after a crash they may show where a view has
+    /// nothing, until the mount is remounted.
+    pub own: Vec<(String, Bytes)>,
     /// This step made everything so far durable (fsync, a close that waited).
     pub durable_after_step: bool,
 }
@@ -210,8 +218,9 @@ impl Model {
             m.insert(
                 h.path.clone(),
                 Want::Writing {
-                    size: h.buf.len() as u64,
+                    data: Bytes::from(h.buf.clone()),
                     mode: h.mode,
+                    tainted: h.tainted,
                 },
             );
         }
@@ -230,22 +239,16 @@ impl Model {
         self.step += 1;
         if std::mem::take(&mut self.durable_after_step) {
             self.snaps.clear();
-            self.own.clear();
         }
         self.snaps.push((self.step, self.tree.clone()));
-    }
-
-    /// Everything so far is stored: a crash keeps at least this.
-    fn durable(&mut self) {
-        self.snaps = vec![(self.step, self.tree.clone())];
-        self.own.clear();
     }
 
     /// Replaces the state after a remount or crash.
     pub fn reset(&mut self, tree: Tree) {
         self.tree = tree;
         self.handles.clear();
-        self.durable();
+        self.snaps = vec![(self.step, self.tree.clone())];
+        self.own.clear();
     }
 
     pub fn step(&self) -> u64 {
@@ -254,7 +257,7 @@ impl Model {
 
     // ---- handles ------------------------------------------------------------
 
-    pub fn open_new(&mut self, fh: u64, ino: u64, path: &str, mode: u32) {
+    pub fn open_new(&mut self, fh: u64, ino: u64, path: &str, mode: u32, mark: usize) {
         self.handles.push(Handle {
             fh,
             ino,
@@ -267,10 +270,12 @@ impl Model {
             synced: false,
             wrote: true,
             tainted: false,
+            unlinked: false,
+            mark,
         });
     }
 
-    pub fn open_existing(&mut self, fh: u64, ino: u64, path: &str, trunc: bool) {
+    pub fn open_existing(&mut self, fh: u64, ino: u64, path: &str, trunc: bool, mark: usize) {
         let Some(n) = self.tree.get(path) else { return };
         let old = match &n.what {
             What::File(b) => b.to_vec(),
@@ -288,23 +293,20 @@ impl Model {
             synced: false,
             wrote: false,
             tainted: false,
+            unlinked: false,
+            mark,
         });
     }
 
     /// The expected result of writing `len` bytes at `offset` through handle `i`.
     pub fn expect_write(&self, i: usize, offset: usize) -> Exp {
         let h = &self.handles[i];
+        // Any offset: a seek back after parts left edits a version of them.
+        let _ = offset;
         let exp = match h.state {
             HState::Poisoned => Exp::Fail,
-            HState::Completed => Exp::Err(libc::EPERM),
-            HState::Open => {
-                if h.how == How::Stream && offset != h.buf.len() && h.buf.len() > PART {
-                    // README: a file whose first part has left grows sequentially only.
-                    Exp::Err(libc::EINVAL)
-                } else {
-                    Exp::Ok
-                }
-            }
+            HState::Completed if self.other_writer(i) => Exp::Err(libc::EBUSY),
+            HState::Completed | HState::Open => Exp::Ok,
         };
         if h.tainted && exp == Exp::Ok {
             Exp::Either
@@ -318,10 +320,9 @@ impl Model {
         let h = &self.handles[i];
         let exp = match h.state {
             HState::Poisoned => Exp::Fail,
-            HState::Completed => Exp::Err(libc::EPERM),
-            HState::Open if size == h.buf.len() => Exp::Ok,
-            HState::Open if h.how == How::Stream && h.buf.len() > PART => Exp::Err(libc::EINVAL),
-            HState::Open => Exp::Ok,
+            HState::Completed if size == h.buf.len() => Exp::Ok,
+            HState::Completed if self.other_writer(i) => Exp::Err(libc::EBUSY),
+            HState::Completed | HState::Open => Exp::Ok,
         };
         if h.tainted && exp == Exp::Ok {
             Exp::Either
@@ -330,8 +331,36 @@ impl Model {
         }
     }
 
+    /// Another handle writes the file handle `i` fsync'd: `i` cannot begin a
+    /// new version (one writer at a time).
+    fn other_writer(&self, i: usize) -> bool {
+        let h = &self.handles[i];
+        !h.unlinked
+            && self
+                .handles
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != i && o.live() && o.path == h.path)
+    }
+
     /// A write or truncate through handle `i` succeeded.
+    /// A write or truncate after fsync begins a new version of the file as it
+    /// is now (a chmod since included).
+    fn reopen(&mut self, i: usize) {
+        let h = &self.handles[i];
+        if h.state != HState::Completed {
+            return;
+        }
+        let mode = self.tree.get(&h.path).map(|n| n.mode);
+        let h = &mut self.handles[i];
+        h.state = HState::Open;
+        if let Some(m) = mode {
+            h.mode = m;
+        }
+    }
+
     pub fn wrote(&mut self, i: usize, offset: usize, data: &[u8]) {
+        self.reopen(i);
         let h = &mut self.handles[i];
         if !(h.how == How::Stream && offset == h.buf.len()) {
             h.how = How::Staged;
@@ -347,10 +376,11 @@ impl Model {
     }
 
     pub fn truncated(&mut self, i: usize, size: usize) {
-        let h = &mut self.handles[i];
-        if size == h.buf.len() {
+        if size == self.handles[i].buf.len() {
             return;
         }
+        self.reopen(i);
+        let h = &mut self.handles[i];
         h.how = How::Staged;
         h.buf.resize(size, 0);
         h.dirty = true;
@@ -362,15 +392,16 @@ impl Model {
     /// the path shows its previous version (DESIGN: "a handle on which a write,
     /// truncate or copy-in failed is poisoned").
     pub fn poison(&mut self, i: usize) {
-        let h = &mut self.handles[i];
-        if h.state == HState::Open {
-            h.state = HState::Poisoned;
-        }
+        self.handles[i].state = HState::Poisoned;
     }
 
     /// The expected result of close (flush) of handle `i`.
     pub fn expect_close(&self, i: usize) -> Exp {
         let h = &self.handles[i];
+        if h.unlinked && h.state != HState::Poisoned {
+            // Nothing is stored, so nothing can fail.
+            return Exp::Ok;
+        }
         match h.state {
             HState::Poisoned => Exp::Fail,
             HState::Completed => Exp::Ok,
@@ -405,24 +436,14 @@ impl Model {
     /// the path's own key (no journal record waited for).
     pub fn closed(&mut self, i: usize, ok: bool, own: bool) {
         let h = self.handles.remove(i);
-        if !ok && own && h.dirty {
-            // Failed, but its object landed under the path's own key: the view
-            // shows the old version, yet a crash before the undo is stored
-            // shows the object.
-            self.own
-                .push((h.path.clone(), Bytes::from(h.buf.clone()), self.step + 1));
-        }
-        if !ok || h.state != HState::Open || !h.dirty {
+        if !ok || h.state != HState::Open || !h.dirty || h.unlinked {
             return;
         }
         let synced = h.synced;
-        let (path, buf) = (h.path.clone(), h.buf.clone());
         self.handles.insert(i, h);
         self.store_handle(i);
         self.handles.remove(i);
-        if own {
-            self.own.push((path, Bytes::from(buf), self.step + 1));
-        } else if !synced {
+        if !own && !synced {
             // close waited for the file's journal record; records are stored in
             // order, so everything before it is stored too.
             self.durable_after_step = true;
@@ -432,6 +453,9 @@ impl Model {
     /// The expected result of fsync of handle `i`.
     pub fn expect_fsync(&self, i: usize) -> Exp {
         let h = &self.handles[i];
+        if h.unlinked && h.state != HState::Poisoned {
+            return Exp::Ok;
+        }
         match h.state {
             HState::Poisoned => Exp::Fail,
             HState::Open if h.tainted && h.dirty => Exp::Either,
@@ -442,7 +466,7 @@ impl Model {
     /// fsync of handle `i` succeeded: its bytes and all metadata are stored.
     pub fn fsynced(&mut self, i: usize) {
         let h = &self.handles[i];
-        if h.state == HState::Open && h.dirty {
+        if h.state == HState::Open && h.dirty && !h.unlinked {
             let empty = h.buf.is_empty();
             self.store_handle(i);
             let h = &mut self.handles[i];
@@ -476,8 +500,10 @@ impl Model {
         if to == ".cofferfs" {
             return Exp::Err(libc::EPERM);
         }
-        let Found::Node(src) = src else {
-            return Exp::Err(libc::EBUSY);
+        let src = match src {
+            Found::Node(n) => n.is_dir(),
+            // A file being written moves; its close stores it where it is then.
+            Found::Writing => false,
         };
         if to == from {
             return Exp::Ok;
@@ -488,8 +514,10 @@ impl Model {
         match self.find(to) {
             Err(_) => {}
             Ok(_) if noreplace => return Exp::Err(libc::EEXIST),
-            Ok(Found::Writing) => return Exp::Err(libc::EBUSY),
-            Ok(Found::Node(dst)) => match (src.is_dir(), dst.is_dir()) {
+            // Renamed over, a file being written loses its name.
+            Ok(Found::Writing) if src => return Exp::Err(libc::ENOTDIR),
+            Ok(Found::Writing) => {}
+            Ok(Found::Node(dst)) => match (src, dst.is_dir()) {
                 (true, false) => return Exp::Err(libc::ENOTDIR),
                 (false, true) => return Exp::Err(libc::EISDIR),
                 (true, true) if !self.is_empty_dir(to) => return Exp::Err(libc::ENOTEMPTY),
@@ -528,6 +556,7 @@ impl Model {
         for p in gone {
             self.tree.remove(&p);
         }
+        self.unlink_handles(to);
         for p in moved {
             if let Some(n) = self.tree.remove(&p) {
                 let q = format!("{to}{}", &p[from.len()..]);
@@ -566,7 +595,7 @@ impl Model {
     pub fn expect_unlink(&self, path: &str) -> Exp {
         match self.find(path) {
             Err(e) => Exp::Err(e),
-            Ok(Found::Writing) => Exp::Err(libc::EBUSY),
+            Ok(Found::Writing) => Exp::Ok,
             Ok(Found::Node(n)) if n.is_dir() => Exp::Err(libc::EISDIR),
             Ok(_) => Exp::Ok,
         }
@@ -588,7 +617,17 @@ impl Model {
 
     pub fn removed(&mut self, path: &str) {
         self.tree.remove(path);
+        self.unlink_handles(path);
         self.touch_parent(path);
+    }
+
+    /// The file at `path` lost its name: its open handles go on, storing nothing.
+    fn unlink_handles(&mut self, path: &str) {
+        for h in &mut self.handles {
+            if h.path == path {
+                h.unlinked = true;
+            }
+        }
     }
 
     /// A stored file, directory or symlink at `path` (not one being written).

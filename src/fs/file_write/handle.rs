@@ -1,8 +1,11 @@
 //! WriteHandle: one file being written through the mount. Sequential writes stream
 //! into an `ObjectUpload`; anything else (seek back, append to or edit of an
 //! existing file, a writer beyond the memory budget) goes through a local
-//! staging file uploaded on close. A handle that failed once stays failed.
-//! Knows nothing of inodes, the journal or FUSE.
+//! staging file uploaded on close. A write out of order after parts went up
+//! completes what they hold as a version of its own, which becomes the base of
+//! a staged edit; so does a write after fsync or close. Reads see what the
+//! handle wrote. A handle that failed once stays failed. Knows nothing of
+//! inodes, the journal or FUSE.
 
 use super::staging::Staging;
 use crate::fs::error::{FsError, FsResult};
@@ -19,7 +22,8 @@ use std::sync::Arc;
 enum State {
     /// Taking bytes.
     Open,
-    /// The object is stored at `key`; `etag` is its ETag.
+    /// The object is stored at `key`; `etag` is its ETag. An empty `key`:
+    /// stored as an empty file, which needs no object.
     Completed { key: String, etag: String },
     /// Poisoned: a write, truncate, copy-in or upload failed. Every later call
     /// fails with this first error, and nothing from this handle is stored.
@@ -49,6 +53,15 @@ pub struct Source {
     pub size: u64,
 }
 
+/// Where a read of a handle finds its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// In this stored version (read it through the block cache).
+    Object(Source),
+    /// These.
+    Bytes(Vec<u8>),
+}
+
 enum Mode {
     /// An edit not yet begun: the old bytes are copied at the first change.
     Lazy(Option<Source>),
@@ -70,6 +83,13 @@ pub struct WriteHandle {
     state: State,
     /// Size of the file as written so far.
     size: u64,
+    /// The base of a `Lazy` edit is a version this handle stored (out of order
+    /// writes after parts went up, or a read of them): finished unchanged, that
+    /// version is the file.
+    made_base: bool,
+    /// Keys this handle completed objects at, besides its last version's: the
+    /// versions a later edit started from.
+    landed: Vec<String>,
 }
 
 fn io(what: &str, e: std::io::Error) -> FsError {
@@ -96,6 +116,8 @@ impl WriteHandle {
             mode: Mode::Stream(None),
             state: State::Open,
             size: 0,
+            made_base: false,
+            landed: Vec::new(),
         };
         w.mode = Mode::Stream(Some(w.begin_upload(None)));
         w
@@ -118,6 +140,8 @@ impl WriteHandle {
             size: from.as_ref().map_or(0, |s| s.size),
             mode: Mode::Lazy(from),
             state: State::Open,
+            made_base: false,
+            landed: Vec::new(),
         }
     }
 
@@ -204,19 +228,180 @@ impl WriteHandle {
         self.state == State::Open
     }
 
+    /// An fsync or close stored the bytes and the handle is still open.
+    pub fn is_completed(&self) -> bool {
+        matches!(self.state, State::Completed { .. })
+    }
+
+    /// Keys this handle stored earlier versions at (before a write after
+    /// fsync, or one out of order after parts went up).
+    pub fn landed(&self) -> impl Iterator<Item = &str> {
+        self.landed.iter().map(String::as_str)
+    }
+
+    /// After an fsync or close stored the bytes, a write or truncate begins a
+    /// new version: an edit of the stored one, to a fresh key (the coffer is
+    /// write-once). The edit copies it in at its first change.
+    pub fn reopen(&mut self) {
+        let State::Completed { key, etag } = &self.state else {
+            return;
+        };
+        if key.is_empty() {
+            // Stored empty: nothing went anywhere, so the bytes stream to the
+            // same key as a new file's.
+            self.state = State::Open;
+            self.mode = Mode::Stream(Some(self.begin_upload(None)));
+            return;
+        }
+        let from = Source {
+            key: key.clone(),
+            etag: etag.clone(),
+            size: self.size,
+        };
+        self.landed
+            .push(std::mem::replace(&mut self.key, crate::fs::data_key()));
+        self.fallback = None;
+        self.made_base = false;
+        self.state = State::Open;
+        // A staging file still holds the stored bytes: go on from it.
+        if let Mode::Staged { held, .. } = &mut self.mode {
+            if *held == 0 && self.staging.take(self.size).is_ok() {
+                *held = self.size;
+                return;
+            }
+        }
+        self.release_staging();
+        self.mode = Mode::Lazy(Some(from));
+    }
+
     fn check_open(&self) -> FsResult<()> {
         match &self.state {
             State::Open => Ok(()),
             State::Completed { .. } => Err(FsError::new(
-                libc::EPERM,
-                format!(
-                    "write {:?}: the object was already completed (by fsync or an earlier \
-                     close) and the coffer is write-once; these bytes are not stored",
-                    self.key
-                ),
+                libc::EIO,
+                format!("{:?}: stored already; reopen for a new version", self.key),
             )),
             State::Failed(e) => Err(e.clone()),
         }
+    }
+
+    /// Whether a write (or truncate) at `offset..end`, or a read of it, would
+    /// complete what went up as parts as an object of its own first.
+    pub fn would_complete(&self, offset: u64, end: u64, read: bool) -> bool {
+        let Mode::Stream(Some(u)) = &self.mode else {
+            return false;
+        };
+        if !u.sent_any() || self.state != State::Open {
+            return false;
+        }
+        if read {
+            let end = end.min(self.size);
+            offset < end && !u.tail_covers(offset, end)
+        } else {
+            offset != self.size
+        }
+    }
+
+    /// An empty file's close stored it (as a journal record): the handle is
+    /// done until a write begins a new version.
+    pub fn complete_empty(&mut self) {
+        if self.state != State::Open || self.size != 0 {
+            return;
+        }
+        if let Mode::Stream(upload) = &mut self.mode {
+            // Nothing was sent: dropping it aborts nothing.
+            upload.take();
+        }
+        self.release_staging();
+        self.state = State::Completed {
+            key: String::new(),
+            etag: String::new(),
+        };
+    }
+
+    /// What `offset..offset + len` holds, as this handle wrote it.
+    pub fn read(&mut self, offset: u64, len: u32) -> FsResult<ReadFrom> {
+        match &self.state {
+            State::Failed(e) => return Err(e.clone()),
+            State::Completed { key, .. } if key.is_empty() => {
+                return Ok(ReadFrom::Bytes(Vec::new()))
+            }
+            State::Completed { key, etag } => {
+                return Ok(ReadFrom::Object(Source {
+                    key: key.clone(),
+                    etag: etag.clone(),
+                    size: self.size,
+                }))
+            }
+            State::Open => {}
+        }
+        let len = u64::from(len).min(self.size.saturating_sub(offset)) as usize;
+        if len == 0 {
+            return Ok(ReadFrom::Bytes(Vec::new()));
+        }
+        match &self.mode {
+            Mode::Lazy(Some(src)) => return Ok(ReadFrom::Object(src.clone())),
+            Mode::Lazy(None) => return Ok(ReadFrom::Bytes(Vec::new())),
+            Mode::Staged { file, .. } => {
+                let mut buf = vec![0u8; len];
+                let n = read_full_at(file, &mut buf, offset)
+                    .map_err(|e| io("reading the staging file", e))?;
+                buf.truncate(n);
+                return Ok(ReadFrom::Bytes(buf));
+            }
+            Mode::Stream(Some(u)) => {
+                let mut buf = vec![0u8; len];
+                let tail = u
+                    .read_tail(offset, &mut buf)
+                    .map_err(|e| FsError::io(&format!("reading back {:?}", self.key), &e));
+                match tail {
+                    Ok(true) => return Ok(ReadFrom::Bytes(buf)),
+                    Ok(false) => {}
+                    Err(e) => return Err(self.poison(e)),
+                }
+            }
+            Mode::Stream(None) => {}
+        }
+        // Some of it already left as parts, which cannot be read back: what
+        // they hold becomes a version to read (and to edit from).
+        self.convert().map_err(|e| self.poison(e))?;
+        match &self.mode {
+            Mode::Lazy(Some(src)) => Ok(ReadFrom::Object(src.clone())),
+            _ => Err(self.poison(FsError::new(libc::EIO, "read: no version to read"))),
+        }
+    }
+
+    /// A streamed file whose parts went up: completes the object (the parts
+    /// cannot be read back or replaced) and makes it the base of a lazy edit
+    /// to a fresh key.
+    fn convert(&mut self) -> FsResult<()> {
+        let Mode::Stream(upload) = &mut self.mode else {
+            return Ok(());
+        };
+        let Some(u) = upload.take() else {
+            return Err(FsError::new(libc::EIO, "no upload"));
+        };
+        let (key, etag) = u.finish_at().map_err(|e| {
+            FsError::io(
+                &format!("storing the first {} bytes of {:?}", self.size, self.key),
+                &e,
+            )
+        })?;
+        log::info!(
+            "{key:?}: written out of order after {} bytes went up; they are stored as a \
+             version of their own and the file goes on from a local copy",
+            self.size
+        );
+        self.mode = Mode::Lazy(Some(Source {
+            key: key.clone(),
+            etag,
+            size: self.size,
+        }));
+        self.made_base = true;
+        self.landed.push(key);
+        self.key = crate::fs::data_key();
+        self.fallback = None;
+        Ok(())
     }
 
     /// Moves to a staging file, keeping `bytes` as its start.
@@ -287,6 +472,17 @@ impl WriteHandle {
 
     fn write_inner(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
         self.begin_edit()?;
+        if !self.streams(offset, data)? {
+            self.begin_edit()?;
+            self.write_at(offset, data)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a write into the stream when it continues it; else moves the
+    /// handle off the stream (to staging, or to an edit of what went up) and
+    /// says false.
+    fn streams(&mut self, offset: u64, data: &[u8]) -> FsResult<bool> {
         if let Mode::Stream(upload) = &mut self.mode {
             let Some(u) = upload.as_mut() else {
                 return Err(FsError::new(libc::EIO, "write: no upload"));
@@ -297,24 +493,28 @@ impl WriteHandle {
                     .map_err(|e| FsError::io(&format!("UploadPart {:?}", self.key), &e))?;
                 if taken {
                     self.size = end_of(offset, data);
-                    return Ok(());
+                    return Ok(true);
                 }
                 // The memory budget is held by other writers' buffers: go on from disk.
             }
-            let Some(bytes) = u.take_unsent() else {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    format!(
-                        "write {:?} at offset {offset} after {} bytes already went up in \
-                         parts: a file this large can only be written sequentially",
-                        self.key, self.size
-                    ),
-                ));
-            };
-            *upload = None;
-            self.start_staging(&bytes)?;
+            self.leave_stream()?;
         }
-        self.write_at(offset, data)
+        Ok(false)
+    }
+
+    /// Goes on from a staging file (nothing went up yet) or from a version of
+    /// what went up.
+    fn leave_stream(&mut self) -> FsResult<()> {
+        let Mode::Stream(upload) = &mut self.mode else {
+            return Ok(());
+        };
+        match upload.as_mut().and_then(|u| u.take_unsent()) {
+            Some(bytes) => {
+                *upload = None;
+                self.start_staging(&bytes)
+            }
+            None => self.convert(),
+        }
     }
 
     /// Sets the size (ftruncate): the same size is a no-op; anything else stages.
@@ -329,20 +529,8 @@ impl WriteHandle {
 
     fn truncate_inner(&mut self, size: u64) -> FsResult<()> {
         self.begin_edit()?;
-        if let Mode::Stream(upload) = &mut self.mode {
-            let unsent = upload.as_mut().and_then(|u| u.take_unsent());
-            let Some(bytes) = unsent else {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    format!(
-                        "truncate {:?}: its first parts are already uploaded",
-                        self.key
-                    ),
-                ));
-            };
-            *upload = None;
-            self.start_staging(&bytes)?;
-        }
+        self.leave_stream()?;
+        self.begin_edit()?;
         let Mode::Staged { file, held } = &mut self.mode else {
             return Err(FsError::new(libc::EIO, "truncate: not staged"));
         };
@@ -360,6 +548,7 @@ impl WriteHandle {
     /// failure poisons the handle (the upload is aborted).
     pub fn finish(&mut self) -> FsResult<Finished> {
         match &self.state {
+            State::Completed { key, .. } if key.is_empty() => return Ok(Finished::Empty),
             State::Completed { key, etag } => {
                 return Ok(Finished::Stored {
                     key: key.clone(),
@@ -370,8 +559,24 @@ impl WriteHandle {
             State::Failed(e) => return Err(e.clone()),
             State::Open => {}
         }
-        if matches!(self.mode, Mode::Lazy(_)) {
-            return Ok(Finished::Unchanged);
+        if let Mode::Lazy(from) = &self.mode {
+            // A base this handle made is the file as written.
+            return match from {
+                Some(src) if self.made_base => {
+                    self.key = src.key.clone();
+                    self.landed.retain(|k| *k != src.key);
+                    self.state = State::Completed {
+                        key: src.key.clone(),
+                        etag: src.etag.clone(),
+                    };
+                    Ok(Finished::Stored {
+                        key: src.key.clone(),
+                        etag: src.etag.clone(),
+                        size: self.size,
+                    })
+                }
+                _ => Ok(Finished::Unchanged),
+            };
         }
         if self.size == 0 {
             return Ok(Finished::Empty);
@@ -436,6 +641,20 @@ impl WriteHandle {
             ));
         }
     }
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends; the count read.
+fn read_full_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], at + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn end_of(offset: u64, data: &[u8]) -> u64 {

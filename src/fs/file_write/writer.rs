@@ -4,12 +4,14 @@
 //! entry; a failed one gives the path back its old version. Knows nothing of
 //! FUSE; how the bytes reach the coffer is `handle`'s business.
 
-use super::handle::{Finished, Source, WriteHandle};
+use super::handle::{Finished, ReadFrom, Source, WriteHandle};
+use crate::fs::cache::{ObjectId, ReadState};
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::handles::Handle;
 use crate::fs::journal::{Attrs, Record};
 use crate::fs::view::{Data, Kind, Node, Origin, ViewEntry};
 use crate::fs::{lock, touched_now, Fs};
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -28,7 +30,12 @@ pub(in crate::fs) enum End {
 pub(in crate::fs) struct Writer {
     pub(in crate::fs) ino: u64,
     pub(in crate::fs) w: Mutex<WriteHandle>,
-    pub(in crate::fs) before: Option<ViewEntry>,
+    /// The version a failure falls back to: what the path showed when the
+    /// handle opened, or the version it last stored (a write after fsync or
+    /// close goes on to a new one). A leaf lock.
+    pub(in crate::fs) before: Mutex<Option<ViewEntry>>,
+    /// Reads through this handle of versions it stored (O_RDWR).
+    pub(in crate::fs) reading: Mutex<ReadState>,
     pub(in crate::fs) mode: u16,
     /// An empty close already recorded the file (a dup'd descriptor was closed
     /// while the writer goes on, as dd and shells do).
@@ -69,7 +76,8 @@ impl Writer {
         Writer {
             ino,
             w: Mutex::new(w),
-            before,
+            before: Mutex::new(before),
+            reading: Mutex::new(ReadState::default()),
             mode,
             empty_recorded: Mutex::new(None),
             empty_synced: Mutex::new(None),
@@ -113,7 +121,7 @@ impl Fs {
         let ino = n.ino;
         self.writable("open for writing", &n.path)?;
         // New bytes for an existing path go to a fresh key; the old version stays.
-        let key = self.data_key();
+        let key = crate::fs::data_key();
         let truncating = flags & libc::O_TRUNC != 0;
         let w = if truncating {
             WriteHandle::new(&self.uploader, &self.staging, &key, None)
@@ -140,13 +148,10 @@ impl Fs {
         lock(&self.kernel_cached).remove(&ino);
         let mode = self.attr(&n).perm;
         Ok((
-            self.handles.add(Handle::Write(Box::new(Writer::new(
+            self.add_file_handle(
                 ino,
-                w,
-                Some(n.view()),
-                mode,
-                pid,
-            )))),
+                Handle::Write(Box::new(Writer::new(ino, w, Some(n.view()), mode, pid))),
+            ),
             false,
         ))
     }
@@ -156,9 +161,13 @@ impl Fs {
         let Handle::Write(w) = &*h else {
             return Err(FsError::new(libc::EBADF, "write: not open for writing"));
         };
+        self.reopen_stored(w)?;
         let mut g = lock(&w.w);
         let was_open = g.is_open();
-        let result = g.write(offset, data);
+        let end = offset + data.len() as u64;
+        let result = self
+            .hide_before_completing(w, &g, g.would_complete(offset, end, false))
+            .and_then(|()| g.write(offset, data));
         let size = g.size();
         drop(g);
         match result {
@@ -176,17 +185,121 @@ impl Fs {
         }
     }
 
+    /// A write or truncate after an fsync or close stored the bytes: the handle
+    /// goes on to a new version, and a failure now falls back to the stored
+    /// one. EBUSY while another handle writes the file (one writer at a time).
+    fn reopen_stored(&self, w: &Writer) -> FsResult<()> {
+        let empty = {
+            let g = lock(&w.w);
+            if !g.is_completed() {
+                return Ok(());
+            }
+            g.size() == 0
+        };
+        // The table before the handle: the documented lock order.
+        if let Some(n) = lock(&self.table).get_mut(w.ino) {
+            // (An unlinked file stores nothing: its writers cannot collide.)
+            if n.origin == Origin::Writing && !n.unlinked {
+                return Err(FsError::new(
+                    libc::EBUSY,
+                    format!("write {:?}: another handle is writing it", n.path),
+                ));
+            }
+            // A close that stored the file empty (a shell's or dd's dup'd
+            // descriptor) does not end the write: a failure now still gives the
+            // path back what it had before the handle opened, as one `cmd > f`.
+            if !empty {
+                *lock(&w.before) = Some(n.view());
+            }
+            n.origin = Origin::Writing;
+        }
+        lock(&w.w).reopen();
+        if !empty {
+            *lock(&w.empty_recorded) = None;
+            *lock(&w.empty_synced) = None;
+            *lock(&w.journal_version) = None;
+        }
+        lock(&self.kernel_cached).remove(&w.ino);
+        Ok(())
+    }
+
+    /// A new file streams to its own key: before what went up is completed
+    /// there as an object of its own (`completes`), a stored record hides the
+    /// path, so no one — another mount, a crash — sees it half-written. Its
+    /// close records the file again. `w` is the writer of the handle `g`.
+    fn hide_before_completing(&self, w: &Writer, g: &WriteHandle, completes: bool) -> FsResult<()> {
+        if !completes {
+            return Ok(());
+        }
+        let ticket = {
+            let _ns = lock(&self.ns);
+            match self.live_path(w.ino)? {
+                // Only where the object would show: a record of the path (an
+                // empty version stored) already wins over it.
+                Some(path) if path == g.key() && self.own_key_free(&path) => {
+                    self.journal.record(vec![Record::Hide { path }])
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.journal.store_or_withdraw(ticket)
+    }
+
+    /// read(2) on a handle open for writing (O_RDWR): what the file holds,
+    /// with what this handle wrote.
+    pub(in crate::fs) fn read_written(
+        &self,
+        w: &Writer,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
+        let mut g = lock(&w.w);
+        let was_open = g.is_open();
+        let end = offset + u64::from(size);
+        let read = self
+            .hide_before_completing(w, &g, g.would_complete(offset, end, true))
+            .and_then(|()| g.read(offset, size));
+        let from = match read {
+            Ok(from) => from,
+            Err(e) => {
+                drop(g);
+                return Err(if was_open {
+                    self.abandon_write(w, e, false)
+                } else {
+                    e
+                });
+            }
+        };
+        drop(g);
+        match from {
+            ReadFrom::Bytes(b) => Ok(Bytes::from(b)),
+            ReadFrom::Object(src) => {
+                let o = ObjectId {
+                    key: src.key.as_str().into(),
+                    etag: src.etag.as_str().into(),
+                    size: src.size,
+                };
+                self.cache.read(&o, &w.reading, offset, size)
+            }
+        }
+    }
+
     /// Gives `w`'s path in the view the version a failure of `w` falls back to:
     /// what an fsync of it stored empty, else what it showed before (a new file
     /// goes). Returns the path and the record that says so in the journal.
     fn fall_back(&self, t: &mut crate::fs::view::Table, w: &Writer) -> Option<(String, Record)> {
         let n = t.get_mut(w.ino)?;
         let path = n.path.clone();
+        if n.unlinked {
+            // Nothing of it is in the view or to be recorded any more.
+            return None;
+        }
         let synced = *lock(&w.empty_synced);
         // What this handle put in the journal no longer stands, but a synced
         // empty version does.
         *lock(&w.journal_version) = synced;
-        let undo = match (synced, &w.before) {
+        let before = lock(&w.before).clone();
+        let undo = match (synced, &before) {
             (Some(attrs), _) => {
                 n.origin = Origin::Stored;
                 n.size = 0;
@@ -239,10 +352,13 @@ impl Fs {
                 // A close of a dup'd descriptor stored this file empty; undo that.
                 self.journal.record(vec![undo]);
             }
-        } else if finishing && w.before.is_none() && !synced && lock(&w.w).key() == path {
+        } else if lock(&w.before).is_none() && !synced && {
+            let g = lock(&w.w);
+            (finishing && g.key() == path) || g.landed().any(|k| k == path)
+        } {
             // A new file's object at its own path may have landed though the
-            // answer said otherwise: keep it out of the view for good (`undo`
-            // hides it).
+            // answer said otherwise, or a version of it did before an edit:
+            // keep it out of the view for good (`undo` hides it).
             self.journal.record(vec![undo]);
         }
         e
@@ -307,6 +423,14 @@ impl Fs {
     /// Stores what `w` wrote. `last`: the handle is being released, so an empty
     /// file stops being "being written". Any failure leaves the path as it was.
     pub(in crate::fs) fn finish_write(&self, w: &Writer, end: End) -> FsResult<()> {
+        if self.unlinked(w.ino) && !w.abandoned.load(Ordering::SeqCst) {
+            // Removed while open: its bytes are no one's, so nothing is stored.
+            // (A failed handle's own file goes too; its close reports the failure.)
+            if end == End::Release {
+                lock(&w.w).abandon();
+            }
+            return Ok(());
+        }
         let mut g = lock(&w.w);
         let was_open = g.is_open();
         let result = g.finish();
@@ -343,7 +467,6 @@ impl Fs {
         result: Finished,
         end: End,
     ) -> FsResult<()> {
-        let last = end == End::Release;
         let Some(node) = lock(&self.table).get(w.ino).cloned() else {
             return Err(FsError::new(libc::EIO, "the file's entry vanished"));
         };
@@ -355,7 +478,8 @@ impl Fs {
         let record = match result {
             Finished::Unchanged => {
                 // Opened for writing, closed without a change: the old bytes stand.
-                let v = w.before.as_ref().map(|v| v.attrs);
+                let before = lock(&w.before).clone();
+                let v = before.as_ref().map(|v| v.attrs);
                 if v.is_some_and(|v| v != node.attrs) {
                     self.journal.record(vec![Record::Attr {
                         path: node.path.clone(),
@@ -367,7 +491,7 @@ impl Fs {
                     // fsync leaves the file open for writing; a close ends it.
                     if n.origin == Origin::Writing && end != End::Fsync {
                         n.origin = Origin::Stored;
-                        if let Some(v) = &w.before {
+                        if let Some(v) = &before {
                             n.size = v.size;
                             n.data = v.data.clone();
                         }
@@ -382,7 +506,9 @@ impl Fs {
                 if *recorded != Some(attrs) {
                     let ticket = {
                         let _ns = lock(&self.ns);
-                        let path = self.path_of(w.ino)?;
+                        let Some(path) = self.live_path(w.ino)? else {
+                            return Ok(());
+                        };
                         self.journal.record(vec![Record::File { path, attrs }])
                     };
                     self.journal.store_or_withdraw(ticket)?;
@@ -396,8 +522,10 @@ impl Fs {
                 }
                 if end == End::Fsync {
                     *lock(&w.empty_synced) = Some(attrs);
-                }
-                if last {
+                } else {
+                    // Stored at close, not only at release (which the kernel
+                    // sends later): `: > f; rm f` must find it stored.
+                    lock(&w.w).complete_empty();
                     lock(&self.table).mark_stored(w.ino, Instant::now());
                 }
                 return Ok(());
@@ -412,8 +540,11 @@ impl Fs {
         // rename cannot slip between reading it and recording it.
         let (ticket, wait) = {
             let _ns = lock(&self.ns);
-            let path = self.path_of(w.ino)?;
-            let own = key == path && w.before.is_none() && self.own_key_free(&path);
+            let Some(path) = self.live_path(w.ino)? else {
+                // Unlinked meanwhile: the object is no one's.
+                return Ok(());
+            };
+            let own = key == path && lock(&w.before).is_none() && self.own_key_free(&path);
             let record = if own {
                 // The object at its own path is the file; its mode is metadata.
                 Record::Attr { path, attrs }
@@ -441,12 +572,17 @@ impl Fs {
         Ok(())
     }
 
-    /// The current path of `ino`.
-    pub(in crate::fs) fn path_of(&self, ino: u64) -> FsResult<String> {
+    /// The current path of `ino`; `None` once it was unlinked.
+    fn live_path(&self, ino: u64) -> FsResult<Option<String>> {
         lock(&self.table)
             .get(ino)
-            .map(|n| n.path.clone())
+            .map(|n| (!n.unlinked).then(|| n.path.clone()))
             .ok_or_else(|| FsError::new(libc::EIO, "the file's entry vanished"))
+    }
+
+    /// Whether `ino` was unlinked while open.
+    fn unlinked(&self, ino: u64) -> bool {
+        lock(&self.table).get(ino).is_some_and(|n| n.unlinked)
     }
 
     pub(in crate::fs) fn truncate(&self, node: &Node, fh: Option<u64>, size: u64) -> FsResult<()> {
@@ -456,12 +592,32 @@ impl Fs {
                 format!("{:?}: a directory", node.path),
             ));
         }
+        if size > crate::protocol::rules::MAX_OBJECT_SIZE {
+            return Err(FsError::new(
+                libc::EFBIG,
+                format!(
+                    "truncate {:?} to {size}: objects cannot exceed {} bytes",
+                    node.path,
+                    crate::protocol::rules::MAX_OBJECT_SIZE
+                ),
+            ));
+        }
         if let Some(h) = self.handles.writer_of(node.ino, fh) {
             if let Handle::Write(w) = &*h {
+                let same = {
+                    let g = lock(&w.w);
+                    g.is_completed() && g.size() == size
+                };
+                if same {
+                    return Ok(());
+                }
+                self.reopen_stored(w)?;
                 let mut g = lock(&w.w);
                 let changes = g.size() != size;
                 let was_open = g.is_open();
-                let result = g.truncate(size);
+                let result = self
+                    .hide_before_completing(w, &g, g.would_complete(size, size, false))
+                    .and_then(|()| g.truncate(size));
                 drop(g);
                 match result {
                     Err(e) if was_open => return Err(self.abandon_write(w, e, false)),
@@ -482,6 +638,14 @@ impl Fs {
             return Ok(());
         }
         let attrs = node.attrs.merged(touched_now());
+        if node.unlinked {
+            // No path to record a version at; only its handles see it.
+            if let Some(n) = lock(&self.table).get_mut(node.ino) {
+                n.size = size;
+                n.attrs = attrs;
+            }
+            return Ok(());
+        }
         if size == 0 {
             // An empty file needs no object: the journal holds it. The old bytes
             // stay in the coffer.
@@ -492,7 +656,7 @@ impl Fs {
             return self.settle(node.ino, attrs, record, None, 0);
         }
         // Any other size: a staged copy, stored under a fresh key.
-        let key = self.data_key();
+        let key = crate::fs::data_key();
         let mut w = WriteHandle::edit(&self.uploader, &self.staging, &key, source(node));
         w.truncate(size)?;
         match w.finish()? {

@@ -129,16 +129,36 @@ fn unlink_of_a_directory_is_eisdir_and_rmdir_of_a_file_is_enotdir() {
 }
 
 #[test]
-fn rename_of_a_file_still_being_written_is_ebusy() {
+fn a_file_being_written_can_be_renamed_and_its_close_lands_at_the_new_name() {
     let (fs, _dir) = fs_with(false, false);
-    let (_, fh) = fs
+    let (a, fh) = fs
         .create(ROOT, name("f"), 0o644, libc::O_WRONLY, 0, me(&fs))
         .expect("create");
-    let r = fs.rename(ROOT, name("f"), ROOT, name("g"), false);
-    assert_eq!(errno(r), libc::EBUSY);
-    fs.release(fh).expect("close");
+    fs.write(fh, 0, b"data").expect("write");
     fs.rename(ROOT, name("f"), ROOT, name("g"), false)
-        .expect("once closed it can be renamed");
+        .expect("rename while written");
+    fs.flush(fh, 0).expect("close");
+    fs.release(fh).expect("release");
+    assert_eq!(errno(fs.lookup(ROOT, name("f"))), libc::ENOENT);
+    let g = fs.lookup(ROOT, name("g")).expect("g");
+    assert_eq!((g.ino, g.size), (a.ino, 4));
+    fs.shutdown();
+}
+
+#[test]
+fn a_second_writer_of_a_file_being_written_is_ebusy() {
+    let (fs, _dir) = fs_with(false, false);
+    let (a, fh) = fs
+        .create(ROOT, name("f"), 0o644, libc::O_WRONLY, 0, me(&fs))
+        .expect("create");
+    assert_eq!(errno(fs.open(a.ino, libc::O_WRONLY, 0)), libc::EBUSY);
+    let (r, _) = fs
+        .open(a.ino, libc::O_RDONLY, 0)
+        .expect("a reader may open it");
+    fs.write(fh, 0, b"abc").expect("write");
+    assert_eq!(&fs.read(r, 0, 10).expect("read")[..], b"abc");
+    fs.release(r).expect("release reader");
+    fs.release(fh).expect("release");
     fs.shutdown();
 }
 

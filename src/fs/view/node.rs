@@ -58,6 +58,9 @@ pub struct Node {
     pub seen: Instant,
     /// Directories: when a listing last filled this subtree.
     pub listed: Option<Instant>,
+    /// Removed from the view while open: no path any more (`path` is where it
+    /// was), kept for its handles, and nothing about it is recorded.
+    pub unlinked: bool,
 }
 
 impl Node {

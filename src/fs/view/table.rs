@@ -12,6 +12,9 @@ pub struct Table {
     nodes: HashMap<u64, Node>,
     children: HashMap<u64, BTreeMap<String, u64>>,
     next_ino: u64,
+    /// Open handles per file: a file removed while open stays, unlinked,
+    /// until its last handle goes (POSIX: an open file outlives its name).
+    open: HashMap<u64, u32>,
 }
 
 impl Default for Table {
@@ -36,11 +39,13 @@ impl Table {
             mtime: SystemTime::now(),
             seen: Instant::now(),
             listed: None,
+            unlinked: false,
         };
         Table {
             nodes: HashMap::from([(ROOT, root)]),
             children: HashMap::from([(ROOT, BTreeMap::new())]),
             next_ino: ROOT + 1,
+            open: HashMap::new(),
         }
     }
 
@@ -146,6 +151,7 @@ impl Table {
                 mtime: new.mtime,
                 seen: now,
                 listed: None,
+                unlinked: false,
             },
         );
         self.children
@@ -155,10 +161,38 @@ impl Table {
         Some(ino)
     }
 
-    /// Removes an entry and everything beneath it.
-    pub fn remove(&mut self, ino: u64) {
-        let Some(node) = self.nodes.remove(&ino) else {
+    /// A handle of `ino` opened.
+    pub fn pin(&mut self, ino: u64) {
+        *self.open.entry(ino).or_default() += 1;
+    }
+
+    /// A handle of `ino` was released; an unlinked file goes with its last.
+    pub fn unpin(&mut self, ino: u64) {
+        let Some(n) = self.open.get_mut(&ino) else {
             return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.open.remove(&ino);
+            if self.nodes.get(&ino).is_some_and(|n| n.unlinked) {
+                self.nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Removes an entry and everything beneath it. A file with open handles
+    /// only loses its name: it stays, unlinked, for them.
+    pub fn remove(&mut self, ino: u64) {
+        let pinned = self.open.contains_key(&ino);
+        let node = match self.nodes.get_mut(&ino) {
+            Some(n) if pinned && n.kind != Kind::Dir => {
+                n.unlinked = true;
+                n.clone()
+            }
+            _ => match self.nodes.remove(&ino) {
+                Some(n) => n,
+                None => return,
+            },
         };
         if let Some(c) = self.children.get_mut(&node.parent) {
             if c.get(&node.name) == Some(&ino) {

@@ -48,14 +48,41 @@ fn source(key: &str, data: &[u8]) -> Source {
 }
 
 #[test]
-fn a_write_after_completion_is_refused_not_dropped() {
+fn a_write_after_completion_begins_a_new_version_from_the_stored_one() {
     let (store, up, st, _d) = setup();
     let mut h = WriteHandle::new(&up, &st, "k", None);
     h.write(0, b"abc").expect("write");
     assert!(matches!(h.finish(), Ok(Finished::Stored { size: 3, .. })));
-    let e = h.write(3, b"d").expect_err("write after fsync");
-    assert_eq!(e.errno, libc::EPERM);
+    assert!(h.is_completed());
+    h.reopen();
+    h.write(3, b"d").expect("write after fsync");
+    h.write(0, b"A").expect("and an edit");
+    let Ok(Finished::Stored { key, size: 4, .. }) = h.finish() else {
+        panic!("not stored");
+    };
+    assert_ne!(key, "k", "the coffer is write-once: a new key");
     assert_eq!(store.object("k").as_deref(), Some(&b"abc"[..]));
+    assert_eq!(store.object(&key).as_deref(), Some(&b"Abcd"[..]));
+}
+
+#[test]
+fn a_staged_file_goes_on_from_its_staging_file_after_fsync() {
+    let (store, up, st, _d) = setup();
+    let mut h = WriteHandle::new(&up, &st, "k", None);
+    h.write(5, b"abc").expect("a hole first: staged");
+    assert!(matches!(h.finish(), Ok(Finished::Stored { size: 8, .. })));
+    let gets = store.calls("GetObject");
+    h.reopen();
+    h.write(0, b"xy").expect("write after fsync");
+    let Ok(Finished::Stored { key, .. }) = h.finish() else {
+        panic!("not stored");
+    };
+    assert_eq!(
+        store.calls("GetObject"),
+        gets,
+        "no copy-in: the staging file is the base"
+    );
+    assert_eq!(store.object(&key).as_deref(), Some(&b"xy\0\0\0abc"[..]));
 }
 
 #[test]
@@ -73,11 +100,49 @@ fn a_seek_back_in_a_small_file_moves_it_to_staging() {
 }
 
 #[test]
-fn a_seek_back_after_parts_left_is_refused() {
-    let (_store, up, st, _d) = setup();
+fn a_seek_back_after_parts_left_edits_a_version_of_what_went_up() {
+    let (store, up, st, _d) = setup();
     let mut h = WriteHandle::new(&up, &st, "k", None);
-    h.write(0, &vec![1u8; 3 << 20]).expect("write");
-    assert_eq!(h.write(1, b"x").map_err(|e| e.errno), Err(libc::EINVAL));
+    let mut want = vec![1u8; 3 << 20];
+    h.write(0, &want).expect("write");
+    h.write(1, b"x").expect("seek back");
+    want[1] = b'x';
+    h.write(want.len() as u64, b"tail").expect("append");
+    want.extend_from_slice(b"tail");
+    let Ok(Finished::Stored { key, size, .. }) = h.finish() else {
+        panic!("not stored");
+    };
+    assert_eq!(size, want.len() as u64);
+    assert_eq!(store.object(&key).as_deref(), Some(&want[..]));
+    assert!(h.landed().any(|k| k == "k"), "the version of what went up");
+}
+
+#[test]
+fn reads_see_what_the_handle_wrote_wherever_it_is() {
+    let (store, up, st, _d) = setup();
+    let mut h = WriteHandle::new(&up, &st, "k", None);
+    let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    h.write(0, &data).expect("write");
+    // The last bytes are still in the part buffer.
+    let end = data.len() as u64;
+    assert_eq!(
+        h.read(end - 10, 10).expect("read tail"),
+        ReadFrom::Bytes(data[data.len() - 10..].to_vec())
+    );
+    assert_eq!(
+        h.read(end, 10).expect("read at end"),
+        ReadFrom::Bytes(vec![])
+    );
+    // The first ones left as a part: they become a version to read.
+    let ReadFrom::Object(src) = h.read(0, 10).expect("read head") else {
+        panic!("not an object");
+    };
+    assert_eq!(store.object(&src.key).as_deref(), Some(&data[..]));
+    h.write(0, b"Z").expect("edit");
+    assert_eq!(
+        h.read(0, 2).expect("read staged"),
+        ReadFrom::Bytes(vec![b'Z', 1])
+    );
 }
 
 #[test]
