@@ -100,6 +100,10 @@ pub struct Attr {
     pub mtime: SystemTime,
     /// Last change of data or attributes.
     pub ctime: SystemTime,
+    /// As set by `touch -a`/utimensat, else the mtime; reads never move it.
+    pub atime: SystemTime,
+    /// Directories: 2 + subdirectories once listed, 1 ("unknown") before.
+    pub nlink: u32,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
@@ -130,6 +134,7 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
 }
 
 const STAGING_PREFIX: &str = "cofferfs-staging-";
@@ -277,6 +282,7 @@ impl Fs {
             stopping: AtomicBool::new(false),
             ns: Mutex::new(()),
         });
+        fs.load_root();
         let weak = Arc::downgrade(&fs);
         let ttl = fs.cfg.metadata_ttl.max(Duration::from_millis(100));
         std::thread::Builder::new()

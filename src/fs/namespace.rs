@@ -9,7 +9,7 @@ use super::error::{FsError, FsResult};
 use super::file_write::{WriteHandle, Writer};
 use super::handles::Handle;
 use super::journal::{self, Attrs, Record};
-use super::view::{join, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+use super::view::{join, Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
 use super::{lock, name_str, to_timestamp, touched_now, Attr, Fs, Owner, SetAttr};
 use crate::protocol::rules;
 use crate::store::StoreError;
@@ -74,8 +74,27 @@ impl Fs {
             }
         }
         t.mark_stored(ino, now);
+        self.entries_changed(&mut t, &[parent]);
         let n = t.get(ino).ok_or_else(FsError::not_found)?;
-        Ok(self.attr(n))
+        Ok(self.shown(&t, n))
+    }
+
+    /// The entries of directories `dirs` changed: their mtime and ctime are
+    /// now, in the table and in the journal (one waiting record per directory
+    /// at most, see `Committer::record_times`). Called under `table`, so the
+    /// journal gets the times in the order the table does.
+    pub(in crate::fs) fn entries_changed(&self, t: &mut Table, dirs: &[u64]) {
+        let times = touched_now();
+        for (i, d) in dirs.iter().enumerate() {
+            if dirs[..i].contains(d) {
+                continue;
+            }
+            let Some(n) = t.get_mut(*d).filter(|n| n.kind == Kind::Dir) else {
+                continue;
+            };
+            n.attrs = n.attrs.merged(times);
+            self.journal.record_times(&n.path, times);
+        }
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, by: Owner) -> FsResult<Attr> {
@@ -210,6 +229,7 @@ impl Fs {
         let ino = t
             .upsert(parent, name, entry, Origin::Writing, now)
             .ok_or_else(FsError::not_found)?;
+        self.entries_changed(&mut t, &[parent]);
         let attr = t
             .get(ino)
             .map(|n| self.attr(n))
@@ -315,8 +335,11 @@ impl Fs {
         records.push(Record::Hide {
             path: n.path.clone(),
         });
+        let mut t = lock(&self.table);
         self.journal.record(records);
-        lock(&self.table).remove(n.ino);
+        t.remove(n.ino);
+        self.entries_changed(&mut t, &[n.parent]);
+        drop(t);
         log::info!("{op} {:?}: hidden (its bytes stay in the coffer)", n.path);
     }
 
@@ -436,6 +459,7 @@ impl Fs {
         if let Some(n) = t.get_mut(src.ino) {
             n.attrs = moved.attrs;
         }
+        self.entries_changed(&mut t, &[src.parent, newparent]);
         Ok(())
     }
 
@@ -476,6 +500,7 @@ impl Fs {
             gid: set.gid,
             mtime: set.mtime.map(to_timestamp),
             ctime: None,
+            atime: set.atime.map(to_timestamp),
         };
         if attrs != Attrs::default() {
             let attrs = Attrs {

@@ -4,7 +4,7 @@
 //! mounts' batches and checkpoints lives in `replay`. Owns only
 //! `.cofferfs/journal/` and `.cofferfs/checkpoint/`; knows nothing of inodes or FUSE.
 
-use super::format::{batch_key, Batch, Overlay, Record, JOURNAL_PREFIX};
+use super::format::{batch_key, Attrs, Batch, Overlay, Record, JOURNAL_PREFIX};
 use crate::fs::error::{FsError, FsResult};
 use crate::protocol::{hex, md5};
 use crate::store::{landed, ObjectStore};
@@ -15,6 +15,10 @@ use std::time::Duration;
 
 /// How long a record may wait before its batch goes up.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many waiting records `record_times` looks back through for one to
+/// update in place: enough for many writers in one directory, cheap under the lock.
+const COALESCE_WINDOW: usize = 256;
 
 /// A checkpoint is written after this many batches since the last one...
 pub const CHECKPOINT_EVERY: u64 = 1000;
@@ -174,6 +178,46 @@ impl Committer {
             first,
             last: s.appended,
         }
+    }
+
+    /// Appends `attr` of `path` setting `attrs` (a directory's times when its
+    /// entries change). An `attr` of the same path still waiting whose fields
+    /// `attrs` all set again is updated in place instead, when no record since
+    /// names the path or hides it: those effects are then the same, and a
+    /// directory that gains 1000 files in one batch costs one record, not 1000.
+    /// The updated record keeps its number, so whoever waits for it waits for
+    /// the new times.
+    pub fn record_times(&self, path: &str, attrs: Attrs) -> Ticket {
+        let record = Record::Attr {
+            path: path.to_string(),
+            attrs,
+        };
+        let mut s = self.lock();
+        let mut slot = None;
+        for (i, (_, r)) in s.pending.iter().enumerate().rev().take(COALESCE_WINDOW) {
+            match r {
+                Record::Attr {
+                    path: p,
+                    attrs: old,
+                } if p == path => {
+                    if covers(&attrs, old) {
+                        slot = Some(i);
+                    }
+                    break;
+                }
+                Record::Hide { path: h } if is_under(path, h) => break,
+                r if record_path(r) == Some(path) => break,
+                _ => {}
+            }
+        }
+        let Some(i) = slot else {
+            drop(s);
+            return self.record(vec![record]);
+        };
+        s.overlay.apply(&record);
+        let n = s.pending[i].0;
+        s.pending[i].1 = record;
+        Ticket { first: n, last: n }
     }
 
     /// Stores everything appended up to `ticket` now; fails when a batch attempt
@@ -362,6 +406,35 @@ impl Committer {
     }
 }
 
+/// Whether `new` sets every field `old` sets.
+fn covers(new: &Attrs, old: &Attrs) -> bool {
+    (old.mode.is_none() || new.mode.is_some())
+        && (old.uid.is_none() || new.uid.is_some())
+        && (old.gid.is_none() || new.gid.is_some())
+        && (old.mtime.is_none() || new.mtime.is_some())
+        && (old.ctime.is_none() || new.ctime.is_some())
+        && (old.atime.is_none() || new.atime.is_some())
+}
+
+/// Whether `path` is `top` or beneath it.
+fn is_under(path: &str, top: &str) -> bool {
+    path.strip_prefix(top)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The path a record is about.
+fn record_path(r: &Record) -> Option<&str> {
+    match r {
+        Record::Attr { path, .. }
+        | Record::Mkdir { path, .. }
+        | Record::File { path, .. }
+        | Record::Symlink { path, .. }
+        | Record::Bind { path, .. }
+        | Record::Hide { path } => Some(path),
+        Record::Unknown => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_records::mkdir;
@@ -385,6 +458,68 @@ mod tests {
         );
         j.shutdown(true);
         other.shutdown(true);
+    }
+
+    /// A committer with no thread: what `record` leaves waiting stays put.
+    fn idle() -> Committer {
+        Committer {
+            store: Arc::new(MemoryStore::new()),
+            mount_id: "0".repeat(16),
+            checkpoint_every: CHECKPOINT_EVERY,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn a_directorys_times_fold_into_one_waiting_record_unless_the_path_changed_between() {
+        let j = idle();
+        let times = |t| Attrs {
+            mtime: Some((t, 0)),
+            ctime: Some((t, 0)),
+            ..Attrs::default()
+        };
+        j.record(vec![mkdir("d/a")]);
+        let first = j.record_times("d", times(1));
+        j.record(vec![mkdir("d/b")]);
+        assert_eq!(j.record_times("d", times(2)), first, "updated in place");
+        assert_eq!(j.lock().pending.len(), 3);
+        // A hide of the path (or above it) in between: a record of its own.
+        j.record(vec![Record::Hide { path: "d".into() }]);
+        j.record(vec![mkdir("d")]);
+        let after_hide = j.record_times("d", times(3));
+        assert_ne!(after_hide, first);
+        // An earlier record that sets more than times is never folded into.
+        let mode = Attrs {
+            mode: Some(0o700),
+            ..times(4)
+        };
+        j.record(vec![Record::Attr {
+            path: "d".into(),
+            attrs: mode,
+        }]);
+        j.record_times("d", times(5));
+        j.record_times("d/b", times(6));
+        j.record_times("d", times(7));
+        let s = j.lock();
+        let attrs_of_d: Vec<Attrs> = s
+            .pending
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Record::Attr { path, attrs } if path == "d" => Some(*attrs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attrs_of_d, [times(2), times(3), mode, times(7)]);
+        // What is stored replays to what the mount showed.
+        let records: Vec<Record> = s.pending.iter().map(|(_, r)| r.clone()).collect();
+        let stored = Overlay::replay([&Batch::new("m", 1, records)]);
+        assert_eq!(stored, s.overlay);
+        assert_eq!(
+            stored.attrs("d").map(|a| (a.mode, a.mtime)),
+            Some((Some(0o700), Some((7, 0))))
+        );
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! Times, identity and space as local-disk tools see them (issue 13): atime,
+//! mtime and ctime each move only when they should and survive a remount; a
+//! directory's times follow its entries; link counts, inode numbers, `df` and
+//! `fallocate`. Real mounts of a real `cofferfs serve`, driven by coreutils.
+
+mod common;
+
+use common::{q, sh, Mount, Server};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Remounts: unmounts `m` cleanly and mounts the same coffer again.
+fn remount(server: &Server, m: Mount) -> Mount {
+    m.unmount();
+    Mount::start(server, &[])
+}
+
+/// Runs a shell script that must succeed; returns its stdout.
+fn ok(script: &str) -> String {
+    let out = sh(script, LIMIT);
+    assert!(out.ok, "{script}: {}", out.stderr);
+    out.stdout
+}
+
+/// (seconds, nanoseconds)
+type Time = (i64, i64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Times {
+    atime: Time,
+    mtime: Time,
+    ctime: Time,
+}
+
+fn times(p: &Path) -> Times {
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+    Times {
+        atime: (m.atime(), m.atime_nsec()),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// A time set during this test (not one a `touch -d` gave).
+fn fresh(t: Time) -> bool {
+    (t.0 - now_secs()).abs() < 120
+}
+
+const Y2019: i64 = 1_546_300_800; // 2019-01-01T00:00:00Z
+const Y2020: i64 = 1_577_836_800;
+const Y2021: i64 = 1_609_459_200;
+
+#[test]
+fn touch_a_and_touch_m_each_move_only_their_time_and_chmod_moves_only_ctime() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    let f = m.path("f");
+    ok(&format!("echo x > {f} && touch -d @{Y2020} {f}", f = q(&f)));
+    let t = times(&f);
+    assert_eq!(
+        (t.atime, t.mtime),
+        ((Y2020, 0), (Y2020, 0)),
+        "touch -d sets both"
+    );
+
+    ok(&format!("touch -a -d @{Y2021} {}", q(&f)));
+    let a = times(&f);
+    assert_eq!(a.atime, (Y2021, 0), "touch -a sets the atime");
+    assert_eq!(a.mtime, (Y2020, 0), "touch -a leaves the mtime");
+    assert!(a.ctime > t.ctime || fresh(a.ctime), "{a:?}");
+
+    ok(&format!("touch -m -d @{Y2019} {}", q(&f)));
+    let b = times(&f);
+    assert_eq!(b.mtime, (Y2019, 0), "touch -m sets the mtime");
+    assert_eq!(b.atime, (Y2021, 0), "touch -m leaves the atime");
+
+    // Reading moves no time (as with noatime).
+    ok(&format!("cat {} > /dev/null", q(&f)));
+    std::thread::sleep(Duration::from_millis(20));
+    ok(&format!("chmod 600 {}", q(&f)));
+    let c = times(&f);
+    assert_eq!(
+        (c.atime, c.mtime),
+        (b.atime, b.mtime),
+        "chmod moves neither"
+    );
+    assert!(c.ctime > b.ctime, "chmod moves the ctime: {b:?} then {c:?}");
+    assert!(fresh(c.ctime));
+
+    let m = remount(&server, m);
+    assert_eq!(times(&m.path("f")), c, "after a remount");
+}
+
+#[test]
+fn a_directorys_mtime_and_ctime_follow_its_entries_and_survive_a_remount() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    let d = m.path("d");
+    ok(&format!("mkdir {d} && echo x > {d}/keep", d = q(&d)));
+    let steps = [
+        ("create", "echo x > d/f"),
+        ("mkdir", "mkdir d/s"),
+        ("symlink", "ln -s keep d/l"),
+        ("unlink", "rm d/f"),
+        ("rmdir", "rmdir d/s"),
+        ("rename within", "mv d/l d/l2"),
+        ("rename out", "mv d/l2 out"),
+        ("rename in", "mv out d/back"),
+    ];
+    for (what, step) in steps {
+        ok(&format!("touch -d @{Y2020} {}", q(&d)));
+        let before = times(&d);
+        assert_eq!(before.mtime, (Y2020, 0));
+        ok(&format!("cd {} && {step}", q(&m.dir)));
+        let after = times(&d);
+        assert!(
+            fresh(after.mtime) && fresh(after.ctime),
+            "{what} ({step}) left the directory's times at {after:?}"
+        );
+        assert!(
+            after.ctime >= before.ctime,
+            "{what}: {before:?} then {after:?}"
+        );
+    }
+    // The root's times move the same way.
+    ok(&format!("echo x > {}", q(&m.path("top"))));
+    let root = times(&m.dir);
+    assert!(fresh(root.mtime), "{root:?}");
+    let dir = times(&d);
+
+    let m = remount(&server, m);
+    assert_eq!(
+        times(&m.path("d")),
+        dir,
+        "the directory's times after a remount"
+    );
+    assert_eq!(times(&m.dir), root, "the root's times after a remount");
+}
+
+#[test]
+fn a_directory_links_two_plus_its_subdirectories() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    ok(&format!(
+        "mkdir {d} {d}/a {d}/b {d}/c && echo x > {d}/f && ln -s f {d}/l",
+        d = q(&m.path("d"))
+    ));
+    let nlink = |p: &Path| std::fs::metadata(p).expect("stat").nlink();
+    assert_eq!(nlink(&m.path("d")), 5);
+    assert_eq!(nlink(&m.path("d/a")), 2);
+    assert_eq!(
+        std::fs::symlink_metadata(m.path("d/f")).expect("f").nlink(),
+        1
+    );
+
+    // After a remount nothing is listed yet: a stat does not list a subtree
+    // to count, and shows 1 ("unknown" to find and fts). A listing counts.
+    let m = remount(&server, m);
+    assert_eq!(nlink(&m.path("d")), 1);
+    ok(&format!("ls {} > /dev/null", q(&m.path("d"))));
+    // The kernel keeps the attributes it read for up to 1 s.
+    assert!(
+        common::wait_for(Duration::from_secs(5), || nlink(&m.path("d")) == 5),
+        "links after a listing: {}",
+        nlink(&m.path("d"))
+    );
+}
