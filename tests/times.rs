@@ -175,3 +175,30 @@ fn a_directory_links_two_plus_its_subdirectories() {
         nlink(&m.path("d"))
     );
 }
+
+#[test]
+fn a_file_and_a_directory_keep_their_inode_numbers_across_remounts_and_mounts() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    ok(&format!(
+        "mkdir -p {d}/e && echo x > {d}/e/g && echo y > {f}",
+        d = q(&m.path("d")),
+        f = q(&m.path("f"))
+    ));
+    let ino = |m: &Mount, p: &str| std::fs::symlink_metadata(m.path(p)).expect(p).ino();
+    let paths = ["d", "d/e", "d/e/g", "f"];
+    let before: Vec<u64> = paths.iter().map(|p| ino(&m, p)).collect();
+    let m = remount(&server, m);
+    // Asked for in the reverse order: numbers handed out in order of
+    // appearance would differ.
+    for (p, want) in paths.iter().zip(&before).rev() {
+        assert_eq!(ino(&m, p), *want, "{p} after a remount");
+    }
+    // A second mount of the same coffer shows the same numbers.
+    let other = Mount::start(&server, &[]);
+    assert_eq!(ino(&other, "f"), before[3]);
+    assert_eq!(ino(&other, "d/e/g"), before[2]);
+    // A rename keeps the entry's number within the mount.
+    ok(&format!("mv {} {}", q(&m.path("f")), q(&m.path("f2"))));
+    assert_eq!(ino(&m, "f2"), before[3]);
+}
