@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 const LIMIT: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
 
 /// Remounts: unmounts `m` cleanly and mounts the same coffer again.
 fn remount(server: &Server, m: Mount) -> Mount {
@@ -201,4 +202,89 @@ fn a_file_and_a_directory_keep_their_inode_numbers_across_remounts_and_mounts() 
     // A rename keeps the entry's number within the mount.
     ok(&format!("mv {} {}", q(&m.path("f")), q(&m.path("f2"))));
     assert_eq!(ino(&m, "f2"), before[3]);
+}
+
+/// `df -B1` of the mount: (size, used, available) in bytes.
+fn df(m: &Mount) -> (u64, u64, u64) {
+    let out = ok(&format!(
+        "df -B1 --output=size,used,avail {} | tail -1",
+        q(&m.dir)
+    ));
+    let v: Vec<u64> = out
+        .split_whitespace()
+        .map(|n| n.parse().expect("a number"))
+        .collect();
+    (v[0], v[1], v[2])
+}
+
+#[test]
+fn df_and_stat_f_look_sane_and_used_grows_by_a_written_file() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    let out = ok(&format!(
+        "stat -f -c '%s %S %l %b %f %a %c %d' {}",
+        q(&m.dir)
+    ));
+    let v: Vec<u64> = out
+        .split_whitespace()
+        .map(|n| n.parse().expect("a number"))
+        .collect();
+    let [bsize, frsize, namelen, blocks, bfree, bavail, files, ffree] = v[..] else {
+        panic!("stat -f: {out}");
+    };
+    assert_eq!((bsize, frsize, namelen), (4096, 4096, 255), "{out}");
+    assert!(blocks * 4096 >= 1 << 50, "at least 1 PiB: {out}");
+    assert!(bfree <= blocks && bavail == bfree, "{out}");
+    assert!(
+        ffree > 0 && files > ffree,
+        "known entries count as used: {out}"
+    );
+
+    let (size, used, avail) = df(&m);
+    assert_eq!(size, used + avail);
+    ok(&format!(
+        "head -c {MIB} /dev/urandom > {}",
+        q(&m.path("one-mib"))
+    ));
+    let (size2, used2, avail2) = df(&m);
+    assert!(used2 >= used + MIB, "used {used} then {used2}");
+    assert_eq!(size2, used2 + avail2);
+    assert!(avail2 < avail, "available {avail} then {avail2}");
+}
+
+#[test]
+fn fallocate_extends_with_zeros_and_other_modes_are_not_supported() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    let f = m.path("f");
+    ok(&format!("fallocate -l 1M {}", q(&f)));
+    assert_eq!(std::fs::read(&f).expect("read"), vec![0u8; MIB as usize]);
+    // An existing file grows, keeping its bytes; mode 0 never shrinks.
+    let g = m.path("g");
+    ok(&format!(
+        "printf abc > {g} && fallocate -l 8192 {g}",
+        g = q(&g)
+    ));
+    ok(&format!("fallocate -o 0 -l 10 {}", q(&g)));
+    let mut want = b"abc".to_vec();
+    want.resize(8192, 0);
+    assert_eq!(std::fs::read(&g).expect("read"), want);
+    for flag in ["-p", "-c", "-z", "-n"] {
+        let out = sh(&format!("fallocate {flag} -o 0 -l 4096 {}", q(&f)), LIMIT);
+        assert!(!out.ok, "fallocate {flag} succeeded");
+        // util-linux says EOPNOTSUPP in its own words for modes with
+        // FALLOC_FL_KEEP_SIZE (-p, -n), and only for that errno.
+        assert!(
+            out.stderr.contains("Operation not supported")
+                || out.stderr.contains("keep size mode is unsupported"),
+            "fallocate {flag}: {}",
+            out.stderr
+        );
+    }
+    let m = remount(&server, m);
+    assert_eq!(
+        std::fs::read(m.path("f")).expect("read"),
+        vec![0u8; MIB as usize]
+    );
+    assert_eq!(std::fs::read(m.path("g")).expect("read"), want);
 }

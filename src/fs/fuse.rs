@@ -3,7 +3,7 @@
 
 use super::error::FsError;
 use super::view::Kind;
-use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE, STATFS_BLOCKS, STATFS_FILES};
+use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE};
 use crate::transfer::pool::Pool;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -99,7 +99,10 @@ fn ttl(a: &Attr) -> Duration {
 /// Logs a failure at a level fitting its errno, and gives the errno to reply with.
 fn fail(op: &str, e: &FsError) -> Errno {
     match e.errno {
-        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY => log::debug!("{op}: {}", e.message),
+        // Expected answers (EOPNOTSUPP: tools probing fallocate modes).
+        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::EOPNOTSUPP => {
+            log::debug!("{op}: {}", e.message)
+        }
         libc::EIO => log::error!("{op}: {}", e.message),
         _ => log::warn!("{op}: {}", e.message),
     }
@@ -503,15 +506,26 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
         reply.statfs(
-            STATFS_BLOCKS,
-            STATFS_BLOCKS,
-            STATFS_BLOCKS,
-            STATFS_FILES,
-            STATFS_FILES,
-            BLOCK_SIZE,
-            255,
-            BLOCK_SIZE,
+            s.blocks, s.bfree, s.bfree, s.files, s.ffree, BLOCK_SIZE, 255, BLOCK_SIZE,
         );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        done(
+            reply,
+            "fallocate",
+            self.fs.fallocate(ino.0, fh.0, offset, length, mode),
+        )
     }
 }

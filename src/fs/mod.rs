@@ -162,10 +162,18 @@ fn remove_stale_staging(dir: &std::path::Path) {
     }
 }
 
-/// Numbers for statfs: large, since a coffer has no fixed size.
-pub const STATFS_BLOCKS: u64 = 1 << 40;
-pub const STATFS_FILES: u64 = 1 << 32;
+/// statfs's block size (`f_bsize`, `f_frsize`).
 pub const BLOCK_SIZE: u32 = 4096;
+
+/// What `df` and `stat -f` show (`Fs::statfs`), in `BLOCK_SIZE` blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub blocks: u64,
+    /// Free blocks, all of them available to unprivileged users too.
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+}
 
 pub struct Fs {
     store: Arc<dyn ObjectStore>,

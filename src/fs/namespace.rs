@@ -474,6 +474,45 @@ impl Fs {
         ))
     }
 
+    /// fallocate(2) on write handle `fh`: mode 0 makes the file at least
+    /// `offset + length` bytes long, as an ftruncate up would (zeros; a
+    /// coffer has no space to reserve); it never shrinks it. Every other mode
+    /// (keep size, punch hole, collapse, zero or insert range) is EOPNOTSUPP.
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> FsResult<()> {
+        if mode != 0 {
+            return Err(FsError::new(
+                libc::EOPNOTSUPP,
+                format!("fallocate mode {mode:#x}: only mode 0 (extend) is supported"),
+            ));
+        }
+        let h = self.handles.get(fh)?;
+        let Handle::Write(w) = &*h else {
+            return Err(FsError::new(libc::EBADF, "fallocate: not open for writing"));
+        };
+        if w.ino != ino {
+            return Err(FsError::new(
+                libc::EBADF,
+                "fallocate: another file's handle",
+            ));
+        }
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| FsError::new(libc::EFBIG, "fallocate: beyond 2^64 bytes"))?;
+        if end <= lock(&w.w).size() {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        self.writable("fallocate", &node.path)?;
+        self.truncate(&node, Some(fh), end)
+    }
+
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<Attr> {
         let node = match self.node(ino) {
             Ok(n) => n,

@@ -5,7 +5,7 @@
 use super::node::{Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
 use super::Table;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::{from_timestamp, lock, name_str, Attr, Fs};
+use crate::fs::{from_timestamp, lock, name_str, Attr, Fs, FsStats, BLOCK_SIZE};
 use crate::protocol::rules;
 use crate::store::{ListAll, ObjectMeta, StoreError};
 use std::ffi::OsStr;
@@ -190,6 +190,33 @@ impl Fs {
         t.get(ino)
             .map(|n| self.shown(&t, n))
             .ok_or_else(FsError::not_found)
+    }
+
+    /// statfs: a coffer has no fixed size, so the total is 1 PiB (or what is
+    /// used plus 1 TiB, if more); used is the size of the files the table
+    /// knows of (what lookups and listings have found, not a count of the
+    /// coffer); inodes are as many as known entries plus 2^32 free.
+    pub fn statfs(&self) -> FsStats {
+        const PIB: u64 = 1 << 50;
+        const TIB: u64 = 1 << 40;
+        let block = u64::from(BLOCK_SIZE);
+        let (used, entries) = {
+            let t = lock(&self.table);
+            let all = t.subtree(ROOT);
+            let used = all
+                .iter()
+                .filter(|n| n.kind == Kind::File)
+                .fold(0u64, |sum, n| sum.saturating_add(n.size.div_ceil(block)));
+            (used, all.len() as u64 + 1)
+        };
+        let blocks = (PIB / block).max(used.saturating_add(TIB / block));
+        let ffree = 1 << 32;
+        FsStats {
+            blocks,
+            bfree: blocks - used,
+            files: entries.saturating_add(ffree),
+            ffree,
+        }
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<String> {
