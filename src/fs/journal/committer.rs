@@ -9,16 +9,13 @@ use crate::fs::error::{FsError, FsResult};
 use crate::protocol::{hex, md5};
 use crate::store::{landed, ObjectStore};
 use bytes::Bytes;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long a record may wait before its batch goes up.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How many waiting records `record_times` looks back through for one to
-/// update in place: enough for many writers in one directory, cheap under the lock.
-const COALESCE_WINDOW: usize = 256;
 
 /// A checkpoint is written after this many batches since the last one...
 pub const CHECKPOINT_EVERY: u64 = 1000;
@@ -65,9 +62,44 @@ pub(super) struct State {
     pub(super) last_failed: u64,
     pub(super) flush: bool,
     pub(super) stop: bool,
+    /// `record_times`: the number of each path's waiting times record it
+    /// may still update in place. Forgotten when `pending` leaves for a batch.
+    pub(super) times_at: BTreeMap<String, u64>,
 }
 
 impl State {
+    /// Numbers and queues `records`, showing them in the overlay at once. A
+    /// record that names a path, or hides it or a path above it, ends
+    /// `record_times`'s folding into that path's waiting record.
+    fn append(&mut self, records: Vec<Record>) -> Ticket {
+        let first = self.appended + 1;
+        for r in records {
+            if let Some(p) = record_path(&r) {
+                self.times_at.remove(p);
+            }
+            if let Record::Hide { path: h } = &r {
+                let below: Vec<String> = self
+                    .times_at
+                    .range::<str, _>((Bound::Excluded(h.as_str()), Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(h.as_str()))
+                    .filter(|(k, _)| is_under(k, h))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in below {
+                    self.times_at.remove(&k);
+                }
+            }
+            self.overlay.apply(&r);
+            self.appended += 1;
+            let n = self.appended;
+            self.pending.push((n, r));
+        }
+        Ticket {
+            first,
+            last: self.appended,
+        }
+    }
+
     /// Moves `committed` up to just before the oldest record still outstanding.
     fn advance_committed(&mut self) {
         self.committed = self
@@ -166,58 +198,49 @@ impl Committer {
     /// Appends records: visible at once, stored within `COMMIT_INTERVAL`.
     pub fn record(&self, records: Vec<Record>) -> Ticket {
         let mut s = self.lock();
-        let first = s.appended + 1;
-        for r in records {
-            s.overlay.apply(&r);
-            s.appended += 1;
-            let n = s.appended;
-            s.pending.push((n, r));
-        }
+        let ticket = s.append(records);
         self.changed.notify_all();
-        Ticket {
-            first,
-            last: s.appended,
-        }
+        ticket
     }
 
     /// Appends `attr` of `path` setting `attrs` (a directory's times when its
-    /// entries change). An `attr` of the same path still waiting whose fields
-    /// `attrs` all set again is updated in place instead, when no record since
-    /// names the path or hides it: those effects are then the same, and a
-    /// directory that gains 1000 files in one batch costs one record, not 1000.
-    /// The updated record keeps its number, so whoever waits for it waits for
-    /// the new times.
+    /// entries change). If an earlier call's record for `path` still waits,
+    /// no record since names the path or hides it, and `attrs` sets every
+    /// field it set, that record is updated in place instead: the effect is
+    /// the same, and a directory that gains 1000 files in one batch costs one
+    /// record, not 1000. It keeps its number, so whoever waits for it waits
+    /// for the new times.
     pub fn record_times(&self, path: &str, attrs: Attrs) -> Ticket {
         let record = Record::Attr {
             path: path.to_string(),
             attrs,
         };
         let mut s = self.lock();
-        let mut slot = None;
-        for (i, (_, r)) in s.pending.iter().enumerate().rev().take(COALESCE_WINDOW) {
-            match r {
+        let slot = s.times_at.get(path).and_then(|&n| {
+            let i = s.pending.binary_search_by_key(&n, |(m, _)| *m).ok()?;
+            match &s.pending[i].1 {
                 Record::Attr {
                     path: p,
                     attrs: old,
-                } if p == path => {
-                    if covers(&attrs, old) {
-                        slot = Some(i);
-                    }
-                    break;
-                }
-                Record::Hide { path: h } if is_under(path, h) => break,
-                r if record_path(r) == Some(path) => break,
-                _ => {}
+                } if p == path && covers(&attrs, old) => Some(i),
+                _ => None,
             }
-        }
-        let Some(i) = slot else {
-            drop(s);
-            return self.record(vec![record]);
+        });
+        let ticket = match slot {
+            Some(i) => {
+                s.overlay.apply(&record);
+                let n = s.pending[i].0;
+                s.pending[i].1 = record;
+                Ticket { first: n, last: n }
+            }
+            None => {
+                let t = s.append(vec![record]);
+                s.times_at.insert(path.to_string(), t.last);
+                t
+            }
         };
-        s.overlay.apply(&record);
-        let n = s.pending[i].0;
-        s.pending[i].1 = record;
-        Ticket { first: n, last: n }
+        self.changed.notify_all();
+        ticket
     }
 
     /// Stores everything appended up to `ticket` now; fails when a batch attempt
@@ -297,6 +320,7 @@ impl Committer {
                     continue;
                 }
                 s.in_flight = std::mem::take(&mut s.pending);
+                s.times_at.clear();
                 s.seq += 1;
                 s.attempts += 1;
                 let key = batch_key(now_micros().max(s.last_micros() + 1), &self.mount_id, s.seq);
@@ -490,6 +514,11 @@ mod tests {
         j.record(vec![mkdir("d")]);
         let after_hide = j.record_times("d", times(3));
         assert_ne!(after_hide, first);
+        // So does a hide above it.
+        let below = j.record_times("d/x", times(3));
+        j.record(vec![Record::Hide { path: "d".into() }]);
+        assert_ne!(j.record_times("d/x", times(3)), below);
+        j.record(vec![mkdir("d")]);
         // An earlier record that sets more than times is never folded into.
         let mode = Attrs {
             mode: Some(0o700),
