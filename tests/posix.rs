@@ -56,7 +56,7 @@ with open(p, "wb") as f:
 r = os.open(p, os.O_RDONLY)
 os.unlink(p)
 st = os.fstat(r)
-print("reader", st.st_size, os.pread(r, 6, 0), os.path.exists(p))
+print("reader", st.st_size, st.st_nlink, os.pread(r, 6, 0), os.path.exists(p))
 os.close(r)
 # A file open for writing can be unlinked; its writes go on, and store nothing visible.
 w = os.open(os.path.join(D, "w"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -64,14 +64,14 @@ os.write(w, os.urandom(3 * 1024 * 1024 + 7))
 os.unlink(os.path.join(D, "w"))
 os.write(w, b"after")
 st = os.fstat(w)
-print("writer", st.st_size, os.pread(w, 5, 3 * 1024 * 1024 + 7))
+print("writer", st.st_size, st.st_nlink, os.pread(w, 5, 3 * 1024 * 1024 + 7))
 os.fsync(w)
 os.close(w)
 print(sorted(os.listdir(D)))
 "#,
     );
-    assert!(out.contains("reader 7000 b'stored' False"), "{out}");
-    assert!(out.contains("writer 3145740 b'after'"), "{out}");
+    assert!(out.contains("reader 7000 0 b'stored' False"), "{out}");
+    assert!(out.contains("writer 3145740 0 b'after'"), "{out}");
     // Nothing of the unlinked writer stays open or shows up, also after a remount.
     assert!(
         common::wait_for(Duration::from_secs(10), || open_uploads(&server) == 0),

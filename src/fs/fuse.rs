@@ -3,7 +3,7 @@
 
 use super::error::FsError;
 use super::view::Kind;
-use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE, STATFS_BLOCKS, STATFS_FILES};
+use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE};
 use crate::transfer::pool::Pool;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -64,13 +64,13 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: a.mtime,
         kind: file_type(a.kind),
         perm: a.perm,
-        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
@@ -99,7 +99,10 @@ fn ttl(a: &Attr) -> Duration {
 /// Logs a failure at a level fitting its errno, and gives the errno to reply with.
 fn fail(op: &str, e: &FsError) -> Errno {
     match e.errno {
-        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY => log::debug!("{op}: {}", e.message),
+        // Expected answers (EOPNOTSUPP: tools probing fallocate modes).
+        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::EOPNOTSUPP => {
+            log::debug!("{op}: {}", e.message)
+        }
         libc::EIO => log::error!("{op}: {}", e.message),
         _ => log::warn!("{op}: {}", e.message),
     }
@@ -192,7 +195,7 @@ impl Filesystem for FuseFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
@@ -208,6 +211,7 @@ impl Filesystem for FuseFs {
             gid,
             size,
             mtime: mtime.map(time),
+            atime: atime.map(time),
         };
         match self.fs.setattr(ino.0, fh.map(|f| f.0), set) {
             Ok(a) => reply.attr(&ttl(&a), &file_attr(&a)),
@@ -502,15 +506,26 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
         reply.statfs(
-            STATFS_BLOCKS,
-            STATFS_BLOCKS,
-            STATFS_BLOCKS,
-            STATFS_FILES,
-            STATFS_FILES,
-            BLOCK_SIZE,
-            255,
-            BLOCK_SIZE,
+            s.blocks, s.bfree, s.bfree, s.files, s.ffree, BLOCK_SIZE, 255, BLOCK_SIZE,
         );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        done(
+            reply,
+            "fallocate",
+            self.fs.fallocate(ino.0, fh.0, offset, length, mode),
+        )
     }
 }

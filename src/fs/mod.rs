@@ -100,6 +100,10 @@ pub struct Attr {
     pub mtime: SystemTime,
     /// Last change of data or attributes.
     pub ctime: SystemTime,
+    /// As set by `touch -a`/utimensat, else the mtime; reads never move it.
+    pub atime: SystemTime,
+    /// Directories: 2 + subdirectories once listed, 1 ("unknown") before.
+    pub nlink: u32,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
@@ -130,6 +134,7 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
 }
 
 const STAGING_PREFIX: &str = "cofferfs-staging-";
@@ -157,10 +162,18 @@ fn remove_stale_staging(dir: &std::path::Path) {
     }
 }
 
-/// Numbers for statfs: large, since a coffer has no fixed size.
-pub const STATFS_BLOCKS: u64 = 1 << 40;
-pub const STATFS_FILES: u64 = 1 << 32;
+/// statfs's block size (`f_bsize`, `f_frsize`).
 pub const BLOCK_SIZE: u32 = 4096;
+
+/// What `df` and `stat -f` show (`Fs::statfs`), in `BLOCK_SIZE` blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub blocks: u64,
+    /// Free blocks, all of them available to unprivileged users too.
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+}
 
 pub struct Fs {
     store: Arc<dyn ObjectStore>,
@@ -286,6 +299,7 @@ impl Fs {
             stopping: AtomicBool::new(false),
             ns: Mutex::new(()),
         });
+        fs.load_root();
         let weak = Arc::downgrade(&fs);
         let ttl = fs.cfg.metadata_ttl.max(Duration::from_millis(100));
         std::thread::Builder::new()

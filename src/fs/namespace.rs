@@ -9,7 +9,7 @@ use super::error::{FsError, FsResult};
 use super::file_write::{WriteHandle, Writer};
 use super::handles::Handle;
 use super::journal::{self, Attrs, Record};
-use super::view::{join, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+use super::view::{join, Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
 use super::{lock, name_str, to_timestamp, touched_now, Attr, Fs, Owner, SetAttr};
 use crate::protocol::rules;
 use crate::store::StoreError;
@@ -74,8 +74,27 @@ impl Fs {
             }
         }
         t.mark_stored(ino, now);
+        self.entries_changed(&mut t, &[parent]);
         let n = t.get(ino).ok_or_else(FsError::not_found)?;
-        Ok(self.attr(n))
+        Ok(self.shown(&t, n))
+    }
+
+    /// The entries of directories `dirs` changed: their mtime and ctime are
+    /// now, in the table and in the journal (one waiting record per directory
+    /// at most, see `Committer::record_times`). Called under `table`, so the
+    /// journal gets the times in the order the table does.
+    pub(in crate::fs) fn entries_changed(&self, t: &mut Table, dirs: &[u64]) {
+        let times = touched_now();
+        for (i, d) in dirs.iter().enumerate() {
+            if dirs[..i].contains(d) {
+                continue;
+            }
+            let Some(n) = t.get_mut(*d).filter(|n| n.kind == Kind::Dir) else {
+                continue;
+            };
+            n.attrs = n.attrs.merged(times);
+            self.journal.record_times(&n.path, times);
+        }
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, by: Owner) -> FsResult<Attr> {
@@ -210,6 +229,7 @@ impl Fs {
         let ino = t
             .upsert(parent, name, entry, Origin::Writing, now)
             .ok_or_else(FsError::not_found)?;
+        self.entries_changed(&mut t, &[parent]);
         let attr = t
             .get(ino)
             .map(|n| self.attr(n))
@@ -312,8 +332,11 @@ impl Fs {
         records.push(Record::Hide {
             path: n.path.clone(),
         });
+        let mut t = lock(&self.table);
         self.journal.record(records);
-        lock(&self.table).remove(n.ino);
+        t.remove(n.ino);
+        self.entries_changed(&mut t, &[n.parent]);
+        drop(t);
         log::info!("{op} {:?}: hidden (its bytes stay in the coffer)", n.path);
     }
 
@@ -434,6 +457,7 @@ impl Fs {
         if let Some(n) = t.get_mut(src.ino) {
             n.attrs = moved.attrs;
         }
+        self.entries_changed(&mut t, &[src.parent, newparent]);
         Ok(())
     }
 
@@ -446,6 +470,45 @@ impl Fs {
             libc::EPERM,
             format!("{op} {path:?}: a coffer holds no hard links or device nodes"),
         ))
+    }
+
+    /// fallocate(2) on write handle `fh`: mode 0 makes the file at least
+    /// `offset + length` bytes long, as an ftruncate up would (zeros; a
+    /// coffer has no space to reserve); it never shrinks it. Every other mode
+    /// (keep size, punch hole, collapse, zero or insert range) is EOPNOTSUPP.
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> FsResult<()> {
+        if mode != 0 {
+            return Err(FsError::new(
+                libc::EOPNOTSUPP,
+                format!("fallocate mode {mode:#x}: only mode 0 (extend) is supported"),
+            ));
+        }
+        let h = self.handles.get(fh)?;
+        let Handle::Write(w) = &*h else {
+            return Err(FsError::new(libc::EBADF, "fallocate: not open for writing"));
+        };
+        if w.ino != ino {
+            return Err(FsError::new(
+                libc::EBADF,
+                "fallocate: another file's handle",
+            ));
+        }
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| FsError::new(libc::EFBIG, "fallocate: beyond 2^64 bytes"))?;
+        if end <= lock(&w.w).size() {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        self.writable("fallocate", &node.path)?;
+        self.truncate(&node, Some(fh), end)
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> FsResult<Attr> {
@@ -474,6 +537,7 @@ impl Fs {
             gid: set.gid,
             mtime: set.mtime.map(to_timestamp),
             ctime: None,
+            atime: set.atime.map(to_timestamp),
         };
         if attrs != Attrs::default() {
             let attrs = Attrs {

@@ -258,6 +258,8 @@ impl Model {
     // ---- handles ------------------------------------------------------------
 
     pub fn open_new(&mut self, fh: u64, ino: u64, path: &str, mode: u32, mark: usize) {
+        // The directory gains the entry now (POSIX: create changes its times).
+        self.touch_parent(path);
         self.handles.push(Handle {
             fh,
             ino,

@@ -4,12 +4,13 @@
 //! mounts' batches and checkpoints lives in `replay`. Owns only
 //! `.cofferfs/journal/` and `.cofferfs/checkpoint/`; knows nothing of inodes or FUSE.
 
-use super::format::{batch_key, Batch, Overlay, Record, JOURNAL_PREFIX};
+use super::format::{batch_key, Attrs, Batch, Overlay, Record, JOURNAL_PREFIX};
 use crate::fs::error::{FsError, FsResult};
 use crate::protocol::{hex, md5};
 use crate::store::{landed, ObjectStore};
 use bytes::Bytes;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -61,9 +62,44 @@ pub(super) struct State {
     pub(super) last_failed: u64,
     pub(super) flush: bool,
     pub(super) stop: bool,
+    /// `record_times`: the number of each path's waiting times record it
+    /// may still update in place. Forgotten when `pending` leaves for a batch.
+    pub(super) times_at: BTreeMap<String, u64>,
 }
 
 impl State {
+    /// Numbers and queues `records`, showing them in the overlay at once. A
+    /// record that names a path, or hides it or a path above it, ends
+    /// `record_times`'s folding into that path's waiting record.
+    fn append(&mut self, records: Vec<Record>) -> Ticket {
+        let first = self.appended + 1;
+        for r in records {
+            if let Some(p) = record_path(&r) {
+                self.times_at.remove(p);
+            }
+            if let Record::Hide { path: h } = &r {
+                let below: Vec<String> = self
+                    .times_at
+                    .range::<str, _>((Bound::Excluded(h.as_str()), Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(h.as_str()))
+                    .filter(|(k, _)| is_under(k, h))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in below {
+                    self.times_at.remove(&k);
+                }
+            }
+            self.overlay.apply(&r);
+            self.appended += 1;
+            let n = self.appended;
+            self.pending.push((n, r));
+        }
+        Ticket {
+            first,
+            last: self.appended,
+        }
+    }
+
     /// Moves `committed` up to just before the oldest record still outstanding.
     fn advance_committed(&mut self) {
         self.committed = self
@@ -162,18 +198,49 @@ impl Committer {
     /// Appends records: visible at once, stored within `COMMIT_INTERVAL`.
     pub fn record(&self, records: Vec<Record>) -> Ticket {
         let mut s = self.lock();
-        let first = s.appended + 1;
-        for r in records {
-            s.overlay.apply(&r);
-            s.appended += 1;
-            let n = s.appended;
-            s.pending.push((n, r));
-        }
+        let ticket = s.append(records);
         self.changed.notify_all();
-        Ticket {
-            first,
-            last: s.appended,
-        }
+        ticket
+    }
+
+    /// Appends `attr` of `path` setting `attrs` (a directory's times when its
+    /// entries change). If an earlier call's record for `path` still waits,
+    /// no record since names the path or hides it, and `attrs` sets every
+    /// field it set, that record is updated in place instead: the effect is
+    /// the same, and a directory that gains 1000 files in one batch costs one
+    /// record, not 1000. It keeps its number, so whoever waits for it waits
+    /// for the new times.
+    pub fn record_times(&self, path: &str, attrs: Attrs) -> Ticket {
+        let record = Record::Attr {
+            path: path.to_string(),
+            attrs,
+        };
+        let mut s = self.lock();
+        let slot = s.times_at.get(path).and_then(|&n| {
+            let i = s.pending.binary_search_by_key(&n, |(m, _)| *m).ok()?;
+            match &s.pending[i].1 {
+                Record::Attr {
+                    path: p,
+                    attrs: old,
+                } if p == path && covers(&attrs, old) => Some(i),
+                _ => None,
+            }
+        });
+        let ticket = match slot {
+            Some(i) => {
+                s.overlay.apply(&record);
+                let n = s.pending[i].0;
+                s.pending[i].1 = record;
+                Ticket { first: n, last: n }
+            }
+            None => {
+                let t = s.append(vec![record]);
+                s.times_at.insert(path.to_string(), t.last);
+                t
+            }
+        };
+        self.changed.notify_all();
+        ticket
     }
 
     /// Stores everything appended up to `ticket` now; fails when a batch attempt
@@ -253,6 +320,7 @@ impl Committer {
                     continue;
                 }
                 s.in_flight = std::mem::take(&mut s.pending);
+                s.times_at.clear();
                 s.seq += 1;
                 s.attempts += 1;
                 let key = batch_key(now_micros().max(s.last_micros() + 1), &self.mount_id, s.seq);
@@ -362,6 +430,35 @@ impl Committer {
     }
 }
 
+/// Whether `new` sets every field `old` sets.
+fn covers(new: &Attrs, old: &Attrs) -> bool {
+    (old.mode.is_none() || new.mode.is_some())
+        && (old.uid.is_none() || new.uid.is_some())
+        && (old.gid.is_none() || new.gid.is_some())
+        && (old.mtime.is_none() || new.mtime.is_some())
+        && (old.ctime.is_none() || new.ctime.is_some())
+        && (old.atime.is_none() || new.atime.is_some())
+}
+
+/// Whether `path` is `top` or beneath it.
+fn is_under(path: &str, top: &str) -> bool {
+    path.strip_prefix(top)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The path a record is about.
+fn record_path(r: &Record) -> Option<&str> {
+    match r {
+        Record::Attr { path, .. }
+        | Record::Mkdir { path, .. }
+        | Record::File { path, .. }
+        | Record::Symlink { path, .. }
+        | Record::Bind { path, .. }
+        | Record::Hide { path } => Some(path),
+        Record::Unknown => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_records::mkdir;
@@ -385,6 +482,73 @@ mod tests {
         );
         j.shutdown(true);
         other.shutdown(true);
+    }
+
+    /// A committer with no thread: what `record` leaves waiting stays put.
+    fn idle() -> Committer {
+        Committer {
+            store: Arc::new(MemoryStore::new()),
+            mount_id: "0".repeat(16),
+            checkpoint_every: CHECKPOINT_EVERY,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn a_directorys_times_fold_into_one_waiting_record_unless_the_path_changed_between() {
+        let j = idle();
+        let times = |t| Attrs {
+            mtime: Some((t, 0)),
+            ctime: Some((t, 0)),
+            ..Attrs::default()
+        };
+        j.record(vec![mkdir("d/a")]);
+        let first = j.record_times("d", times(1));
+        j.record(vec![mkdir("d/b")]);
+        assert_eq!(j.record_times("d", times(2)), first, "updated in place");
+        assert_eq!(j.lock().pending.len(), 3);
+        // A hide of the path (or above it) in between: a record of its own.
+        j.record(vec![Record::Hide { path: "d".into() }]);
+        j.record(vec![mkdir("d")]);
+        let after_hide = j.record_times("d", times(3));
+        assert_ne!(after_hide, first);
+        // So does a hide above it.
+        let below = j.record_times("d/x", times(3));
+        j.record(vec![Record::Hide { path: "d".into() }]);
+        assert_ne!(j.record_times("d/x", times(3)), below);
+        j.record(vec![mkdir("d")]);
+        // An earlier record that sets more than times is never folded into.
+        let mode = Attrs {
+            mode: Some(0o700),
+            ..times(4)
+        };
+        j.record(vec![Record::Attr {
+            path: "d".into(),
+            attrs: mode,
+        }]);
+        j.record_times("d", times(5));
+        j.record_times("d/b", times(6));
+        j.record_times("d", times(7));
+        let s = j.lock();
+        let attrs_of_d: Vec<Attrs> = s
+            .pending
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Record::Attr { path, attrs } if path == "d" => Some(*attrs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attrs_of_d, [times(2), times(3), mode, times(7)]);
+        // What is stored replays to what the mount showed.
+        let records: Vec<Record> = s.pending.iter().map(|(_, r)| r.clone()).collect();
+        let stored = Overlay::replay([&Batch::new("m", 1, records)]);
+        assert_eq!(stored, s.overlay);
+        assert_eq!(
+            stored.attrs("d").map(|a| (a.mode, a.mtime)),
+            Some((Some(0o700), Some((7, 0))))
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Attrs {
     /// When the entry's data or attributes last changed (stat's ctime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctime: Option<Timestamp>,
+    /// Last access as set by `touch -a`/utimensat; reads never set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<Timestamp>,
 }
 
 impl Attrs {
@@ -38,6 +41,7 @@ impl Attrs {
             gid: newer.gid.or(self.gid),
             mtime: newer.mtime.or(self.mtime),
             ctime: newer.ctime.or(self.ctime),
+            atime: newer.atime.or(self.atime),
         }
     }
 }
@@ -412,6 +416,7 @@ mod tests {
                     gid: Some(1000),
                     mtime: Some((1764000000, 123456789)),
                     ctime: None,
+                    atime: None,
                 },
             }
         );
@@ -420,6 +425,38 @@ mod tests {
         assert_eq!(Batch::decode("k", &known.encode()), Ok(known.clone()));
         let cp = Checkpoint::new("k", Overlay::replay([&known]));
         assert_eq!(Checkpoint::decode("c", &cp.encode()), Ok(cp));
+    }
+
+    #[test]
+    fn atime_is_kept_apart_and_fields_unknown_to_a_mount_are_ignored() {
+        let r = Record::Attr {
+            path: "f".into(),
+            attrs: Attrs {
+                atime: Some((1, 2)),
+                ..Attrs::default()
+            },
+        };
+        let b = Batch::new("m", 1, vec![r.clone()]);
+        let text = String::from_utf8(b.encode()).expect("utf-8");
+        assert!(text.contains(r#""atime":[1,2]"#), "{text}");
+        assert_eq!(Batch::decode("k", text.as_bytes()), Ok(b));
+        // A field a later cofferfs adds (as `atime` was added) is skipped by
+        // a mount that does not know it, in batches and checkpoints alike.
+        let doc = br#"{"format":"cofferfs-journal","version":1,"mount":"m","seq":1,
+          "records":[{"op":"attr","path":"f","mode":420,"someday":[3,4]}]}"#;
+        let b = Batch::decode("k", doc).expect("decode");
+        assert_eq!(
+            b.records,
+            [Record::Attr {
+                path: "f".into(),
+                attrs: attrs(0o644)
+            }]
+        );
+        let cp = br#"{"format":"cofferfs-checkpoint","version":1,"upto":"k","overlay":{
+          "entries":{"f":{"shape":{"kind":"empty"},"attrs":{"mode":420,"someday":1}}},
+          "hidden":[]}}"#;
+        let cp = Checkpoint::decode("c", cp).expect("decode");
+        assert_eq!(cp.overlay.attrs("f"), Some(attrs(0o644)));
     }
 
     #[test]
@@ -525,6 +562,7 @@ mod tests {
                 gid: Some(2),
                 mtime: Some((5, 6)),
                 ctime: None,
+                atime: None,
             },
         });
         o.apply(&Record::Attr {
@@ -544,6 +582,7 @@ mod tests {
                 gid: Some(2),
                 mtime: Some((7, 8)),
                 ctime: None,
+                atime: None,
             }
         );
     }

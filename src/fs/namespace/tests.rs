@@ -186,3 +186,38 @@ fn rename_over_a_directory_that_is_not_empty_is_enotempty() {
     fs.lookup(ROOT, name("src")).expect("src stays");
     fs.shutdown();
 }
+
+#[test]
+fn a_directory_gaining_many_entries_costs_one_times_record_per_batch() {
+    use crate::fs::journal::{Batch, JOURNAL_PREFIX};
+    use crate::store::ListAll;
+    let (fs, _dir) = fs_with(true, false);
+    let d = fs.mkdir(ROOT, name("d"), 0o755, me(&fs)).expect("mkdir");
+    for i in 0..300 {
+        fs.mkdir(d.ino, name(&format!("s{i}")), 0o755, me(&fs))
+            .expect("mkdir");
+    }
+    fs.sync_metadata().expect("stored");
+    let keys: Vec<String> = ListAll::new(fs.store.as_ref(), JOURNAL_PREFIX)
+        .map(|m| m.expect("list").key)
+        .collect();
+    let mut times_of_d = 0;
+    for k in &keys {
+        let body = fs.store.get(k, None).expect("get").data;
+        let b = Batch::decode(k, &body).expect("batch");
+        times_of_d += b
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::Attr { path, .. } if path == "d"))
+            .count();
+    }
+    assert!(
+        (1..=keys.len()).contains(&times_of_d),
+        "{times_of_d} time records of d in {} batches",
+        keys.len()
+    );
+    let shown = fs.getattr(d.ino).expect("d");
+    assert_eq!(shown.nlink, 302);
+    assert!(shown.mtime >= d.mtime && shown.ctime > d.ctime);
+    fs.shutdown();
+}

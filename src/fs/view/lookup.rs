@@ -3,8 +3,9 @@
 //! entry is shown (`Attr`). Changes nothing in the coffer or the journal.
 
 use super::node::{Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+use super::Table;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::{from_timestamp, lock, name_str, Attr, Fs};
+use crate::fs::{from_timestamp, lock, name_str, Attr, Fs, FsStats, BLOCK_SIZE};
 use crate::protocol::rules;
 use crate::store::{ListAll, ObjectMeta, StoreError};
 use std::ffi::OsStr;
@@ -33,11 +34,32 @@ impl Fs {
             size: n.size,
             mtime,
             ctime: n.attrs.ctime.map(from_timestamp).unwrap_or(mtime),
+            atime: n.attrs.atime.map(from_timestamp).unwrap_or(mtime),
+            // A directory's links are counted by `shown`, which sees the table;
+            // an open file whose name was removed has none.
+            nlink: u32::from(!n.unlinked),
             perm: n.attrs.mode.map_or(default_perm, |m| (m & 0o7777) as u16),
             uid: n.attrs.uid.unwrap_or(self.cfg.uid),
             gid: n.attrs.gid.unwrap_or(self.cfg.gid),
             volatile,
         }
+    }
+
+    /// `attr` with a directory's link count: 2 + its subdirectories once a
+    /// listing filled it (or it was made here); before that 1, which `find`
+    /// and fts read as "unknown" (as on btrfs) rather than as "no
+    /// subdirectories". A stat never lists a subtree to count.
+    pub(in crate::fs) fn shown(&self, t: &Table, n: &Node) -> Attr {
+        let mut a = self.attr(n);
+        if n.kind == Kind::Dir && n.listed.is_some() {
+            let subdirs = t
+                .children(n.ino)
+                .iter()
+                .filter(|c| c.kind == Kind::Dir)
+                .count();
+            a.nlink = u32::try_from(subdirs.saturating_add(2)).unwrap_or(u32::MAX);
+        }
+        a
     }
 
     pub(in crate::fs) fn node(&self, ino: u64) -> FsResult<Node> {
@@ -69,7 +91,7 @@ impl Fs {
             let t = lock(&self.table);
             match t.child(parent, name) {
                 Some(n) if n.origin == Origin::Writing || n.seen.elapsed() < ttl => {
-                    return Ok(self.attr(n))
+                    return Ok(self.shown(&t, n))
                 }
                 None if t.listed_within(parent, ttl) => return Err(FsError::not_found()),
                 _ => {}
@@ -89,7 +111,7 @@ impl Fs {
             self.negative.insert(parent, name, now);
             // Not in the view; but this mount may be writing it.
             return match t.child(parent, name) {
-                Some(n) if n.origin == Origin::Writing => Ok(self.attr(n)),
+                Some(n) if n.origin == Origin::Writing => Ok(self.shown(&t, n)),
                 Some(n) => {
                     let ino = n.ino;
                     t.remove(ino);
@@ -110,7 +132,7 @@ impl Fs {
             .upsert(parent, name, entry, Origin::Stored, now)
             .ok_or_else(FsError::not_found)?;
         let n = t.get(ino).ok_or_else(FsError::not_found)?;
-        Ok(self.attr(n))
+        Ok(self.shown(&t, n))
     }
 
     /// What the view has at `path`: the journal first, else HEAD `path` and
@@ -167,8 +189,35 @@ impl Fs {
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let t = lock(&self.table);
         t.get(ino)
-            .map(|n| self.attr(n))
+            .map(|n| self.shown(&t, n))
             .ok_or_else(FsError::not_found)
+    }
+
+    /// statfs: a coffer has no fixed size, so the total is 1 PiB (or what is
+    /// used plus 1 TiB, if more); used is the size of the files the table
+    /// knows of (what lookups and listings have found, not a count of the
+    /// coffer); inodes are as many as known entries plus 2^32 free.
+    pub fn statfs(&self) -> FsStats {
+        const PIB: u64 = 1 << 50;
+        const TIB: u64 = 1 << 40;
+        let block = u64::from(BLOCK_SIZE);
+        let (used, entries) = {
+            let t = lock(&self.table);
+            let all = t.subtree(ROOT);
+            let used = all
+                .iter()
+                .filter(|n| n.kind == Kind::File)
+                .fold(0u64, |sum, n| sum.saturating_add(n.size.div_ceil(block)));
+            (used, all.len() as u64 + 1)
+        };
+        let blocks = (PIB / block).max(used.saturating_add(TIB / block));
+        let ffree = 1 << 32;
+        FsStats {
+            blocks,
+            bfree: blocks - used,
+            files: entries.saturating_add(ffree),
+            ffree,
+        }
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<String> {
@@ -206,8 +255,25 @@ impl Fs {
             .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?;
         let now = Instant::now();
         let mut t = lock(&self.table);
-        self.journal
-            .with_overlay(|o| t.apply_listing(dir.ino, &objects, o, now));
+        self.journal.with_overlay(|o| {
+            t.apply_listing(dir.ino, &objects, o, now);
+            if dir.ino == ROOT {
+                root_from_journal(&mut t, o);
+            }
+        });
         Ok(())
+    }
+
+    /// The root's attributes as the journal has them (its times change as
+    /// entries come and go; nothing lists the root from above).
+    pub(in crate::fs) fn load_root(&self) {
+        let mut t = lock(&self.table);
+        self.journal.with_overlay(|o| root_from_journal(&mut t, o));
+    }
+}
+
+fn root_from_journal(t: &mut Table, o: &crate::fs::journal::Overlay) {
+    if let (Some(root), Some(attrs)) = (t.get_mut(ROOT), o.attrs("")) {
+        root.attrs = attrs;
     }
 }

@@ -11,7 +11,6 @@ use std::time::{Instant, SystemTime};
 pub struct Table {
     nodes: HashMap<u64, Node>,
     children: HashMap<u64, BTreeMap<String, u64>>,
-    next_ino: u64,
     /// Open handles per file: a file removed while open stays, unlinked,
     /// until its last handle goes (POSIX: an open file outlives its name).
     open: HashMap<u64, u32>,
@@ -44,7 +43,6 @@ impl Table {
         Table {
             nodes: HashMap::from([(ROOT, root)]),
             children: HashMap::from([(ROOT, BTreeMap::new())]),
-            next_ino: ROOT + 1,
             open: HashMap::new(),
         }
     }
@@ -130,8 +128,7 @@ impl Table {
             node.origin = origin;
             return Some(ino);
         }
-        let ino = self.next_ino;
-        self.next_ino += 1;
+        let ino = self.free_ino(path_ino(&path));
         if new.kind == Kind::Dir {
             self.children.insert(ino, BTreeMap::new());
         }
@@ -159,6 +156,17 @@ impl Table {
             .or_default()
             .insert(name.to_string(), ino);
         Some(ino)
+    }
+
+    /// `want` if no entry has it, else the next number no entry has; never
+    /// 0, the root's 1, or `u32::MAX` (FUSE's "unknown inode"). Unlinked
+    /// files still open keep theirs (they stay in `nodes`).
+    fn free_ino(&self, want: u64) -> u64 {
+        let mut ino = want;
+        while ino <= ROOT || ino == u64::from(u32::MAX) || self.nodes.contains_key(&ino) {
+            ino = ino.wrapping_add(1);
+        }
+        ino
     }
 
     /// A handle of `ino` opened.
@@ -450,6 +458,15 @@ impl Table {
     }
 }
 
+/// The inode number a path asks for: the first 8 bytes of its MD5, so a
+/// path has the same number in every mount of the coffer and after a
+/// remount (tar --listed-incremental, rsync and find compare them). Two live
+/// paths never share one: `free_ino` moves the later to the next free number.
+fn path_ino(path: &str) -> u64 {
+    let d = crate::protocol::md5(path.as_bytes());
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +585,50 @@ mod tests {
             t.child(empty, "dir").and_then(|n| n.attrs.mode),
             Some(0o700)
         );
+    }
+
+    #[test]
+    fn a_path_has_the_same_inode_in_every_table_and_keeps_it_when_renamed() {
+        let none = Overlay::default();
+        let fill = |keys: &[&str]| {
+            let mut t = Table::new();
+            let objs: Vec<ObjectMeta> = keys.iter().map(|k| obj(k, 1)).collect();
+            t.apply_listing(ROOT, &objs, &none, Instant::now());
+            t
+        };
+        let ino = |t: &Table, dir: u64, name: &str| t.child(dir, name).expect(name).ino;
+        let mut one = fill(&["a/b", "c"]);
+        let two = fill(&["c", "x", "a/b"]);
+        let a = ino(&one, ROOT, "a");
+        assert_eq!(a, ino(&two, ROOT, "a"));
+        assert_eq!(ino(&one, a, "b"), ino(&two, a, "b"));
+        assert_eq!(ino(&one, ROOT, "c"), ino(&two, ROOT, "c"));
+        assert_eq!(a, path_ino("a"));
+        // Within the table a renamed entry keeps its number; the old path's
+        // number is taken, so a new entry there gets another.
+        let c = ino(&one, ROOT, "c");
+        one.rename(c, ROOT, "d");
+        assert_eq!(ino(&one, ROOT, "d"), c);
+        let entry = ViewEntry::dir(Attrs::default(), SystemTime::UNIX_EPOCH);
+        let again = one
+            .upsert(ROOT, "c", entry, Origin::Stored, Instant::now())
+            .expect("c");
+        assert_ne!(again, c);
+        assert!(again > ROOT);
+    }
+
+    #[test]
+    fn an_inode_in_use_or_reserved_gives_way_to_the_next_free_one() {
+        let mut t = Table::new();
+        let entry = ViewEntry::dir(Attrs::default(), SystemTime::UNIX_EPOCH);
+        let a = t
+            .upsert(ROOT, "a", entry, Origin::Stored, Instant::now())
+            .expect("a");
+        assert_eq!(t.free_ino(a), a + 1);
+        assert_eq!(t.free_ino(0), 2);
+        assert_eq!(t.free_ino(ROOT), 2);
+        assert_eq!(t.free_ino(u64::MAX), u64::MAX);
+        assert_eq!(t.free_ino(u64::from(u32::MAX)), u64::from(u32::MAX) + 1);
     }
 
     #[test]
