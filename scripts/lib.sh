@@ -1,10 +1,11 @@
 # Shared by the scripts (sourced, not run): dependencies and a local coffer server.
 
-# Installs fuse3 and rsync when missing (as root; otherwise says what to install).
+# Installs fuse3, rsync and attr (setfattr, getfattr) when missing (as root; otherwise says what to install).
 ensure_deps() {
     local missing=()
     command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
     command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+    command -v setfattr >/dev/null 2>&1 || missing+=(attr)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" = 0 ]; then
         echo "installing: ${missing[*]}"
