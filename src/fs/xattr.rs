@@ -1,13 +1,15 @@
 //! Extended attributes: which names a mount keeps (`user.`, `trusted.`,
-//! `security.`, and the two POSIX ACL names, stored opaque: the kernel does not
-//! enforce them and `chmod` does not change them), their limits, and the
-//! `xattr` journal records that set and remove them. They live in the journal's
+//! `security.`, and the two POSIX ACL names), their limits, and the `xattr`
+//! journal records that set and remove them. ACLs are not enforced (the kernel
+//! checks the mode alone); as on ext4, an access ACL sets the mode's bits, and
+//! one the mode says all of is not kept (`cp -a` copies a mode that way), while
+//! any other is kept as given and a later `chmod` does not rewrite it. They live in the journal's
 //! overlay by path; a rename moves them (`moved_xattrs`). Never touches the
 //! coffer's objects; knows no FUSE.
 
 use super::error::{FsError, FsResult};
 use super::journal::{Overlay, Record};
-use super::{lock, Fs};
+use super::{lock, Fs, SetAttr};
 use crate::protocol::{hex, unhex};
 use std::ffi::OsStr;
 
@@ -26,6 +28,41 @@ const ACL_NAMES: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_defau
 /// `setxattr(2)` flags.
 const XATTR_CREATE: i32 = 1;
 const XATTR_REPLACE: i32 = 2;
+
+/// ACL entry tags (linux/posix_acl_xattr.h) and the xattr format's version.
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_GROUP: u16 = 0x08;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+const ACL_VERSION: u32 = 2;
+
+/// What an access ACL makes of the mode: permission bits (owner, the mask or
+/// else the owning group, others) and whether they say all of it (no named
+/// users or groups). `None` when it is no ACL.
+fn acl_mode(value: &[u8]) -> Option<(u32, bool)> {
+    let (version, entries) = value.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*version) != ACL_VERSION || entries.len() % 8 != 0 {
+        return None;
+    }
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    let mut named = false;
+    for e in entries.chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u32::from(u16::from_le_bytes([e[2], e[3]]) & 0o7);
+        match tag {
+            ACL_USER_OBJ => user = Some(perm),
+            ACL_GROUP_OBJ => group = Some(perm),
+            ACL_MASK => mask = Some(perm),
+            ACL_OTHER => other = Some(perm),
+            ACL_USER | ACL_GROUP => named = true,
+            _ => return None,
+        }
+    }
+    let group = mask.or(group)?;
+    Some((user? << 6 | group << 3 | other?, !named))
+}
 
 /// A name this mount keeps, or why not.
 fn xattr_name(name: &OsStr) -> FsResult<&str> {
@@ -113,6 +150,23 @@ impl Fs {
                 libc::E2BIG,
                 format!("xattr {name:?}: {} bytes; at most {MAX_VALUE}", value.len()),
             ));
+        }
+        if name == ACL_NAMES[0] {
+            if let Some((perm, whole)) = acl_mode(value) {
+                let special = u32::from(self.getattr(ino)?.perm) & 0o7000;
+                let set = SetAttr {
+                    mode: Some(special | perm),
+                    ..SetAttr::default()
+                };
+                self.setattr(ino, None, set)?;
+                if whole {
+                    // The mode says it all: nothing to keep (ext4 keeps nothing).
+                    return match self.removexattr(ino, OsStr::new(name)) {
+                        Err(e) if e.errno == libc::ENODATA => Ok(()),
+                        other => other,
+                    };
+                }
+            }
         }
         // Under `ns`, the check and the record are one step, and a rename
         // cannot move the path in between.
@@ -211,6 +265,31 @@ mod tests {
             xattr_name(OsStr::new(&long)).map_err(|e| e.errno),
             Err(libc::ERANGE)
         );
+    }
+
+    #[test]
+    fn an_access_acl_gives_the_mode_bits_and_says_whether_it_says_more() {
+        let acl = |entries: &[(u16, u16)]| {
+            let mut v = ACL_VERSION.to_le_bytes().to_vec();
+            for (tag, perm) in entries {
+                v.extend_from_slice(&tag.to_le_bytes());
+                v.extend_from_slice(&perm.to_le_bytes());
+                v.extend_from_slice(&u32::MAX.to_le_bytes());
+            }
+            v
+        };
+        let minimal = acl(&[(ACL_USER_OBJ, 6), (ACL_GROUP_OBJ, 4), (ACL_OTHER, 0)]);
+        assert_eq!(acl_mode(&minimal), Some((0o640, true)));
+        let named = acl(&[
+            (ACL_USER_OBJ, 7),
+            (ACL_USER, 7),
+            (ACL_GROUP_OBJ, 0),
+            (ACL_MASK, 5),
+            (ACL_OTHER, 1),
+        ]);
+        assert_eq!(acl_mode(&named), Some((0o751, false)));
+        assert_eq!(acl_mode(b"junk"), None);
+        assert_eq!(acl_mode(&acl(&[(ACL_USER_OBJ, 6)])), None, "incomplete");
     }
 
     #[test]
