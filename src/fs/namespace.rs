@@ -61,7 +61,9 @@ impl Fs {
         record: Record,
         entry: ViewEntry,
     ) -> FsResult<Attr> {
-        self.journal.record(vec![record]);
+        let mut records = self.stale_xattrs(record.path());
+        records.push(record);
+        self.journal.record(records);
         let now = Instant::now();
         let mut t = lock(&self.table);
         let ino = t
@@ -234,6 +236,10 @@ impl Fs {
             }
             let (fh, _) = self.open(a.ino, flags, pid)?;
             return Ok((self.getattr(a.ino)?, fh));
+        }
+        let stale = self.stale_xattrs(&path);
+        if !stale.is_empty() {
+            self.journal.record(stale);
         }
         // The file's own key when the coffer has nothing there; if it turns out
         // taken (another client's object or open upload), a fresh key instead.

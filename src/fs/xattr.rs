@@ -110,6 +110,23 @@ pub(super) fn moved_xattrs(o: &Overlay, from: &str, to: &str) -> Vec<Record> {
 }
 
 impl Fs {
+    /// Removals of the xattrs the journal still holds for `path`, where nothing
+    /// is: a file whose close failed after a setxattr leaves them. A new entry
+    /// there starts without them.
+    pub(super) fn stale_xattrs(&self, path: &str) -> Vec<Record> {
+        self.journal.with_overlay(|o| {
+            o.xattrs(path)
+                .into_iter()
+                .flat_map(|x| x.keys())
+                .map(|name| Record::Xattr {
+                    path: path.to_string(),
+                    name: name.clone(),
+                    value: None,
+                })
+                .collect()
+        })
+    }
+
     /// The value of `name`; ENODATA when it has none.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         let name = xattr_name(name)?;
@@ -290,6 +307,50 @@ mod tests {
         assert_eq!(acl_mode(&named), Some((0o751, false)));
         assert_eq!(acl_mode(b"junk"), None);
         assert_eq!(acl_mode(&acl(&[(ACL_USER_OBJ, 6)])), None, "incomplete");
+    }
+
+    #[test]
+    fn a_new_entry_starts_without_xattrs_a_failed_close_left_at_its_path() {
+        use crate::fs::{FsConfig, Owner};
+        use crate::store::memory::MemoryStore;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = FsConfig {
+            cache_dir: dir.path().join("cache"),
+            ..FsConfig::default()
+        };
+        let fs = Fs::new(std::sync::Arc::new(MemoryStore::new()), cfg).expect("Fs::new");
+        let me = Owner {
+            uid: fs.cfg.uid,
+            gid: fs.cfg.gid,
+        };
+        // What a setxattr on a file whose close then failed leaves behind.
+        for path in ["f", "p"] {
+            fs.journal.record(vec![Record::Xattr {
+                path: path.into(),
+                name: "user.stale".into(),
+                value: Some("01".into()),
+            }]);
+        }
+        let stale = OsStr::new("user.stale");
+        let (a, fh) = fs
+            .create(1, OsStr::new("f"), 0o644, libc::O_WRONLY, 0, me)
+            .expect("create");
+        fs.release(fh).expect("close");
+        assert_eq!(
+            fs.getxattr(a.ino, stale).map_err(|e| e.errno),
+            Err(libc::ENODATA)
+        );
+        let p = fs
+            .mknod(1, OsStr::new("p"), libc::S_IFIFO | 0o644, 0, me)
+            .expect("mknod");
+        assert_eq!(fs.listxattr(p.ino).map_err(|e| e.errno), Ok(Vec::new()));
+        fs.setxattr(p.ino, OsStr::new("user.new"), b"v", XATTR_CREATE)
+            .expect("setxattr");
+        assert_eq!(
+            fs.listxattr(p.ino).map_err(|e| e.errno),
+            Ok(b"user.new\0".to_vec())
+        );
+        fs.shutdown();
     }
 
     #[test]

@@ -124,6 +124,21 @@ pub enum SpecialKind {
 }
 
 impl Record {
+    /// The path the record is about (empty for an unknown record).
+    pub fn path(&self) -> &str {
+        match self {
+            Record::Attr { path, .. }
+            | Record::Mkdir { path, .. }
+            | Record::File { path, .. }
+            | Record::Symlink { path, .. }
+            | Record::Bind { path, .. }
+            | Record::Hide { path }
+            | Record::Special { path, .. }
+            | Record::Xattr { path, .. } => path,
+            Record::Unknown => "",
+        }
+    }
+
     /// Whether a mount of a version-1 cofferfs must not read this record:
     /// it would skip it, and a checkpoint it wrote would lose it for good.
     pub fn needs_version_2(&self) -> bool {
@@ -669,27 +684,43 @@ mod tests {
 
     #[test]
     fn special_and_xattr_records_read_as_documented_and_need_version_2() {
-        let doc = r#"{"format":"cofferfs-journal","version":2,"mount":"m","seq":1,"records":[
-            {"op":"special","path":"dev/null","type":"char","rdev":259,"mode":438},
-            {"op":"special","path":"pipe","type":"fifo","mode":420},
-            {"op":"xattr","path":"pipe","name":"user.k","value":"00ff"},
-            {"op":"xattr","path":"pipe","name":"user.gone"}
-          ]}"#;
+        // The example of docs/journal.md.
+        let doc = r#"{"format":"cofferfs-journal","version":2,"mount":"9f2c4e1a7b3d5f60","seq":8,
+         "records":[
+          {"op":"special","path":"dev/null","type":"char","rdev":259,"mode":438,"mtime":[1764000003,0],"ctime":[1764000003,0]},
+          {"op":"special","path":"run/pipe","type":"fifo","mode":420,"mtime":[1764000003,0],"ctime":[1764000003,0]},
+          {"op":"xattr","path":"notes.txt","name":"user.origin","value":"00ff6869"},
+          {"op":"xattr","path":"notes.txt","name":"user.old"}
+         ]}"#;
         let b = Batch::decode("k", doc.as_bytes()).expect("decode");
+        let t = Some((1764000003, 0));
         assert_eq!(
             b.records[0],
             Record::Special {
                 path: "dev/null".into(),
                 special: SpecialKind::Char,
                 rdev: 259,
-                attrs: attrs(0o666),
+                attrs: Attrs {
+                    mode: Some(0o666),
+                    mtime: t,
+                    ctime: t,
+                    ..Attrs::default()
+                },
             }
         );
+        assert!(matches!(
+            &b.records[1],
+            Record::Special {
+                special: SpecialKind::Fifo,
+                rdev: 0,
+                ..
+            }
+        ));
         assert_eq!(
             b.records[3],
             Record::Xattr {
-                path: "pipe".into(),
-                name: "user.gone".into(),
+                path: "notes.txt".into(),
+                name: "user.old".into(),
                 value: None,
             }
         );
