@@ -1,11 +1,11 @@
 # Shared by the scripts (sourced, not run): dependencies and a local coffer server.
 
 # Installs what the tests drive when missing (as root; otherwise says what to
-# install): fuse3 and rsync, and the tools the mount must work with.
+# install): fuse3, rsync, and the tools the mount must work with.
 ensure_deps() {
     local missing=() pair
     for pair in fusermount3:fuse3 rsync:rsync git:git sqlite3:sqlite3 7z:p7zip-full \
-        zip:zip unzip:unzip vim:vim python3:python3; do
+        zip:zip unzip:unzip vim:vim python3:python3 setfattr:attr; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     [ ${#missing[@]} -eq 0 ] && return 0

@@ -283,7 +283,7 @@ fn a_batch_of_a_later_format_mounts_read_only_with_one_log_line() {
     m.unmount();
     let key = put_batch(
         &server,
-        r#"{"format":"cofferfs-journal","version":2,"mount":"00000000000000fe","seq":1,"records":[]}"#,
+        r#"{"format":"cofferfs-journal","version":3,"mount":"00000000000000fe","seq":1,"records":[]}"#,
     );
 
     let m = Mount::start(&server, &["--metadata-ttl", "1s"]);
@@ -305,7 +305,7 @@ fn a_batch_of_a_later_format_mounts_read_only_with_one_log_line() {
     let lines = log_lines(&m, &key);
     assert_eq!(lines.len(), 1, "{}", m.log_text());
     assert!(
-        lines[0].contains("version 2") && lines[0].contains("read-only"),
+        lines[0].contains("version 3") && lines[0].contains("read-only"),
         "{}",
         lines[0]
     );
@@ -316,7 +316,7 @@ fn a_later_format_met_by_a_reload_turns_a_mount_read_only() {
     let server = Server::start(&[]);
     let m = Mount::start(&server, &["--metadata-ttl", "1s"]);
     ok(&format!("echo before > {}", q(&m.path("before.txt"))));
-    let key = put_batch(&server, r#"{"format":"cofferfs-journal","version":2}"#);
+    let key = put_batch(&server, r#"{"format":"cofferfs-journal","version":3}"#);
     let mut n = 0;
     let turned = wait_for(Duration::from_secs(30), || {
         // A fresh name each time: the kernel answers EEXIST itself for a name

@@ -2,6 +2,7 @@
 //! No logic lives here; failures are logged once, in `fail`.
 
 use super::error::FsError;
+use super::journal::SpecialKind;
 use super::view::Kind;
 use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE};
 use crate::transfer::pool::Pool;
@@ -73,7 +74,10 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: match a.kind {
+            Kind::Special { rdev, .. } => rdev,
+            _ => 0,
+        },
         // Tools size their buffers by st_blksize: ask for large writes.
         blksize: MAX_WRITE,
         flags: 0,
@@ -85,6 +89,12 @@ fn file_type(k: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
         Kind::Symlink => FileType::Symlink,
+        Kind::Special { special, .. } => match special {
+            SpecialKind::Fifo => FileType::NamedPipe,
+            SpecialKind::Socket => FileType::Socket,
+            SpecialKind::Char => FileType::CharDevice,
+            SpecialKind::Block => FileType::BlockDevice,
+        },
     }
 }
 
@@ -99,8 +109,9 @@ fn ttl(a: &Attr) -> Duration {
 /// Logs a failure at a level fitting its errno, and gives the errno to reply with.
 fn fail(op: &str, e: &FsError) -> Errno {
     match e.errno {
-        // Expected answers (EOPNOTSUPP: tools probing fallocate modes).
-        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::EOPNOTSUPP => {
+        // Expected answers: a name absent, an xattr not set (every write asks
+        // for security.capability), a namespace or fallocate mode not kept.
+        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENODATA | libc::EOPNOTSUPP => {
             log::debug!("{op}: {}", e.message)
         }
         libc::EIO => log::error!("{op}: {}", e.message),
@@ -114,6 +125,18 @@ fn done(reply: ReplyEmpty, op: &str, result: Result<(), FsError>) {
     match result {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(fail(op, &e)),
+    }
+}
+
+/// getxattr/listxattr's answer: the size alone when asked with size 0, ERANGE
+/// when the caller's buffer is too small, else the bytes.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
     }
 }
 
@@ -236,16 +259,19 @@ impl Filesystem for FuseFs {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        let e = self.fs.unsupported("mknod", parent.0, name).err();
-        reply.error(fail("mknod", &e.unwrap_or_else(FsError::not_found)));
+        let mode = mode & !(umask & 0o7777);
+        match self.fs.mknod(parent.0, name, mode, rdev, owner(req)) {
+            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("mknod", &e)),
+        }
     }
 
     fn symlink(
@@ -472,37 +498,39 @@ impl Filesystem for FuseFs {
         self.finish("fsyncdir", reply, |fs| fs.sync_metadata())
     }
 
-    // No extended attributes: ENOSYS makes the kernel stop asking.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name) {
+            Ok(v) => xattr_reply(reply, size, &v),
+            Err(e) => reply.error(fail("getxattr", &e)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(v) => xattr_reply(reply, size, &v),
+            Err(e) => reply.error(fail("listxattr", &e)),
+        }
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        done(
+            reply,
+            "setxattr",
+            self.fs.setxattr(ino.0, name, value, flags),
+        )
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        done(reply, "removexattr", self.fs.removexattr(ino.0, name))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -4,7 +4,8 @@
 //! `impl Fs` of its own:
 //! - `view/`: what the mount believes exists — inode table, negative cache,
 //!   lookup and listing;
-//! - `namespace`: mkdir, symlink, create, rename, unlink, rmdir, setattr;
+//! - `namespace`: mkdir, mknod, symlink, create, rename, unlink, rmdir, setattr;
+//! - `xattr`: extended attributes;
 //! - `handles`: the handle table, open and release;
 //! - `file_write/`, `file_read`, `dir`: what open files and directories do;
 //! - `journal/`: the metadata journal's format, commit and replay.
@@ -24,6 +25,7 @@ pub mod journal;
 mod namespace;
 pub mod private_dir;
 pub mod view;
+mod xattr;
 
 pub use view::Kind;
 

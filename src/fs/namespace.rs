@@ -8,7 +8,7 @@
 use super::error::{FsError, FsResult};
 use super::file_write::{WriteHandle, Writer};
 use super::handles::Handle;
-use super::journal::{self, Attrs, Record};
+use super::journal::{self, Attrs, Record, SpecialKind};
 use super::view::{join, Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
 use super::{lock, name_str, to_timestamp, touched_now, Attr, Fs, Owner, SetAttr};
 use crate::protocol::rules;
@@ -61,7 +61,9 @@ impl Fs {
         record: Record,
         entry: ViewEntry,
     ) -> FsResult<Attr> {
-        self.journal.record(vec![record]);
+        let mut records = self.stale_xattrs(record.path());
+        records.push(record);
+        self.journal.record(records);
         let now = Instant::now();
         let mut t = lock(&self.table);
         let ino = t
@@ -171,6 +173,63 @@ impl Fs {
         )
     }
 
+    /// mknod: a FIFO, socket or device node (a journal record only; the
+    /// kernel does their I/O and never asks the mount), or an empty file.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        by: Owner,
+    ) -> FsResult<Attr> {
+        let name = name_str(name)?;
+        let dir = self.dir(parent)?;
+        let path = self.new_path(&dir, name, "mknod")?;
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(SpecialKind::Fifo),
+            libc::S_IFSOCK => Some(SpecialKind::Socket),
+            libc::S_IFCHR => Some(SpecialKind::Char),
+            libc::S_IFBLK => Some(SpecialKind::Block),
+            0 | libc::S_IFREG => None,
+            other => {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("mknod {path:?}: file type {other:o}"),
+                ))
+            }
+        };
+        if self.exists(parent, name)? {
+            return Err(FsError::new(
+                libc::EEXIST,
+                format!("mknod {path:?}: exists"),
+            ));
+        }
+        let attrs = Attrs {
+            mode: Some(mode & 0o7777),
+            ..touched_now().merged(self.owner_attrs(&dir, by).0)
+        };
+        let (record, shape) = match special {
+            Some(special) => {
+                // Only devices have a number.
+                let rdev = match special {
+                    SpecialKind::Char | SpecialKind::Block => rdev,
+                    SpecialKind::Fifo | SpecialKind::Socket => 0,
+                };
+                let record = Record::Special {
+                    path,
+                    special,
+                    rdev,
+                    attrs,
+                };
+                (record, journal::Shape::Special { special, rdev })
+            }
+            None => (Record::File { path, attrs }, journal::Shape::Empty),
+        };
+        let entry = ViewEntry::from_journal(&shape, attrs).ok_or_else(FsError::not_found)?;
+        self.add_entry(parent, name, record, entry)
+    }
+
     /// Creates and opens a file; `pid` is the calling thread (0: unknown).
     pub fn create(
         &self,
@@ -196,6 +255,10 @@ impl Fs {
             }
             let (fh, _) = self.open(a.ino, flags, pid)?;
             return Ok((self.getattr(a.ino)?, fh));
+        }
+        let stale = self.stale_xattrs(&path);
+        if !stale.is_empty() {
+            self.journal.record(stale);
         }
         // The file's own key when the coffer has nothing there; if it turns out
         // taken (another client's object or open upload), a fresh key instead.
@@ -445,6 +508,11 @@ impl Fs {
                 (Origin::Writing, _) => {}
             }
         }
+        // Extended attributes go with every path moved (a bind does not carry them).
+        records.extend(
+            self.journal
+                .with_overlay(|o| super::xattr::moved_xattrs(o, &src.path, &to)),
+        );
         records.push(Record::Hide {
             path: src.path.clone(),
         });
@@ -461,14 +529,14 @@ impl Fs {
         Ok(())
     }
 
-    /// Hard links and device nodes have no place in a coffer.
+    /// Hard links have no place in a coffer: a path is one entry.
     pub fn unsupported(&self, op: &str, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let dir = self.dir(parent)?;
         let path = join(&dir.path, &name.to_string_lossy());
         self.writable(op, &path)?;
         Err(FsError::new(
             libc::EPERM,
-            format!("{op} {path:?}: a coffer holds no hard links or device nodes"),
+            format!("{op} {path:?}: a coffer holds no hard links"),
         ))
     }
 

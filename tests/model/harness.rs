@@ -913,6 +913,11 @@ fn walk(fs: &Fs) -> R<BTreeMap<String, Seen>> {
                     fs.readlink(a.ino)
                         .map_err(|err| format!("readlink {path:?}: {err}"))?,
                 ),
+                Kind::Special { .. } => {
+                    return Err(format!(
+                        "{path:?}: a special file, which the model never makes"
+                    ))
+                }
                 Kind::File => match fs.open(a.ino, libc::O_RDONLY, 0) {
                     Err(err) => return Err(format!("open {path:?}: {err}")),
                     Ok((fh, _)) => {

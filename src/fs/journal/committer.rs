@@ -454,6 +454,8 @@ fn record_path(r: &Record) -> Option<&str> {
         | Record::File { path, .. }
         | Record::Symlink { path, .. }
         | Record::Bind { path, .. }
+        | Record::Special { path, .. }
+        | Record::Xattr { path, .. }
         | Record::Hide { path } => Some(path),
         Record::Unknown => None,
     }

@@ -5,7 +5,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const FORMAT: &str = "cofferfs-journal";
-pub const VERSION: u32 = 1;
+/// The latest version this code reads and writes: 2 adds `special` and
+/// `xattr` records (and their shapes in checkpoints).
+pub const VERSION: u32 = 2;
+/// The version written when nothing of a later one is in a batch or
+/// checkpoint: mounts of cofferfs before version 2 keep reading and writing
+/// such a coffer. They turn read-only at the first version-2 object instead of
+/// skipping its records, since a checkpoint they wrote would drop them for good.
+pub const BASE_VERSION: u32 = 1;
 pub const JOURNAL_PREFIX: &str = ".cofferfs/journal/";
 pub const CHECKPOINT_PREFIX: &str = ".cofferfs/checkpoint/";
 pub const DATA_PREFIX: &str = ".cofferfs/data/";
@@ -82,9 +89,65 @@ pub enum Record {
     Hide {
         path: String,
     },
-    /// A record of a later form of version 1: skipped on replay.
+    /// A FIFO, socket or device node (version 2).
+    Special {
+        path: String,
+        #[serde(rename = "type")]
+        special: SpecialKind,
+        /// Devices: the number as Linux encodes it in 32 bits.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        rdev: u32,
+        #[serde(flatten)]
+        attrs: Attrs,
+    },
+    /// Sets extended attribute `name` of `path` to `value` (lowercase hex of
+    /// its bytes); without `value`, removes it (version 2).
+    Xattr {
+        path: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+    },
+    /// A record of a later form of this version: skipped on replay.
     #[serde(other)]
     Unknown,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The kinds of special file a `special` record makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    Char,
+    Block,
+}
+
+impl Record {
+    /// The path the record is about (empty for an unknown record).
+    pub fn path(&self) -> &str {
+        match self {
+            Record::Attr { path, .. }
+            | Record::Mkdir { path, .. }
+            | Record::File { path, .. }
+            | Record::Symlink { path, .. }
+            | Record::Bind { path, .. }
+            | Record::Hide { path }
+            | Record::Special { path, .. }
+            | Record::Xattr { path, .. } => path,
+            Record::Unknown => "",
+        }
+    }
+
+    /// Whether a mount of a version-1 cofferfs must not read this record:
+    /// it would skip it, and a checkpoint it wrote would lose it for good.
+    pub fn needs_version_2(&self) -> bool {
+        matches!(self, Record::Special { .. } | Record::Xattr { .. })
+    }
 }
 
 /// One batch object.
@@ -103,7 +166,7 @@ pub enum JournalError {
     #[error("journal object {key:?} is not JSON cofferfs understands: {detail}")]
     Unreadable { key: String, detail: String },
     /// Written by a later cofferfs: readable only by it.
-    #[error("journal object {key:?} has format version {version}; this cofferfs reads version {VERSION}")]
+    #[error("journal object {key:?} has format version {version}; this cofferfs reads versions up to {VERSION}")]
     Version { key: String, version: u64 },
 }
 
@@ -135,17 +198,19 @@ fn decode_versioned<T: serde::de::DeserializeOwned>(
             version: h.version,
         });
     }
-    if h.version != u64::from(VERSION) {
+    if h.version < u64::from(BASE_VERSION) {
         return Err(unreadable(format!("version {}", h.version)));
     }
     serde_json::from_slice(bytes).map_err(|e| unreadable(e.to_string()))
 }
 
 impl Batch {
+    /// A batch of the lowest version that holds `records`.
     pub fn new(mount: &str, seq: u64, records: Vec<Record>) -> Batch {
+        let later = records.iter().any(Record::needs_version_2);
         Batch {
             format: FORMAT.into(),
-            version: VERSION,
+            version: if later { VERSION } else { BASE_VERSION },
             mount: mount.into(),
             seq,
             records,
@@ -174,10 +239,15 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint of the lowest version that holds `overlay`.
     pub fn new(upto: &str, overlay: Overlay) -> Checkpoint {
         Checkpoint {
             format: CHECKPOINT_FORMAT.into(),
-            version: VERSION,
+            version: if overlay.needs_version_2() {
+                VERSION
+            } else {
+                BASE_VERSION
+            },
             upto: upto.into(),
             overlay,
         }
@@ -223,14 +293,28 @@ pub enum Shape {
         size: u64,
         etag: String,
     },
+    /// A FIFO, socket or device node (version 2).
+    Special {
+        #[serde(rename = "type")]
+        special: SpecialKind,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        rdev: u32,
+    },
     /// Attributes only: the path's own object (or implied directory) gives the kind.
     AttrsOnly,
 }
+
+/// Extended attributes: name → value in lowercase hex.
+pub type Xattrs = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub shape: Shape,
     pub attrs: Attrs,
+    /// Extended attributes (version 2); they stay through a new shape at the
+    /// path (an overwrite) and go with a `hide`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: Xattrs,
 }
 
 /// Paths the journal speaks of, and which object-derived paths it hides.
@@ -265,8 +349,21 @@ impl Overlay {
                 let e = self.entries.entry(path.clone()).or_insert(Entry {
                     shape: Shape::AttrsOnly,
                     attrs: Attrs::default(),
+                    xattrs: Xattrs::new(),
                 });
                 e.attrs = e.attrs.merged(*attrs);
+                return;
+            }
+            Record::Xattr { path, name, value } => {
+                let e = self.entries.entry(path.clone()).or_insert(Entry {
+                    shape: Shape::AttrsOnly,
+                    attrs: Attrs::default(),
+                    xattrs: Xattrs::new(),
+                });
+                match value {
+                    Some(v) => e.xattrs.insert(name.clone(), v.clone()),
+                    None => e.xattrs.remove(name),
+                };
                 return;
             }
             Record::Hide { path } => {
@@ -315,18 +412,33 @@ impl Overlay {
                 },
                 attrs,
             ),
+            Record::Special {
+                path,
+                special,
+                rdev,
+                attrs,
+            } => (
+                path,
+                Shape::Special {
+                    special: *special,
+                    rdev: *rdev,
+                },
+                attrs,
+            ),
         };
-        // A new shape replaces what was there, keeping attributes not restated.
-        let old = self
+        // A new shape replaces what was there, keeping attributes not restated
+        // and extended attributes (an overwrite keeps them).
+        let (old, xattrs) = self
             .entries
             .remove(path)
-            .map(|e| e.attrs)
+            .map(|e| (e.attrs, e.xattrs))
             .unwrap_or_default();
         self.entries.insert(
             path.clone(),
             Entry {
                 shape,
                 attrs: old.merged(*attrs),
+                xattrs,
             },
         );
     }
@@ -377,6 +489,28 @@ impl Overlay {
     /// Attributes recorded for `path` (of any shape).
     pub fn attrs(&self, path: &str) -> Option<Attrs> {
         self.entries.get(path).map(|e| e.attrs)
+    }
+
+    /// Extended attributes recorded for `path`.
+    pub fn xattrs(&self, path: &str) -> Option<&Xattrs> {
+        self.entries.get(path).map(|e| &e.xattrs)
+    }
+
+    /// Every path at or beneath `path` with extended attributes, and them.
+    pub fn xattrs_under(&self, path: &str) -> Vec<(&String, &Xattrs)> {
+        self.entries
+            .range(path.to_string()..)
+            .take_while(|(k, _)| k.starts_with(path))
+            .filter(|(k, e)| under(k, path) && !e.xattrs.is_empty())
+            .map(|(k, e)| (k, &e.xattrs))
+            .collect()
+    }
+
+    /// Whether a version-1 reader would lose something of this overlay.
+    pub fn needs_version_2(&self) -> bool {
+        self.entries
+            .values()
+            .any(|e| matches!(e.shape, Shape::Special { .. }) || !e.xattrs.is_empty())
     }
 }
 
@@ -461,16 +595,16 @@ mod tests {
 
     #[test]
     fn a_later_version_is_refused_not_misread() {
-        let doc = br#"{"format":"cofferfs-journal","version":2,"mount":"m","seq":1,"records":[]}"#;
+        let doc = br#"{"format":"cofferfs-journal","version":3,"mount":"m","seq":1,"records":[]}"#;
         assert!(matches!(
             Batch::decode("k", doc),
-            Err(JournalError::Version { version: 2, .. })
+            Err(JournalError::Version { version: 3, .. })
         ));
         // A later version may drop or reshape every other field: still "newer".
-        let reshaped = br#"{"format":"cofferfs-journal","version":2,"ops":{"a":1}}"#;
+        let reshaped = br#"{"format":"cofferfs-journal","version":3,"ops":{"a":1}}"#;
         assert!(matches!(
             Batch::decode("k", reshaped),
-            Err(JournalError::Version { version: 2, .. })
+            Err(JournalError::Version { version: 3, .. })
         ));
         let cp = br#"{"format":"cofferfs-checkpoint","version":3,"tree":[]}"#;
         assert!(matches!(
@@ -587,6 +721,95 @@ mod tests {
         );
     }
 
+    #[test]
+    fn special_and_xattr_records_read_as_documented_and_need_version_2() {
+        // The example of docs/journal.md.
+        let doc = r#"{"format":"cofferfs-journal","version":2,"mount":"9f2c4e1a7b3d5f60","seq":8,
+         "records":[
+          {"op":"special","path":"dev/null","type":"char","rdev":259,"mode":438,"mtime":[1764000003,0],"ctime":[1764000003,0]},
+          {"op":"special","path":"run/pipe","type":"fifo","mode":420,"mtime":[1764000003,0],"ctime":[1764000003,0]},
+          {"op":"xattr","path":"notes.txt","name":"user.origin","value":"00ff6869"},
+          {"op":"xattr","path":"notes.txt","name":"user.old"}
+         ]}"#;
+        let b = Batch::decode("k", doc.as_bytes()).expect("decode");
+        let t = Some((1764000003, 0));
+        assert_eq!(
+            b.records[0],
+            Record::Special {
+                path: "dev/null".into(),
+                special: SpecialKind::Char,
+                rdev: 259,
+                attrs: Attrs {
+                    mode: Some(0o666),
+                    mtime: t,
+                    ctime: t,
+                    ..Attrs::default()
+                },
+            }
+        );
+        assert!(matches!(
+            &b.records[1],
+            Record::Special {
+                special: SpecialKind::Fifo,
+                rdev: 0,
+                ..
+            }
+        ));
+        assert_eq!(
+            b.records[3],
+            Record::Xattr {
+                path: "notes.txt".into(),
+                name: "user.old".into(),
+                value: None,
+            }
+        );
+        assert_eq!(Batch::new("m", 1, b.records.clone()).version, 2);
+        assert_eq!(
+            Batch::new("m", 1, vec![Record::Hide { path: "x".into() }]).version,
+            1
+        );
+        let o = Overlay::replay([&b]);
+        assert_eq!(Checkpoint::new("k", o.clone()).version, 2);
+        assert_eq!(Checkpoint::new("k", Overlay::default()).version, 1);
+        let cp = Checkpoint::new("k", o);
+        assert_eq!(Checkpoint::decode("c", &cp.encode()), Ok(cp));
+    }
+
+    #[test]
+    fn xattrs_stay_through_an_overwrite_and_go_with_a_hide() {
+        let mut o = Overlay::default();
+        let set = |v: Option<&str>| Record::Xattr {
+            path: "f".into(),
+            name: "user.a".into(),
+            value: v.map(String::from),
+        };
+        o.apply(&set(Some("6869")));
+        assert_eq!(o.get("f").map(|e| &e.shape), Some(&Shape::AttrsOnly));
+        assert_eq!(o.entries().count(), 0, "xattrs alone show nothing");
+        o.apply(&Record::Bind {
+            path: "f".into(),
+            key: ".cofferfs/data/1".into(),
+            size: 1,
+            etag: "e".into(),
+            attrs: Attrs::default(),
+        });
+        assert_eq!(
+            o.xattrs("f")
+                .and_then(|x| x.get("user.a"))
+                .map(String::as_str),
+            Some("6869")
+        );
+        assert_eq!(o.xattrs_under("f").len(), 1);
+        assert!(o.xattrs_under("g").is_empty() && o.xattrs_under("").is_empty());
+        o.apply(&set(None));
+        assert!(o.xattrs("f").is_some_and(|x| x.is_empty()));
+        assert!(!o.needs_version_2());
+        o.apply(&set(Some("")));
+        assert!(o.needs_version_2());
+        o.apply(&Record::Hide { path: "f".into() });
+        assert!(o.xattrs("f").is_none());
+    }
+
     fn record() -> impl Strategy<Value = Record> {
         let path =
             prop::sample::select(vec!["a", "a/b", "a/b/c", "d", "d/e"]).prop_map(String::from);
@@ -609,6 +832,17 @@ mod tests {
                 size: s,
                 etag: "e".into(),
                 attrs: Attrs::default()
+            }),
+            (path.clone(), 0u32..3).prop_map(|(p, r)| Record::Special {
+                path: p,
+                special: SpecialKind::Char,
+                rdev: r,
+                attrs: attrs(0o600)
+            }),
+            (path.clone(), prop::option::of("[0-9a-f]{0,4}")).prop_map(|(p, v)| Record::Xattr {
+                path: p,
+                name: "user.k".into(),
+                value: v
             }),
             path.prop_map(|p| Record::Hide { path: p }),
         ]

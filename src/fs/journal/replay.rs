@@ -349,15 +349,15 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let t0 = now_micros();
         put_raw(&store, t0, &batch_of(vec![mkdir("before")]));
-        let v2 = put_raw(
+        let v3 = put_raw(
             &store,
             t0 + 1,
-            r#"{"format":"cofferfs-journal","version":2,"mount":"m","seq":1,"records":[]}"#,
+            r#"{"format":"cofferfs-journal","version":3,"mount":"m","seq":1,"records":[]}"#,
         );
         put_raw(&store, t0 + 2, &batch_of(vec![mkdir("after")]));
         let j = Committer::open(store.clone()).expect("open");
         let why = j.newer_format().expect("the later format is reported");
-        assert!(why.contains(&v2) && why.contains("version 2"), "{why}");
+        assert!(why.contains(&v3) && why.contains("version 3"), "{why}");
         assert!(j.read_only());
         assert!(j.with_overlay(|o| o.get("before").is_some()));
         assert!(
@@ -380,7 +380,7 @@ mod tests {
         put_raw(
             &store,
             now_micros(),
-            r#"{"format":"cofferfs-journal","version":2}"#,
+            r#"{"format":"cofferfs-journal","version":3}"#,
         );
         assert!(!j.reload().expect("a reload does not fail"));
         assert!(j.read_only());
@@ -402,7 +402,7 @@ mod tests {
         store
             .put(
                 &cp,
-                Bytes::from(r#"{"format":"cofferfs-checkpoint","version":2}"#),
+                Bytes::from(r#"{"format":"cofferfs-checkpoint","version":3}"#),
             )
             .expect("put");
         let j = Committer::open(store.clone()).expect("open");

@@ -26,6 +26,7 @@ impl Fs {
             Kind::Dir => (self.cfg.dir_mode, false),
             Kind::File => (self.cfg.file_mode, n.origin == Origin::Writing),
             Kind::Symlink => (0o777, false),
+            Kind::Special { .. } => (self.cfg.file_mode, false),
         };
         let mtime = n.attrs.mtime.map(from_timestamp).unwrap_or(n.mtime);
         Attr {

@@ -3,7 +3,7 @@
 //! and `ViewEntry`, what the coffer or the journal says a path is. Pure data: no
 //! locks, no network, no FUSE.
 
-use crate::fs::journal::{Attrs, Record, Shape};
+use crate::fs::journal::{Attrs, Record, Shape, SpecialKind};
 use crate::fs::to_timestamp;
 use crate::store::ObjectMeta;
 use std::time::{Instant, SystemTime};
@@ -18,6 +18,11 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    /// A FIFO, socket or device node: only the journal holds it.
+    Special {
+        special: SpecialKind,
+        rdev: u32,
+    },
 }
 
 /// Where an entry's existence comes from.
@@ -134,6 +139,12 @@ impl ViewEntry {
                 attrs,
             },
             (Kind::File, None, _) => Record::File { path, attrs },
+            (Kind::Special { special, rdev }, _, _) => Record::Special {
+                path,
+                special,
+                rdev,
+                attrs,
+            },
         }
     }
 
@@ -191,6 +202,17 @@ impl ViewEntry {
                     key: key.clone(),
                     etag: etag.clone(),
                 }),
+                target: None,
+                attrs,
+                mtime: epoch,
+            },
+            Shape::Special { special, rdev } => ViewEntry {
+                kind: Kind::Special {
+                    special: *special,
+                    rdev: *rdev,
+                },
+                size: 0,
+                data: None,
                 target: None,
                 attrs,
                 mtime: epoch,
