@@ -25,10 +25,10 @@ impl Fs {
                 name: "..".into(),
             },
         ];
-        entries.extend(t.children(ino).into_iter().map(|n| DirEntry {
+        entries.extend(t.entries(ino).into_iter().map(|(name, n)| DirEntry {
             ino: n.ino,
             kind: n.kind,
-            name: n.name.clone(),
+            name: name.to_string(),
         }));
         drop(t);
         Ok(self.handles.add(Handle::Dir(entries)))

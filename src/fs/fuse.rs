@@ -298,13 +298,15 @@ impl Filesystem for FuseFs {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let e = self.fs.unsupported("link", newparent.0, newname).err();
-        reply.error(fail("link", &e.unwrap_or_else(FsError::not_found)));
+        match self.fs.link(ino.0, newparent.0, newname) {
+            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("link", &e)),
+        }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -9,7 +9,7 @@ use super::error::{FsError, FsResult};
 use super::file_write::{WriteHandle, Writer};
 use super::handles::Handle;
 use super::journal::{self, Attrs, Record, SpecialKind};
-use super::view::{join, Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
+use super::view::{Kind, Node, Origin, Table, ViewEntry, RESERVED, ROOT};
 use super::{lock, name_str, to_timestamp, touched_now, Attr, Fs, Owner, SetAttr};
 use crate::protocol::rules;
 use crate::store::StoreError;
@@ -323,7 +323,7 @@ impl Fs {
             ));
         }
         self.may_delete(&n, "unlink")?;
-        self.hide(&n, "unlink");
+        self.hide(&n, parent, name, "unlink");
         Ok(())
     }
 
@@ -340,7 +340,7 @@ impl Fs {
         // Refused before "not empty": without --allow-delete nothing is removed.
         self.may_delete(&n, "rmdir")?;
         self.ensure_empty(&n, "rmdir")?;
-        self.hide(&n, "rmdir");
+        self.hide(&n, parent, name, "rmdir");
         Ok(())
     }
 
@@ -379,28 +379,89 @@ impl Fs {
     /// Hides the path; its bytes stay in the coffer. A directory that only
     /// its entries implied is recorded first, so it stays when its last
     /// entry goes, as directories do.
-    fn hide(&self, n: &Node, op: &str) {
+    /// `n` is the entry at `dir`/`name` (a hard-linked file keeps its other
+    /// names).
+    fn hide(&self, n: &Node, dir: u64, name: &str, op: &str) {
         let mut records = Vec::new();
-        if let Some(parent) = n.path.rsplit_once('/').map(|(p, _)| p) {
+        let Some(dir_node) = lock(&self.table).get(dir).cloned() else {
+            return;
+        };
+        let path = dir_node.child_path(name);
+        if dir != ROOT {
             let explicit = self.journal.with_overlay(|o| {
-                o.get(parent)
+                o.get(&dir_node.path)
                     .is_some_and(|e| e.shape == journal::Shape::Dir)
             });
             if !explicit {
-                if let Some(p) = lock(&self.table).get(n.parent) {
-                    records.push(p.view().record_at(parent));
-                }
+                records.push(dir_node.view().record_at(&dir_node.path));
             }
         }
-        records.push(Record::Hide {
-            path: n.path.clone(),
-        });
+        records.push(Record::Hide { path: path.clone() });
         let mut t = lock(&self.table);
         self.journal.record(records);
-        t.remove(n.ino);
-        self.entries_changed(&mut t, &[n.parent]);
+        t.unlink_name(dir, name);
+        if let Some(left) = t.get_mut(n.ino).filter(|m| !m.unlinked) {
+            // The file's other names remain: its ctime changed (POSIX).
+            left.attrs.ctime = touched_now().ctime;
+        }
+        self.entries_changed(&mut t, &[dir]);
         drop(t);
-        log::info!("{op} {:?}: hidden (its bytes stay in the coffer)", n.path);
+        log::info!("{op} {path:?}: hidden (its bytes stay in the coffer)");
+    }
+
+    /// link(2): `newparent/newname` becomes another name of file `ino`. Both
+    /// names are recorded with the file's identity (`Attrs::link`); what is
+    /// recorded at either applies to both.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Attr> {
+        let newname = name_str(newname)?;
+        let n = self.node(ino)?;
+        let dir = self.dir(newparent)?;
+        let to = self.new_path(&dir, newname, "link")?;
+        if n.kind == Kind::Dir {
+            return Err(FsError::new(
+                libc::EPERM,
+                format!("link {:?}: a directory", n.path),
+            ));
+        }
+        if n.unlinked {
+            return Err(FsError::not_found());
+        }
+        if n.origin == Origin::Writing {
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!(
+                    "link {:?}: being written; link it once it is closed",
+                    n.path
+                ),
+            ));
+        }
+        if self.lookup_opt(newparent, OsStr::new(newname))?.is_some() {
+            return Err(FsError::new(libc::EEXIST, format!("link: {to:?} exists")));
+        }
+        let _ns = lock(&self.ns);
+        let mut t = lock(&self.table);
+        let n = t.get(ino).cloned().ok_or_else(FsError::not_found)?;
+        if t.child(newparent, newname).is_some() {
+            return Err(FsError::new(libc::EEXIST, format!("link: {to:?} exists")));
+        }
+        let link = n.attrs.link.unwrap_or_else(|| rand::random::<u64>().max(1));
+        let mut v = n.view();
+        v.attrs.link = Some(link);
+        v.attrs.ctime = touched_now().ctime;
+        let mut records = Vec::new();
+        if n.attrs.link.is_none() {
+            // The first link: the existing name joins the identity too.
+            records.push(v.record_at(&n.path));
+        }
+        records.push(v.record_at(&to));
+        self.journal.record(records);
+        if let Some(m) = t.get_mut(ino) {
+            m.attrs = v.attrs;
+        }
+        t.add_alias(ino, newparent, newname);
+        self.entries_changed(&mut t, &[newparent]);
+        drop(t);
+        self.getattr(ino)
     }
 
     /// rename: the new path is bound to the same bytes (and attributes), the old
@@ -415,16 +476,19 @@ impl Fs {
     ) -> FsResult<()> {
         let src = self.lookup(parent, name)?;
         let src = self.node(src.ino)?;
+        let name_s = name_str(name)?;
+        // The name renamed: a hard-linked file's node may carry another.
+        let from = self.dir(parent)?.child_path(name_s);
         let newname_s = name_str(newname)?;
         let newdir = self.dir(newparent)?;
         let to = self.new_path(&newdir, newname_s, "rename")?;
-        if to == src.path {
+        if to == from {
             return Ok(());
         }
-        if to.starts_with(&format!("{}/", src.path)) {
+        if to.starts_with(&format!("{from}/")) {
             return Err(FsError::new(
                 libc::EINVAL,
-                format!("rename {:?} into itself", src.path),
+                format!("rename {from:?} into itself"),
             ));
         }
         let replaces = self.lookup_opt(newparent, newname)?;
@@ -432,6 +496,10 @@ impl Fs {
             let dst = self.node(dst.ino)?;
             if noreplace {
                 return Err(FsError::new(libc::EEXIST, format!("rename: {to:?} exists")));
+            }
+            if dst.ino == src.ino {
+                // Two names of one file: POSIX says nothing happens.
+                return Ok(());
             }
             match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
                 (true, false) => {
@@ -482,8 +550,8 @@ impl Fs {
             }
             (Origin::Writing, _) => {}
         }
-        for n in t.subtree(src.ino) {
-            let rel = n.path.strip_prefix(&src.path).unwrap_or(&n.path);
+        for (p, n) in t.subtree(src.ino) {
+            let rel = p.strip_prefix(&from).unwrap_or(&p);
             let at = format!("{to}{rel}");
             // A path no object key can hold is refused before anything is
             // recorded: the records so far are only in this vector.
@@ -491,9 +559,8 @@ impl Fs {
                 return Err(FsError::new(
                     libc::ENAMETOOLONG,
                     format!(
-                        "rename {:?} to {to:?}: {at:?} would be {} bytes; object keys \
+                        "rename {from:?} to {to:?}: {at:?} would be {} bytes; object keys \
                          are at most {}",
-                        src.path,
                         at.len(),
                         rules::MAX_KEY_BYTES
                     ),
@@ -511,13 +578,11 @@ impl Fs {
         // Extended attributes go with every path moved (a bind does not carry them).
         records.extend(
             self.journal
-                .with_overlay(|o| super::xattr::moved_xattrs(o, &src.path, &to)),
+                .with_overlay(|o| super::xattr::moved_xattrs(o, &from, &to)),
         );
-        records.push(Record::Hide {
-            path: src.path.clone(),
-        });
+        records.push(Record::Hide { path: from.clone() });
         self.journal.record(records);
-        t.rename(src.ino, newparent, newname_s);
+        t.rename_name(parent, name_s, newparent, newname_s);
         match src.origin {
             Origin::Stored => t.mark_stored(src.ino, Instant::now()),
             Origin::Writing => t.mark_stored(newparent, Instant::now()),
@@ -525,19 +590,8 @@ impl Fs {
         if let Some(n) = t.get_mut(src.ino) {
             n.attrs = moved.attrs;
         }
-        self.entries_changed(&mut t, &[src.parent, newparent]);
+        self.entries_changed(&mut t, &[parent, newparent]);
         Ok(())
-    }
-
-    /// Hard links have no place in a coffer: a path is one entry.
-    pub fn unsupported(&self, op: &str, parent: u64, name: &OsStr) -> FsResult<Attr> {
-        let dir = self.dir(parent)?;
-        let path = join(&dir.path, &name.to_string_lossy());
-        self.writable(op, &path)?;
-        Err(FsError::new(
-            libc::EPERM,
-            format!("{op} {path:?}: a coffer holds no hard links"),
-        ))
     }
 
     /// fallocate(2) on write handle `fh`: mode 0 makes the file at least
@@ -606,6 +660,7 @@ impl Fs {
             mtime: set.mtime.map(to_timestamp),
             ctime: None,
             atime: set.atime.map(to_timestamp),
+            link: None,
         };
         if attrs != Attrs::default() {
             let attrs = Attrs {

@@ -438,6 +438,7 @@ fn covers(new: &Attrs, old: &Attrs) -> bool {
         && (old.mtime.is_none() || new.mtime.is_some())
         && (old.ctime.is_none() || new.ctime.is_some())
         && (old.atime.is_none() || new.atime.is_some())
+        && (old.link.is_none() || new.link.is_some())
 }
 
 /// Whether `path` is `top` or beneath it.

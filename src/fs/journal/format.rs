@@ -2,11 +2,12 @@
 //! and the overlay they build. Pure: no network, no inode numbers, no clocks.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub const FORMAT: &str = "cofferfs-journal";
 /// The latest version this code reads and writes: 2 adds `special` and
-/// `xattr` records (and their shapes in checkpoints).
+/// `xattr` records, and hard links (`link` in a record's attributes), and
+/// their shapes in checkpoints.
 pub const VERSION: u32 = 2;
 /// The version written when nothing of a later one is in a batch or
 /// checkpoint: mounts of cofferfs before version 2 keep reading and writing
@@ -37,6 +38,12 @@ pub struct Attrs {
     /// Last access as set by `touch -a`/utimensat; reads never set it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atime: Option<Timestamp>,
+    /// The file's identity when it has hard links (version 2): every path
+    /// with the same `link` is one file. A record that shapes a path states
+    /// it (absent: a file of its own); attributes, xattrs and new versions
+    /// recorded at any of its paths apply to all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<u64>,
 }
 
 impl Attrs {
@@ -49,6 +56,7 @@ impl Attrs {
             mtime: newer.mtime.or(self.mtime),
             ctime: newer.ctime.or(self.ctime),
             atime: newer.atime.or(self.atime),
+            link: newer.link.or(self.link),
         }
     }
 }
@@ -146,7 +154,15 @@ impl Record {
     /// Whether a mount of a version-1 cofferfs must not read this record:
     /// it would skip it, and a checkpoint it wrote would lose it for good.
     pub fn needs_version_2(&self) -> bool {
-        matches!(self, Record::Special { .. } | Record::Xattr { .. })
+        match self {
+            Record::Special { .. } | Record::Xattr { .. } => true,
+            Record::Attr { attrs, .. }
+            | Record::Mkdir { attrs, .. }
+            | Record::File { attrs, .. }
+            | Record::Symlink { attrs, .. }
+            | Record::Bind { attrs, .. } => attrs.link.is_some(),
+            Record::Hide { .. } | Record::Unknown => false,
+        }
     }
 }
 
@@ -318,10 +334,51 @@ pub struct Entry {
 }
 
 /// Paths the journal speaks of, and which object-derived paths it hides.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "OverlayData", into = "OverlayData")]
 pub struct Overlay {
     entries: BTreeMap<String, Entry>,
     hidden: std::collections::BTreeSet<String>,
+    /// The paths of each hard-linked file (`Attrs::link`), from `entries`.
+    members: HashMap<u64, BTreeSet<String>>,
+}
+
+/// What a checkpoint stores of an overlay; `members` follows from it.
+#[derive(Serialize, Deserialize)]
+struct OverlayData {
+    entries: BTreeMap<String, Entry>,
+    hidden: BTreeSet<String>,
+}
+
+impl From<OverlayData> for Overlay {
+    fn from(d: OverlayData) -> Overlay {
+        let mut members: HashMap<u64, BTreeSet<String>> = HashMap::new();
+        for (p, e) in &d.entries {
+            if let Some(g) = e.attrs.link {
+                members.entry(g).or_default().insert(p.clone());
+            }
+        }
+        Overlay {
+            entries: d.entries,
+            hidden: d.hidden,
+            members,
+        }
+    }
+}
+
+impl From<Overlay> for OverlayData {
+    fn from(o: Overlay) -> OverlayData {
+        OverlayData {
+            entries: o.entries,
+            hidden: o.hidden,
+        }
+    }
+}
+
+impl PartialEq for Overlay {
+    fn eq(&self, other: &Overlay) -> bool {
+        self.entries == other.entries && self.hidden == other.hidden
+    }
 }
 
 fn under(path: &str, prefix: &str) -> bool {
@@ -351,7 +408,11 @@ impl Overlay {
                     attrs: Attrs::default(),
                     xattrs: Xattrs::new(),
                 });
+                // Attributes never change which file a path names.
+                let link = e.attrs.link;
                 e.attrs = e.attrs.merged(*attrs);
+                e.attrs.link = link;
+                self.share(path);
                 return;
             }
             Record::Xattr { path, name, value } => {
@@ -364,6 +425,7 @@ impl Overlay {
                     Some(v) => e.xattrs.insert(name.clone(), v.clone()),
                     None => e.xattrs.remove(name),
                 };
+                self.share(path);
                 return;
             }
             Record::Hide { path } => {
@@ -375,7 +437,9 @@ impl Overlay {
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in doomed {
-                    self.entries.remove(&k);
+                    if let Some(g) = self.entries.remove(&k).and_then(|e| e.attrs.link) {
+                        self.leave(g, &k);
+                    }
                 }
                 self.hidden.insert(path.clone());
                 return;
@@ -427,20 +491,80 @@ impl Overlay {
             ),
         };
         // A new shape replaces what was there, keeping attributes not restated
-        // and extended attributes (an overwrite keeps them).
-        let (old, xattrs) = self
-            .entries
-            .remove(path)
-            .map(|e| (e.attrs, e.xattrs))
-            .unwrap_or_default();
+        // and extended attributes (an overwrite keeps them). It says which
+        // file the path names: a path that leaves a hard-linked file (a rename
+        // over it) takes nothing of that file's attributes.
+        let (old, xattrs) = match self.entries.remove(path) {
+            Some(e) if e.attrs.link.is_some() && e.attrs.link != attrs.link => {
+                if let Some(g) = e.attrs.link {
+                    self.leave(g, path);
+                }
+                Default::default()
+            }
+            Some(e) => (e.attrs, e.xattrs),
+            None => Default::default(),
+        };
+        let mut attrs = old.merged(*attrs);
+        attrs.link = match r {
+            Record::Mkdir { .. } => None,
+            _ => attrs.link,
+        };
+        // A new name of a hard-linked file takes its extended attributes.
+        let mut xattrs = xattrs;
+        if let Some(g) = attrs.link {
+            let m = self.members.entry(g).or_default();
+            if let Some(other) = m.iter().find(|p| *p != path).cloned() {
+                if let Some(e) = self.entries.get(&other) {
+                    xattrs = e.xattrs.clone();
+                }
+            }
+            if let Some(m) = self.members.get_mut(&g) {
+                m.insert(path.clone());
+            }
+        }
         self.entries.insert(
             path.clone(),
             Entry {
                 shape,
-                attrs: old.merged(*attrs),
+                attrs,
                 xattrs,
             },
         );
+        self.share(path);
+    }
+
+    /// Copies `path`'s entry to every other path of its hard-linked file.
+    fn share(&mut self, path: &str) {
+        let Some(e) = self
+            .entries
+            .get(path)
+            .filter(|e| e.attrs.link.is_some())
+            .cloned()
+        else {
+            return;
+        };
+        let Some(others) = e.attrs.link.and_then(|g| self.members.get(&g)) else {
+            return;
+        };
+        let others: Vec<String> = others.iter().filter(|p| *p != path).cloned().collect();
+        for p in others {
+            self.entries.insert(p, e.clone());
+        }
+    }
+
+    /// `path` no longer names hard-linked file `g`.
+    fn leave(&mut self, g: u64, path: &str) {
+        if let Some(m) = self.members.get_mut(&g) {
+            m.remove(path);
+            if m.is_empty() {
+                self.members.remove(&g);
+            }
+        }
+    }
+
+    /// How many paths name the hard-linked file `g`.
+    pub fn links(&self, g: u64) -> usize {
+        self.members.get(&g).map_or(0, BTreeSet::len)
     }
 
     /// What the journal says of `path`, if anything.
@@ -508,9 +632,11 @@ impl Overlay {
 
     /// Whether a version-1 reader would lose something of this overlay.
     pub fn needs_version_2(&self) -> bool {
-        self.entries
-            .values()
-            .any(|e| matches!(e.shape, Shape::Special { .. }) || !e.xattrs.is_empty())
+        self.entries.values().any(|e| {
+            matches!(e.shape, Shape::Special { .. })
+                || !e.xattrs.is_empty()
+                || e.attrs.link.is_some()
+        })
     }
 }
 
@@ -551,6 +677,7 @@ mod tests {
                     mtime: Some((1764000000, 123456789)),
                     ctime: None,
                     atime: None,
+                    link: None,
                 },
             }
         );
@@ -686,6 +813,70 @@ mod tests {
     }
 
     #[test]
+    fn hard_linked_paths_share_versions_attributes_and_xattrs_until_one_leaves() {
+        let linked = Attrs {
+            link: Some(7),
+            ..Attrs::default()
+        };
+        let bind = |path: &str, key: &str, attrs: Attrs| Record::Bind {
+            path: path.into(),
+            key: key.into(),
+            size: 1,
+            etag: "e".into(),
+            attrs,
+        };
+        let key_of = |o: &Overlay, p: &str| match o.get(p).map(|e| &e.shape) {
+            Some(Shape::Object { key, .. }) => key.clone(),
+            other => panic!("{p}: {other:?}"),
+        };
+        let mut o = Overlay::default();
+        o.apply(&bind("a", "k1", linked));
+        o.apply(&Record::Xattr {
+            path: "a".into(),
+            name: "user.x".into(),
+            value: Some("01".into()),
+        });
+        o.apply(&bind("d/b", "k1", linked));
+        assert_eq!(o.links(7), 2);
+        assert_eq!(
+            o.xattrs("d/b")
+                .and_then(|x| x.get("user.x"))
+                .map(String::as_str),
+            Some("01")
+        );
+        // A new version or a chmod through either name is the file's.
+        o.apply(&bind("a", "k2", linked));
+        o.apply(&Record::Attr {
+            path: "d/b".into(),
+            attrs: Attrs {
+                mode: Some(0o600),
+                ..Attrs::default()
+            },
+        });
+        assert_eq!(key_of(&o, "d/b"), "k2");
+        assert_eq!(o.attrs("a").and_then(|a| a.mode), Some(0o600));
+        // A file renamed over one name takes it away from the others.
+        o.apply(&bind("d/b", "k3", Attrs::default()));
+        assert_eq!(
+            (key_of(&o, "a"), key_of(&o, "d/b")),
+            ("k2".into(), "k3".into())
+        );
+        assert_eq!(o.attrs("d/b").and_then(|a| a.mode), None);
+        assert_eq!(o.links(7), 1);
+        // Identity survives a checkpoint, which needs version 2.
+        o.apply(&bind("c", "k2", linked));
+        o.apply(&Record::Hide { path: "a".into() });
+        let c = Checkpoint::new("u", o.clone());
+        assert_eq!(c.version, VERSION);
+        let back = Checkpoint::decode("k", &c.encode()).expect("decode");
+        assert_eq!(back.overlay.links(7), 1);
+        let mut back = back.overlay;
+        back.apply(&bind("e", "k2", linked));
+        back.apply(&bind("c", "k4", linked));
+        assert_eq!(key_of(&back, "e"), "k4");
+    }
+
+    #[test]
     fn attributes_merge_field_by_field() {
         let mut o = Overlay::default();
         o.apply(&Record::File {
@@ -697,6 +888,7 @@ mod tests {
                 mtime: Some((5, 6)),
                 ctime: None,
                 atime: None,
+                link: None,
             },
         });
         o.apply(&Record::Attr {
@@ -717,6 +909,7 @@ mod tests {
                 mtime: Some((7, 8)),
                 ctime: None,
                 atime: None,
+                link: None,
             }
         );
     }

@@ -46,12 +46,22 @@ impl Fs {
         }
     }
 
-    /// `attr` with a directory's link count: 2 + its subdirectories once a
-    /// listing filled it (or it was made here); before that 1, which `find`
-    /// and fts read as "unknown" (as on btrfs) rather than as "no
-    /// subdirectories". A stat never lists a subtree to count.
+    /// `attr` with its link count. A directory's: 2 + its subdirectories
+    /// once a listing filled it (or it was made here); before that 1, which
+    /// `find` and fts read as "unknown" (as on btrfs) rather than as "no
+    /// subdirectories". A stat never lists a subtree to count. A file's: its
+    /// names (hard links), 0 once unlinked while open.
     pub(in crate::fs) fn shown(&self, t: &Table, n: &Node) -> Attr {
         let mut a = self.attr(n);
+        if n.kind != Kind::Dir && !n.unlinked {
+            // A hard-linked file: its names in the journal, some perhaps in
+            // directories not listed yet.
+            let names = match n.attrs.link {
+                Some(g) => self.journal.with_overlay(|o| o.links(g)),
+                None => 1,
+            };
+            a.nlink = u32::try_from(names.max(n.aliases.len() + 1)).unwrap_or(u32::MAX);
+        }
         if n.kind == Kind::Dir && n.listed.is_some() {
             let subdirs = t
                 .children(n.ino)
@@ -207,8 +217,10 @@ impl Fs {
             let all = t.subtree(ROOT);
             let used = all
                 .iter()
-                .filter(|n| n.kind == Kind::File)
-                .fold(0u64, |sum, n| sum.saturating_add(n.size.div_ceil(block)));
+                .filter(|(_, n)| n.kind == Kind::File)
+                .fold(0u64, |sum, (_, n)| {
+                    sum.saturating_add(n.size.div_ceil(block))
+                });
             (used, all.len() as u64 + 1)
         };
         let blocks = (PIB / block).max(used.saturating_add(TIB / block));

@@ -66,6 +66,10 @@ pub struct Node {
     /// Removed from the view while open: no path any more (`path` is where it
     /// was), kept for its handles, and nothing about it is recorded.
     pub unlinked: bool,
+    /// Hard links: the file's other names, as (parent, name). `parent`,
+    /// `name` and `path` are one of its names; the journal applies what is
+    /// recorded at any of them to all.
+    pub aliases: Vec<(u64, String)>,
 }
 
 impl Node {

@@ -14,6 +14,8 @@ pub struct Table {
     /// Open handles per file: a file removed while open stays, unlinked,
     /// until its last handle goes (POSIX: an open file outlives its name).
     open: HashMap<u64, u32>,
+    /// Hard-linked files (`Attrs::link`) by identity: the inode of each.
+    groups: HashMap<u64, u64>,
 }
 
 impl Default for Table {
@@ -39,11 +41,13 @@ impl Table {
             seen: Instant::now(),
             listed: None,
             unlinked: false,
+            aliases: Vec::new(),
         };
         Table {
             nodes: HashMap::from([(ROOT, root)]),
             children: HashMap::from([(ROOT, BTreeMap::new())]),
             open: HashMap::new(),
+            groups: HashMap::new(),
         }
     }
 
@@ -68,19 +72,144 @@ impl Table {
             .unwrap_or_default()
     }
 
-    /// Every entry beneath `dir` (not `dir` itself), parents before children.
-    pub fn subtree(&self, dir: u64) -> Vec<&Node> {
+    /// Direct children with the names they have here (a hard-linked file's
+    /// node carries another of its names), in name order.
+    pub fn entries(&self, parent: u64) -> Vec<(&str, &Node)> {
+        self.children
+            .get(&parent)
+            .map(|c| {
+                c.iter()
+                    .filter_map(|(k, i)| Some((k.as_str(), self.nodes.get(i)?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every entry beneath `dir` (not `dir` itself) with its path there,
+    /// parents before children.
+    pub fn subtree(&self, dir: u64) -> Vec<(String, &Node)> {
         let mut out = Vec::new();
-        let mut stack = vec![dir];
-        while let Some(d) = stack.pop() {
-            for c in self.children(d) {
-                out.push(c);
+        let Some(top) = self.nodes.get(&dir) else {
+            return out;
+        };
+        let mut stack = vec![(dir, top.path.clone())];
+        while let Some((d, path)) = stack.pop() {
+            for (name, c) in self.entries(d) {
+                let p = join(&path, name);
                 if c.kind == Kind::Dir {
-                    stack.push(c.ino);
+                    stack.push((c.ino, p.clone()));
                 }
+                out.push((p, c));
             }
         }
         out
+    }
+
+    /// The path of `parent/name`.
+    fn path_at(&self, parent: u64, name: &str) -> Option<String> {
+        Some(self.nodes.get(&parent)?.child_path(name))
+    }
+
+    /// The node of hard-linked file `g`, if it is in the table.
+    fn group(&self, g: u64) -> Option<u64> {
+        let ino = *self.groups.get(&g)?;
+        let n = self.nodes.get(&ino)?;
+        (n.attrs.link == Some(g) && !n.unlinked).then_some(ino)
+    }
+
+    /// Makes `parent/name` another name of file `ino` (a hard link),
+    /// replacing what was there.
+    pub fn add_alias(&mut self, ino: u64, parent: u64, name: &str) {
+        if let Some(&old) = self.children.get(&parent).and_then(|c| c.get(name)) {
+            if old == ino {
+                return;
+            }
+            self.unlink_name(parent, name);
+        }
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        n.aliases.push((parent, name.to_string()));
+        if let Some(g) = n.attrs.link {
+            self.groups.insert(g, ino);
+        }
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_string(), ino);
+    }
+
+    /// Removes the name `parent/name`: a file with other names keeps them
+    /// (one of them becomes its `path`); else the entry goes (`remove`).
+    pub fn unlink_name(&mut self, parent: u64, name: &str) {
+        let Some(&ino) = self.children.get(&parent).and_then(|c| c.get(name)) else {
+            return;
+        };
+        let has_others = self.nodes.get(&ino).is_some_and(|n| !n.aliases.is_empty());
+        if !has_others {
+            self.remove(ino);
+            return;
+        }
+        if let Some(c) = self.children.get_mut(&parent) {
+            c.remove(name);
+        }
+        let primary = self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.parent == parent && n.name == name);
+        if primary {
+            let (p, k) = match self.nodes.get_mut(&ino) {
+                Some(n) => n.aliases.remove(0),
+                None => return,
+            };
+            let path = self.path_at(p, &k).unwrap_or_default();
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.parent = p;
+                n.name = k;
+                n.path = path;
+            }
+        } else if let Some(n) = self.nodes.get_mut(&ino) {
+            n.aliases.retain(|(p, k)| !(*p == parent && k == name));
+        }
+    }
+
+    /// Moves the name `from_parent/from_name` to `parent/name` (replacing
+    /// what was there): the node's own name (`rename`) or another of its names.
+    pub fn rename_name(&mut self, from_parent: u64, from_name: &str, parent: u64, name: &str) {
+        let Some(&ino) = self
+            .children
+            .get(&from_parent)
+            .and_then(|c| c.get(from_name))
+        else {
+            return;
+        };
+        let primary = self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.parent == from_parent && n.name == from_name);
+        if primary {
+            self.rename(ino, parent, name);
+            return;
+        }
+        if let Some(&old) = self.children.get(&parent).and_then(|c| c.get(name)) {
+            if old != ino {
+                self.unlink_name(parent, name);
+            }
+        }
+        if let Some(c) = self.children.get_mut(&from_parent) {
+            c.remove(from_name);
+        }
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            for a in &mut n.aliases {
+                if a.0 == from_parent && a.1 == from_name {
+                    *a = (parent, name.to_string());
+                }
+            }
+        }
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_string(), ino);
     }
 
     /// Adds `parent/name`, or refreshes it when present. A file this mount is
@@ -95,7 +224,38 @@ impl Table {
         now: Instant,
     ) -> Option<u64> {
         let path = self.nodes.get(&parent)?.child_path(name);
-        if let Some(&ino) = self.children.get(&parent).and_then(|c| c.get(name)) {
+        let link = new.attrs.link.filter(|_| new.kind != Kind::Dir);
+        let here = self
+            .children
+            .get(&parent)
+            .and_then(|c| c.get(name))
+            .copied();
+        if let Some(ino) = link.and_then(|g| self.group(g)) {
+            if here != Some(ino) {
+                // Another name of a hard-linked file already in the table.
+                self.add_alias(ino, parent, name);
+                let node = self.nodes.get_mut(&ino)?;
+                node.seen = now;
+                if !(node.origin == Origin::Writing && origin == Origin::Stored) {
+                    node.size = new.size;
+                    node.data = new.data;
+                    node.attrs = new.attrs;
+                }
+                return Some(ino);
+            }
+        }
+        if let Some(ino) = here {
+            // A name that leaves its hard-linked file names a file of its own.
+            let leaves = self
+                .nodes
+                .get(&ino)
+                .is_some_and(|n| !n.aliases.is_empty() && n.attrs.link != link);
+            if leaves {
+                self.unlink_name(parent, name);
+                return self.upsert(parent, name, new, origin, now);
+            }
+        }
+        if let Some(ino) = here {
             let node = self.nodes.get_mut(&ino)?;
             node.seen = now;
             if node.origin == Origin::Writing && origin == Origin::Stored {
@@ -126,9 +286,19 @@ impl Table {
             node.attrs = new.attrs;
             node.mtime = new.mtime;
             node.origin = origin;
+            if let Some(g) = link {
+                self.groups.insert(g, ino);
+            }
             return Some(ino);
         }
-        let ino = self.free_ino(path_ino(&path));
+        // A hard-linked file's number follows its identity, not a name.
+        let ino = self.free_ino(match link {
+            Some(g) => path_ino(&format!("\0link {g}")),
+            None => path_ino(&path),
+        });
+        if let Some(g) = link {
+            self.groups.insert(g, ino);
+        }
         if new.kind == Kind::Dir {
             self.children.insert(ino, BTreeMap::new());
         }
@@ -149,6 +319,7 @@ impl Table {
                 seen: now,
                 listed: None,
                 unlinked: false,
+                aliases: Vec::new(),
             },
         );
         self.children
@@ -202,10 +373,16 @@ impl Table {
                 None => return,
             },
         };
-        if let Some(c) = self.children.get_mut(&node.parent) {
-            if c.get(&node.name) == Some(&ino) {
-                c.remove(&node.name);
+        for (p, k) in std::iter::once((node.parent, node.name.clone())).chain(node.aliases.clone())
+        {
+            if let Some(c) = self.children.get_mut(&p) {
+                if c.get(&k) == Some(&ino) {
+                    c.remove(&k);
+                }
             }
+        }
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.aliases.clear();
         }
         if let Some(kids) = self.children.remove(&ino) {
             for k in kids.into_values() {
@@ -219,7 +396,7 @@ impl Table {
     pub fn rename(&mut self, ino: u64, parent: u64, name: &str) {
         if let Some(&old) = self.children.get(&parent).and_then(|c| c.get(name)) {
             if old != ino {
-                self.remove(old);
+                self.unlink_name(parent, name);
             }
         }
         let Some(node) = self.nodes.get(&ino) else {
@@ -430,13 +607,13 @@ impl Table {
     /// mount is writing; marks directories as listed. Returns whether `dir`
     /// itself must stay.
     fn prune(&mut self, dir: u64, seen: &HashSet<u64>, now: Instant) -> bool {
-        let kids: Vec<u64> = self
+        let kids: Vec<(String, u64)> = self
             .children
             .get(&dir)
-            .map(|c| c.values().copied().collect())
+            .map(|c| c.iter().map(|(n, i)| (n.clone(), *i)).collect())
             .unwrap_or_default();
         let mut keep_any = false;
-        for k in kids {
+        for (name, k) in kids {
             let Some(node) = self.nodes.get(&k) else {
                 continue;
             };
@@ -448,7 +625,7 @@ impl Table {
             if keep {
                 keep_any = true;
             } else {
-                self.remove(k);
+                self.unlink_name(dir, &name);
             }
         }
         if let Some(n) = self.nodes.get_mut(&dir) {
@@ -482,7 +659,7 @@ mod tests {
     }
 
     fn names(t: &Table, ino: u64) -> Vec<String> {
-        t.children(ino).iter().map(|n| n.name.clone()).collect()
+        t.entries(ino).iter().map(|(n, _)| n.to_string()).collect()
     }
 
     #[test]
@@ -642,5 +819,39 @@ mod tests {
         let b = t.child(z, "b").expect("b").ino;
         assert_eq!(t.child(b, "c").map(|n| n.path.as_str()), Some("z/b/c"));
         assert!(t.child(ROOT, "a").is_none());
+    }
+
+    #[test]
+    fn a_hard_linked_file_is_one_node_under_every_name() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        let mut o = Overlay::default();
+        let linked = Attrs {
+            link: Some(9),
+            ..Attrs::default()
+        };
+        for p in ["d/a", "b"] {
+            o.apply(&Record::Bind {
+                path: p.into(),
+                key: "k".into(),
+                size: 3,
+                etag: "e".into(),
+                attrs: linked,
+            });
+        }
+        t.apply_listing(ROOT, &[], &o, now);
+        let b = t.child(ROOT, "b").map(|n| n.ino).expect("b");
+        let d = t.child(ROOT, "d").map(|n| n.ino).expect("d");
+        assert_eq!(t.child(d, "a").map(|n| n.ino), Some(b));
+        assert_eq!(names(&t, d), ["a"]);
+        // Removing one name keeps the node under the other.
+        t.unlink_name(ROOT, "b");
+        assert_eq!(t.get(b).map(|n| n.path.as_str()), Some("d/a"));
+        assert!(t.child(ROOT, "b").is_none());
+        // A rename moves only that name.
+        t.add_alias(b, ROOT, "c");
+        t.rename_name(ROOT, "c", ROOT, "e");
+        assert_eq!(t.child(ROOT, "e").map(|n| n.ino), Some(b));
+        assert_eq!(t.get(b).map(|n| n.aliases.len()), Some(1));
     }
 }
