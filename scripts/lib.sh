@@ -5,7 +5,8 @@
 ensure_deps() {
     local missing=() pair
     for pair in fusermount3:fuse3 rsync:rsync git:git sqlite3:sqlite3 7z:p7zip-full \
-        zip:zip unzip:unzip vim:vim python3:python3 setfattr:attr; do
+        zip:zip unzip:unzip vim:vim python3:python3 setfattr:attr \
+        restic:restic borg:borgbackup; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     [ ${#missing[@]} -eq 0 ] && return 0

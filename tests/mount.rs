@@ -286,7 +286,10 @@ fn with_no_delete_files_holding_bytes_stay_but_what_holds_none_can_go() {
     );
     assert!(out.ok, "{}", out.stderr);
     let out = sh(&format!("ls -A {d}"), LIMIT);
-    assert_eq!(out.stdout.split_whitespace().collect::<Vec<_>>(), ["f", "hard"]);
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["f", "hard"]
+    );
     // O_EXCL on an existing name.
     let out = sh(&format!("set -C; echo x > {f}"), LIMIT);
     assert!(!out.ok);

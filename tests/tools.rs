@@ -235,3 +235,38 @@ os.unlink(os.path.join(d, ".todo.txt.swp"))
     names.sort();
     assert_eq!(names, ["todo.txt"]);
 }
+
+#[test]
+fn restic_and_borg_back_up_and_check_clean_also_after_a_remount() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    let src = tempfile::tempdir().expect("tempdir");
+    tree_of_25_mib(src.path());
+    let env = "export RESTIC_PASSWORD=test BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
+               BORG_BASE_DIR=\"$(mktemp -d)\" RESTIC_CACHE_DIR=\"$(mktemp -d)\"";
+    run(
+        &m,
+        "restic and borg backups",
+        &format!(
+            "{env}; restic init -q -r {r}; restic -q -r {r} backup {s}; \
+             borg init -e none {b}; borg create {b}::one {s}; \
+             echo changed >> {s}/text/t1.txt; restic -q -r {r} backup {s}; borg create {b}::two {s}",
+            r = q(&m.path("restic")),
+            b = q(&m.path("borg")),
+            s = q(src.path())
+        ),
+    );
+    m.unmount();
+    let m = Mount::start(&server, &[]);
+    let out = run(
+        &m,
+        "restic check and borg check after remount",
+        &format!(
+            "{env}; restic -r {r} check --read-data 2>&1 | tail -1; \
+             borg check --verify-data {b} && borg list --short {b}",
+            r = q(&m.path("restic")),
+            b = q(&m.path("borg"))
+        ),
+    );
+    assert_eq!(out, "no errors were found\none\ntwo\n");
+}
