@@ -3,24 +3,12 @@
 
 mod common;
 
-use common::{q, sh, Mount, Server};
+use common::{q, run_in, sh, Mount, Server};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn run(m: &Mount, what: &str, script: &str) -> String {
-    let out = sh(&format!("set -e\n{script}"), LIMIT);
-    assert!(
-        out.ok,
-        "{what} failed:\n{}{}\nmount log:\n{}",
-        out.stdout,
-        out.stderr,
-        m.log_text()
-    );
-    out.stdout
-}
 
 /// (inode, links, size) of `p`.
 fn id(p: &Path) -> (u64, u64, u64) {
@@ -40,7 +28,7 @@ fn a_hard_link_is_the_same_file_under_both_names_also_after_a_remount() {
     assert_eq!(links, 3);
     assert_eq!(id(&m.path("d/b")), id(&m.path("a")));
     // Written through one name, read through the others; chmod through one.
-    run(
+    run_in(
         &m,
         "append and chmod",
         &format!(
@@ -73,7 +61,7 @@ fn a_hard_link_is_the_same_file_under_both_names_also_after_a_remount() {
     );
     assert_eq!(std::fs::read_to_string(m.path("f")).expect("f"), "other");
     assert!(!m.path("a").exists() && !m.path("c").exists());
-    let out = run(
+    let out = run_in(
         &m,
         "stat",
         &format!(
@@ -84,7 +72,7 @@ fn a_hard_link_is_the_same_file_under_both_names_also_after_a_remount() {
     );
     assert_eq!(out, "600\nv");
     // And a write after the remount reaches both names.
-    run(
+    run_in(
         &m,
         "append",
         &format!("echo third >> {}", q(&m.path("d/e"))),
@@ -125,7 +113,7 @@ fn tar_extracts_hard_links_symlinks_specials_and_xattrs_and_compares_clean_after
             .unwrap_or_default()
     ));
     let _cleanup = scopeguard(tar.clone());
-    run(
+    run_in(
         &m,
         "tar -x into the mount",
         &format!(
@@ -137,7 +125,7 @@ fn tar_extracts_hard_links_symlinks_specials_and_xattrs_and_compares_clean_after
     );
     m.unmount();
     let m = Mount::start(&server, &[]);
-    let out = run(
+    let out = run_in(
         &m,
         "tar -d after remount",
         &format!(
@@ -168,7 +156,7 @@ fn rsync_ahax_twice_transfers_nothing_the_second_time_and_cp_a_keeps_links() {
     let src = tempfile::tempdir().expect("tempdir");
     rich_tree(src.path());
     let dst = m.path("r");
-    let first = run(
+    let first = run_in(
         &m,
         "rsync -aHAX",
         &format!(
@@ -183,7 +171,7 @@ fn rsync_ahax_twice_transfers_nothing_the_second_time_and_cp_a_keeps_links() {
     );
     m.unmount();
     let m = Mount::start(&server, &[]);
-    let second = run(
+    let second = run_in(
         &m,
         "rsync -aHAX again",
         &format!(
@@ -198,7 +186,7 @@ fn rsync_ahax_twice_transfers_nothing_the_second_time_and_cp_a_keeps_links() {
     );
     assert_eq!(id(&m.path("r/big")), id(&m.path("r/sub/big-link")));
     // cp -a keeps the links too.
-    run(
+    run_in(
         &m,
         "cp -a",
         &format!("cp -a {}/. {}", q(src.path()), q(&m.path("c"))),

@@ -4,24 +4,11 @@
 
 mod common;
 
-use common::{q, sh, Mount, Server};
+use common::{q, run_in, Mount, Server};
 use std::path::Path;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(300);
-
-/// Runs `script` with `bash -e`; panics with its output and the mount log on failure.
-fn run(m: &Mount, what: &str, script: &str) -> String {
-    let out = sh(&format!("set -e\n{script}"), LIMIT);
-    assert!(
-        out.ok,
-        "{what} failed:\n{}{}\nmount log:\n{}",
-        out.stdout,
-        out.stderr,
-        m.log_text()
-    );
-    out.stdout
-}
 
 #[test]
 fn git_clones_commits_gcs_and_fscks_also_after_a_remount() {
@@ -30,7 +17,7 @@ fn git_clones_commits_gcs_and_fscks_also_after_a_remount() {
     let src = tempfile::tempdir().expect("tempdir");
     let repo = src.path().join("repo");
     let id = "-c user.email=t@example.com -c user.name=t";
-    run(
+    run_in(
         &m,
         "making the source repository",
         &format!(
@@ -40,7 +27,7 @@ fn git_clones_commits_gcs_and_fscks_also_after_a_remount() {
         ),
     );
     let clone = m.path("clone");
-    let log = run(
+    let log = run_in(
         &m,
         "git clone, commit, gc, fsck",
         &format!(
@@ -57,7 +44,7 @@ fn git_clones_commits_gcs_and_fscks_also_after_a_remount() {
     );
     m.unmount();
     let m = Mount::start(&server, &[]);
-    let log = run(
+    let log = run_in(
         &m,
         "git after remount",
         &format!(
@@ -94,7 +81,7 @@ fn sqlite3_keeps_two_thousand_inserts_and_passes_integrity_check() {
     }
     let file = tempfile::NamedTempFile::new().expect("sql file");
     std::fs::write(file.path(), sql).expect("write sql");
-    run(
+    run_in(
         &m,
         "sqlite3 inserts",
         &format!("sqlite3 {} < {}", q(&db), q(file.path())),
@@ -103,7 +90,7 @@ fn sqlite3_keeps_two_thousand_inserts_and_passes_integrity_check() {
         "sqlite3 {} 'pragma integrity_check; select count(*) from t;'",
         q(&db)
     );
-    assert_eq!(run(&m, "sqlite3 reopen", &check), "ok\n2000\n");
+    assert_eq!(run_in(&m, "sqlite3 reopen", &check), "ok\n2000\n");
     m.unmount();
     let m = Mount::start(&server, &[]);
     let check = format!(
@@ -111,7 +98,7 @@ fn sqlite3_keeps_two_thousand_inserts_and_passes_integrity_check() {
          select count(*) from t;\"",
         q(&m.path("data/app.db"))
     );
-    assert_eq!(run(&m, "sqlite3 after remount", &check), "ok\n2001\n");
+    assert_eq!(run_in(&m, "sqlite3 after remount", &check), "ok\n2001\n");
 }
 
 /// A tree of 25 MiB: 20 incompressible files and some text.
@@ -136,7 +123,7 @@ fn seven_zip_and_zip_archives_of_25_mib_test_clean_after_a_remount() {
     let m = Mount::start(&server, &[]);
     let src = tempfile::tempdir().expect("tempdir");
     tree_of_25_mib(src.path());
-    run(
+    run_in(
         &m,
         "7z a and zip -r",
         &format!(
@@ -148,7 +135,7 @@ fn seven_zip_and_zip_archives_of_25_mib_test_clean_after_a_remount() {
     );
     m.unmount();
     let m = Mount::start(&server, &[]);
-    let out = run(
+    let out = run_in(
         &m,
         "7z t and unzip -t",
         &format!(
@@ -160,7 +147,7 @@ fn seven_zip_and_zip_archives_of_25_mib_test_clean_after_a_remount() {
     assert!(out.starts_with("1\nNo errors detected"), "{out}");
     // And the contents are the tree's.
     let x = tempfile::tempdir().expect("tempdir");
-    let out = run(
+    let out = run_in(
         &m,
         "extracting",
         &format!(
@@ -212,7 +199,7 @@ os.unlink(os.path.join(d, ".todo.txt.swp"))
     let out = common::run_bounded(c, LIMIT);
     assert!(out.ok, "{}{}\n{}", out.stdout, out.stderr, m.log_text());
     // vim itself, with its swap file in the mount's directory.
-    run(
+    run_in(
         &m,
         "vim",
         &format!(
@@ -244,8 +231,7 @@ fn restic_and_borg_back_up_and_check_clean_also_after_a_remount() {
     tree_of_25_mib(src.path());
     let env = "export RESTIC_PASSWORD=test BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes \
                BORG_BASE_DIR=\"$(mktemp -d)\" RESTIC_CACHE_DIR=\"$(mktemp -d)\"";
-    run(
-        &m,
+    run_in(&m,
         "restic and borg backups",
         &format!(
             "{env}; restic init -q -r {r}; restic -q -r {r} backup {s}; \
@@ -258,7 +244,7 @@ fn restic_and_borg_back_up_and_check_clean_also_after_a_remount() {
     );
     m.unmount();
     let m = Mount::start(&server, &[]);
-    let out = run(
+    let out = run_in(
         &m,
         "restic check and borg check after remount",
         &format!(

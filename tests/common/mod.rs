@@ -486,3 +486,17 @@ pub fn open_uploads(server: &Server) -> usize {
         .uploads
         .len()
 }
+
+/// Runs `script` with `bash -e`, bounded; panics with its output and the
+/// mount log when it fails. Its stdout.
+pub fn run_in(m: &Mount, what: &str, script: &str) -> String {
+    let out = sh(&format!("set -e\n{script}"), Duration::from_secs(300));
+    assert!(
+        out.ok,
+        "{what} failed:\n{}{}\nmount log:\n{}",
+        out.stdout,
+        out.stderr,
+        m.log_text()
+    );
+    out.stdout
+}
