@@ -8,13 +8,13 @@ use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE};
 use crate::transfer::pool::Pool;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Largest write the kernel sends in one request.
@@ -33,6 +33,9 @@ pub struct FuseFs {
     /// other request (an `ls` while 64 files close). The closing process still
     /// waits for its answer.
     finishers: Pool,
+    /// Tells the kernel to drop cached attributes the mount changed on its
+    /// own; set once the session exists (see `kernel`).
+    kernel: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseFs {
@@ -40,6 +43,26 @@ impl FuseFs {
         FuseFs {
             fs,
             finishers: Pool::new("finish", FINISHERS),
+            kernel: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where the mount puts the session's notifier: the session needs this
+    /// `FuseFs` before it can give one.
+    pub fn kernel(&self) -> Arc<OnceLock<Notifier>> {
+        Arc::clone(&self.kernel)
+    }
+
+    /// The kernel's cached attributes of `ino` are stale: its next stat asks.
+    fn forget_attrs(&self, ino: INodeNo) {
+        if let Some(k) = self.kernel.get() {
+            // A negative offset: attributes only, the page cache stays.
+            if let Err(e) = k.inval_inode(ino, -1, 0) {
+                // ENOENT: the kernel holds no such inode, so nothing stale.
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    log::warn!("invalidating cached attributes of inode {}: {e}", ino.0);
+                }
+            }
         }
     }
 
@@ -400,15 +423,25 @@ impl Filesystem for FuseFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Direct-I/O writes (write-only handles) by a process without
+        // CAP_FSETID: the kernel leaves clearing setuid/setgid to us.
+        // The kernel caches the mode and does not expect it to change.
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            match self.fs.kill_suidgid(ino.0) {
+                Ok(true) => self.forget_attrs(ino),
+                Ok(false) => {}
+                Err(e) => return reply.error(fail("write", &e)),
+            }
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("write", &e)),
