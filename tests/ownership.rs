@@ -244,8 +244,9 @@ fn a_write_by_an_unprivileged_user_clears_setuid_and_setgid_as_ext4_does() {
         &sh(
             &format!(
                 "set -e; mkdir {d}; chmod 777 {d}; cd {d}
-                 for f in wo rdwr both root; do echo data > $f; done
-                 chmod 4777 wo; chmod 4777 rdwr; chmod 6777 both; chmod 4777 root"
+                 for f in wo rdwr both root lock member; do echo data > $f; done
+                 chmod 4777 wo; chmod 4777 rdwr; chmod 6777 both; chmod 4777 root
+                 chmod 2767 lock; chgrp 2000 member; chmod 2767 member"
             ),
             LIMIT,
         ),
@@ -260,6 +261,18 @@ fn a_write_by_an_unprivileged_user_clears_setuid_and_setgid_as_ext4_does() {
         )),
         &m,
     );
+    // Setgid without group execute goes only when the writer is not in the
+    // file's group; OWNER is in group 2000 as a supplementary group.
+    ok(
+        "a group member's write",
+        &owner(&format!("printf x >> {d}/member")),
+        &m,
+    );
+    ok(
+        "another user's write",
+        &other(&format!("printf x >> {d}/lock")),
+        &m,
+    );
     ok(
         "root's write",
         &sh(&format!("printf x >> {d}/root"), LIMIT),
@@ -271,6 +284,8 @@ fn a_write_by_an_unprivileged_user_clears_setuid_and_setgid_as_ext4_does() {
         ("d/both", "0:0:777"),
         // Root has CAP_FSETID: its writes keep the bits, as on ext4.
         ("d/root", "0:0:4777"),
+        ("d/lock", "0:0:767"),
+        ("d/member", "0:2000:2767"),
     ];
     for (rel, mode) in want {
         assert_eq!(stat(&m, rel), mode, "{rel}");

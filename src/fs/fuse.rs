@@ -3,6 +3,7 @@
 
 use super::error::FsError;
 use super::journal::SpecialKind;
+use super::privs::Writer;
 use super::view::Kind;
 use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE};
 use crate::transfer::pool::Pool;
@@ -422,7 +423,7 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -436,7 +437,11 @@ impl Filesystem for FuseFs {
         // CAP_FSETID: the kernel leaves clearing setuid/setgid to us.
         // The kernel caches the mode and does not expect it to change.
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            match self.fs.kill_suidgid(ino.0) {
+            let by = Writer {
+                gid: req.gid(),
+                pid: req.pid(),
+            };
+            match self.fs.kill_suidgid(ino.0, by) {
                 Ok(true) => self.forget_attrs(ino),
                 Ok(false) => {}
                 Err(e) => return reply.error(fail("write", &e)),

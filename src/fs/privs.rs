@@ -8,25 +8,53 @@
 use super::error::FsResult;
 use super::{Fs, SetAttr};
 
-/// `perm` without the bits a write by a process lacking CAP_FSETID removes:
-/// set-user-ID always; set-group-ID only with group execute (without it the
-/// bit means mandatory locking, which a write keeps).
-pub fn without_privs(perm: u32) -> u32 {
-    let sgid_exec = libc::S_ISGID | libc::S_IXGRP;
+/// The process behind a flagged write, as the request names it.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer {
+    /// Its filesystem group id.
+    pub gid: u32,
+    /// The writing thread; 0 when the kernel could not name it.
+    pub pid: u32,
+}
+
+/// `perm` without the bits a write by a process lacking CAP_FSETID removes
+/// (Linux's `setattr_should_drop_suidgid`): set-user-ID always; set-group-ID
+/// with group execute, and without it (the mandatory-locking form) only when
+/// the writer is not in the file's group (`in_group`, asked only then).
+pub fn without_privs(perm: u32, in_group: impl FnOnce() -> bool) -> u32 {
     let mut out = perm & !libc::S_ISUID;
-    if perm & sgid_exec == sgid_exec {
+    if perm & libc::S_ISGID != 0 && (perm & libc::S_IXGRP != 0 || !in_group()) {
         out &= !libc::S_ISGID;
     }
     out
+}
+
+/// Whether `w` is in group `gid`: its own group or a supplementary one (from
+/// /proc; when that cannot be read, its own group alone decides).
+fn in_group(w: Writer, gid: u32) -> bool {
+    if w.gid == gid {
+        return true;
+    }
+    if w.pid == 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", w.pid)) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
 impl Fs {
     /// Before a write the kernel flagged FUSE_WRITE_KILL_SUIDGID (its writer
     /// lacks CAP_FSETID): clears the bits a local filesystem would. False
     /// when none were set (nothing changed, nothing recorded).
-    pub fn kill_suidgid(&self, ino: u64) -> FsResult<bool> {
-        let perm = u32::from(self.getattr(ino)?.perm);
-        let kept = without_privs(perm);
+    pub fn kill_suidgid(&self, ino: u64, by: Writer) -> FsResult<bool> {
+        let a = self.getattr(ino)?;
+        let perm = u32::from(a.perm);
+        let kept = without_privs(perm, || in_group(by, a.gid));
         if kept == perm {
             return Ok(false);
         }
@@ -43,17 +71,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_write_takes_setuid_always_and_setgid_only_with_group_execute() {
-        for (before, after) in [
-            (0o4777, 0o777),
-            (0o2777, 0o777),
-            (0o6777, 0o777),
-            (0o6767, 0o2767),
-            (0o2745, 0o2745),
-            (0o1777, 0o1777),
-            (0o644, 0o644),
+    fn a_write_takes_setuid_always_and_setgid_as_linux_does() {
+        for (before, member, after) in [
+            (0o4777, true, 0o777),
+            (0o2777, true, 0o777),
+            (0o6777, true, 0o777),
+            (0o6767, true, 0o2767),
+            (0o6767, false, 0o767),
+            (0o2747, true, 0o2747),
+            (0o2747, false, 0o747),
+            (0o1777, false, 0o1777),
+            (0o644, false, 0o644),
         ] {
-            assert_eq!(without_privs(before), after, "{before:o}");
+            assert_eq!(
+                without_privs(before, || member),
+                after,
+                "{before:o}, in the group: {member}"
+            );
         }
+    }
+
+    #[test]
+    fn the_writers_supplementary_groups_count_as_its_groups() {
+        let me = Writer {
+            gid: u32::MAX,
+            pid: std::process::id(),
+        };
+        let first_supplementary = std::fs::read_to_string("/proc/self/status")
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .and_then(|g| g.split_whitespace().next().map(str::to_string))
+            .and_then(|g| g.parse::<u32>().ok());
+        if let Some(g) = first_supplementary {
+            assert!(in_group(me, g));
+        }
+        assert!(in_group(me, u32::MAX), "its own group");
+        assert!(!in_group(me, u32::MAX - 1));
+        assert!(!in_group(Writer { gid: 5, pid: 0 }, 6), "no pid: no lookup");
     }
 }
