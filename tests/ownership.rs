@@ -244,9 +244,9 @@ fn a_write_by_an_unprivileged_user_clears_setuid_and_setgid_as_ext4_does() {
         &sh(
             &format!(
                 "set -e; mkdir {d}; chmod 777 {d}; cd {d}
-                 for f in wo rdwr both root lock member; do echo data > $f; done
+                 for f in wo rdwr both root lock member trunc; do echo data > $f; done
                  chmod 4777 wo; chmod 4777 rdwr; chmod 6777 both; chmod 4777 root
-                 chmod 2767 lock; chgrp 2000 member; chmod 2767 member"
+                 chmod 2767 lock; chgrp 2000 member; chmod 2767 member; chmod 6777 trunc"
             ),
             LIMIT,
         ),
@@ -259,6 +259,12 @@ fn a_write_by_an_unprivileged_user_clears_setuid_and_setgid_as_ext4_does() {
         &other(&format!(
             "set -e; cd {d}; printf x >> wo; printf x 1<> rdwr; printf x >> both"
         )),
+        &m,
+    );
+    // open(O_TRUNC) with no write after it: the open alone must clear them.
+    ok(
+        "another user's truncating open",
+        &other(&format!(": > {d}/trunc")),
         &m,
     );
     // Setgid without group execute goes only when the writer is not in the
@@ -286,6 +292,7 @@ fn a_write_by_an_unprivileged_user_clears_setuid_and_setgid_as_ext4_does() {
         ("d/root", "0:0:4777"),
         ("d/lock", "0:0:767"),
         ("d/member", "0:2000:2767"),
+        ("d/trunc", "0:0:777"),
     ];
     for (rel, mode) in want {
         assert_eq!(stat(&m, rel), mode, "{rel}");

@@ -172,6 +172,14 @@ fn owner(req: &Request) -> Owner {
     }
 }
 
+fn writer(req: &Request) -> Writer {
+    Writer {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -366,6 +374,16 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // With atomic O_TRUNC the kernel leaves an unprivileged truncate's
+        // setuid/setgid to us (it would send the mode with a SETATTR
+        // otherwise). Cleared first: a failed open then only loses them.
+        if flags.0 & libc::O_TRUNC != 0 && !writer(req).may_keep_privs() {
+            match self.fs.kill_suidgid(ino.0, writer(req)) {
+                Ok(true) => self.forget_attrs(ino),
+                Ok(false) => {}
+                Err(e) => return reply.error(fail("open", &e)),
+            }
+        }
         match self.fs.open(ino.0, flags.0, req.pid()) {
             Ok((fh, keep)) => {
                 let f = if keep {
@@ -437,11 +455,7 @@ impl Filesystem for FuseFs {
         // CAP_FSETID: the kernel leaves clearing setuid/setgid to us.
         // The kernel caches the mode and does not expect it to change.
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            let by = Writer {
-                gid: req.gid(),
-                pid: req.pid(),
-            };
-            match self.fs.kill_suidgid(ino.0, by) {
+            match self.fs.kill_suidgid(ino.0, writer(req)) {
                 Ok(true) => self.forget_attrs(ino),
                 Ok(false) => {}
                 Err(e) => return reply.error(fail("write", &e)),

@@ -8,13 +8,37 @@
 use super::error::FsResult;
 use super::{Fs, SetAttr};
 
-/// The process behind a flagged write, as the request names it.
+/// The process behind a write or truncate, as the request names it.
 #[derive(Debug, Clone, Copy)]
 pub struct Writer {
-    /// Its filesystem group id.
+    /// Its filesystem user and group ids.
+    pub uid: u32,
     pub gid: u32,
     /// The writing thread; 0 when the kernel could not name it.
     pub pid: u32,
+}
+
+/// CAP_FSETID's bit in /proc's capability masks (linux/capability.h).
+const CAP_FSETID: u32 = 4;
+
+impl Writer {
+    /// Whether it may keep setuid/setgid through a write: CAP_FSETID in its
+    /// effective set, from /proc (when that cannot be read, being root).
+    pub fn may_keep_privs(self) -> bool {
+        let status = match self.pid {
+            0 => None,
+            pid => std::fs::read_to_string(format!("/proc/{pid}/status")).ok(),
+        };
+        let caps = status.as_deref().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        });
+        match caps {
+            Some(caps) => caps & (1 << CAP_FSETID) != 0,
+            None => self.uid == 0,
+        }
+    }
 }
 
 /// `perm` without the bits a write by a process lacking CAP_FSETID removes
@@ -49,8 +73,9 @@ fn in_group(w: Writer, gid: u32) -> bool {
 
 impl Fs {
     /// Before a write the kernel flagged FUSE_WRITE_KILL_SUIDGID (its writer
-    /// lacks CAP_FSETID): clears the bits a local filesystem would. False
-    /// when none were set (nothing changed, nothing recorded).
+    /// lacks CAP_FSETID), or an open(O_TRUNC) by such a writer: clears the
+    /// bits a local filesystem would. False when none were set (nothing
+    /// changed, nothing recorded).
     pub fn kill_suidgid(&self, ino: u64, by: Writer) -> FsResult<bool> {
         let a = self.getattr(ino)?;
         let perm = u32::from(a.perm);
@@ -94,6 +119,7 @@ mod tests {
     #[test]
     fn the_writers_supplementary_groups_count_as_its_groups() {
         let me = Writer {
+            uid: 0,
             gid: u32::MAX,
             pid: std::process::id(),
         };
@@ -108,6 +134,35 @@ mod tests {
         }
         assert!(in_group(me, u32::MAX), "its own group");
         assert!(!in_group(me, u32::MAX - 1));
-        assert!(!in_group(Writer { gid: 5, pid: 0 }, 6), "no pid: no lookup");
+        let nobody = Writer {
+            uid: 65534,
+            gid: 5,
+            pid: 0,
+        };
+        assert!(!in_group(nobody, 6), "no pid: no lookup");
+    }
+
+    #[test]
+    fn keeping_the_bits_takes_cap_fsetid_or_being_root_when_unknown() {
+        let me = Writer {
+            uid: 65534,
+            gid: 65534,
+            pid: std::process::id(),
+        };
+        let caps = std::fs::read_to_string("/proc/self/status")
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+            .expect("CapEff");
+        // The uid does not decide while /proc answers.
+        assert_eq!(me.may_keep_privs(), caps & (1 << CAP_FSETID) != 0);
+        let unknown = |uid| Writer {
+            uid,
+            gid: 0,
+            pid: 0,
+        };
+        assert!(unknown(0).may_keep_privs());
+        assert!(!unknown(1000).may_keep_privs());
     }
 }
