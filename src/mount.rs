@@ -341,10 +341,13 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
     };
     fuse_cfg.n_threads = Some(cfg.fuse_threads.max(1));
     fuse_cfg.clone_fd = true;
-    let session = fuser::Session::new(FuseFs::new(Arc::clone(&fs)), &cfg.mountpoint, &fuse_cfg)
-        .map_err(|e| {
-            CommandError::Usage(format!("cannot mount at {}: {e}", cfg.mountpoint.display()))
-        })?;
+    let fuse = FuseFs::new(Arc::clone(&fs));
+    let kernel = fuse.kernel();
+    let session = fuser::Session::new(fuse, &cfg.mountpoint, &fuse_cfg).map_err(|e| {
+        CommandError::Usage(format!("cannot mount at {}: {e}", cfg.mountpoint.display()))
+    })?;
+    // Set once, here: nothing else can have set it.
+    let _ = kernel.set(session.notifier());
     Ok((session, fs, server))
 }
 

@@ -233,3 +233,76 @@ fn a_setgid_directory_gives_new_entries_its_group() {
     assert_eq!(stat(&m, "team/sub"), format!("{OWNER}:3000:2755"));
     assert_eq!(stat(&m, "team/sub/g"), format!("{OWNER}:3000:644"));
 }
+
+#[test]
+fn a_write_by_an_unprivileged_user_clears_setuid_and_setgid_as_ext4_does() {
+    let server = Server::start(&[]);
+    let m = shared_mount(&server);
+    let d = q(&m.path("d"));
+    ok(
+        "root's setuid files",
+        &sh(
+            &format!(
+                "set -e; mkdir {d}; chmod 777 {d}; cd {d}
+                 for f in wo rdwr both root lock member trunc; do echo data > $f; done
+                 chmod 4777 wo; chmod 4777 rdwr; chmod 6777 both; chmod 4777 root
+                 chmod 2767 lock; chgrp 2000 member; chmod 2767 member; chmod 6777 trunc"
+            ),
+            LIMIT,
+        ),
+        &m,
+    );
+    // `>>` opens write-only (a direct-I/O handle), `<>` read-write (the
+    // page cache): the kernel clears the bits itself only for the latter.
+    ok(
+        "another user's writes",
+        &other(&format!(
+            "set -e; cd {d}; printf x >> wo; printf x 1<> rdwr; printf x >> both"
+        )),
+        &m,
+    );
+    // open(O_TRUNC) with no write after it: the open alone must clear them.
+    ok(
+        "another user's truncating open",
+        &other(&format!(": > {d}/trunc")),
+        &m,
+    );
+    // Setgid without group execute goes only when the writer is not in the
+    // file's group; OWNER is in group 2000 as a supplementary group.
+    ok(
+        "a group member's write",
+        &owner(&format!("printf x >> {d}/member")),
+        &m,
+    );
+    ok(
+        "another user's write",
+        &other(&format!("printf x >> {d}/lock")),
+        &m,
+    );
+    ok(
+        "root's write",
+        &sh(&format!("printf x >> {d}/root"), LIMIT),
+        &m,
+    );
+    let want = [
+        ("d/wo", "0:0:777"),
+        ("d/rdwr", "0:0:777"),
+        ("d/both", "0:0:777"),
+        // Root has CAP_FSETID: its writes keep the bits, as on ext4.
+        ("d/root", "0:0:4777"),
+        ("d/lock", "0:0:767"),
+        ("d/member", "0:2000:2767"),
+        ("d/trunc", "0:0:777"),
+    ];
+    for (rel, mode) in want {
+        assert_eq!(stat(&m, rel), mode, "{rel}");
+    }
+    let data = sh(&format!("cat {d}/wo"), LIMIT);
+    assert_eq!(data.stdout, "data\nx", "the write itself went through");
+    // The cleared mode is recorded, not only shown.
+    m.unmount();
+    let m = shared_mount(&server);
+    for (rel, mode) in want {
+        assert_eq!(stat(&m, rel), mode, "{rel} after a remount");
+    }
+}

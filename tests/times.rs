@@ -288,3 +288,37 @@ fn fallocate_extends_with_zeros_and_other_modes_are_not_supported() {
     );
     assert_eq!(std::fs::read(m.path("g")).expect("read"), want);
 }
+
+#[test]
+fn setting_or_removing_an_xattr_moves_only_the_ctime_and_it_survives_a_remount() {
+    let server = Server::start(&[]);
+    let m = Mount::start(&server, &[]);
+    ok(&format!(
+        "cd {} && echo x > f && mkdir d && touch -d @{Y2020} f d",
+        q(&m.dir)
+    ));
+    let mut last = Vec::new();
+    for rel in ["f", "d"] {
+        let p = m.path(rel);
+        let before = times(&p);
+        std::thread::sleep(Duration::from_millis(20));
+        ok(&format!("setfattr -n user.k -v v {}", q(&p)));
+        let set = times(&p);
+        assert!(
+            set.ctime > before.ctime,
+            "{rel}: setxattr moves the ctime: {before:?} then {set:?}"
+        );
+        assert_eq!((set.atime, set.mtime), ((Y2020, 0), (Y2020, 0)), "{rel}");
+        std::thread::sleep(Duration::from_millis(20));
+        ok(&format!("setfattr -x user.k {}", q(&p)));
+        let removed = times(&p);
+        assert!(
+            removed.ctime > set.ctime,
+            "{rel}: removexattr moves the ctime: {set:?} then {removed:?}"
+        );
+        assert_eq!((removed.atime, removed.mtime), ((Y2020, 0), (Y2020, 0)));
+        last.push(removed);
+    }
+    let m = remount(&server, m);
+    assert_eq!(vec![times(&m.path("f")), times(&m.path("d"))], last);
+}

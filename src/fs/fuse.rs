@@ -3,18 +3,19 @@
 
 use super::error::FsError;
 use super::journal::SpecialKind;
+use super::privs::Writer;
 use super::view::Kind;
 use super::{Attr, Fs, Owner, SetAttr, BLOCK_SIZE};
 use crate::transfer::pool::Pool;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// Largest write the kernel sends in one request.
@@ -33,6 +34,9 @@ pub struct FuseFs {
     /// other request (an `ls` while 64 files close). The closing process still
     /// waits for its answer.
     finishers: Pool,
+    /// Tells the kernel to drop cached attributes the mount changed on its
+    /// own; set once the session exists (see `kernel`).
+    kernel: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseFs {
@@ -40,6 +44,26 @@ impl FuseFs {
         FuseFs {
             fs,
             finishers: Pool::new("finish", FINISHERS),
+            kernel: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where the mount puts the session's notifier: the session needs this
+    /// `FuseFs` before it can give one.
+    pub fn kernel(&self) -> Arc<OnceLock<Notifier>> {
+        Arc::clone(&self.kernel)
+    }
+
+    /// The kernel's cached attributes of `ino` are stale: its next stat asks.
+    fn forget_attrs(&self, ino: INodeNo) {
+        if let Some(k) = self.kernel.get() {
+            // A negative offset: attributes only, the page cache stays.
+            if let Err(e) = k.inval_inode(ino, -1, 0) {
+                // ENOENT: the kernel holds no such inode, so nothing stale.
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    log::warn!("invalidating cached attributes of inode {}: {e}", ino.0);
+                }
+            }
         }
     }
 
@@ -145,6 +169,14 @@ fn owner(req: &Request) -> Owner {
     Owner {
         uid: req.uid(),
         gid: req.gid(),
+    }
+}
+
+fn writer(req: &Request) -> Writer {
+    Writer {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -344,6 +376,16 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // With atomic O_TRUNC the kernel leaves an unprivileged truncate's
+        // setuid/setgid to us (it would send the mode with a SETATTR
+        // otherwise). Cleared first: a failed open then only loses them.
+        if flags.0 & libc::O_TRUNC != 0 && !writer(req).may_keep_privs() {
+            match self.fs.kill_suidgid(ino.0, writer(req)) {
+                Ok(true) => self.forget_attrs(ino),
+                Ok(false) => {}
+                Err(e) => return reply.error(fail("open", &e)),
+            }
+        }
         match self.fs.open(ino.0, flags.0, req.pid()) {
             Ok((fh, keep)) => {
                 let f = if keep {
@@ -401,16 +443,26 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Direct-I/O writes (write-only handles) by a process without
+        // CAP_FSETID: the kernel leaves clearing setuid/setgid to us.
+        // The kernel caches the mode and does not expect it to change.
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            match self.fs.kill_suidgid(ino.0, writer(req)) {
+                Ok(true) => self.forget_attrs(ino),
+                Ok(false) => {}
+                Err(e) => return reply.error(fail("write", &e)),
+            }
+        }
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fail("write", &e)),

@@ -6,6 +6,7 @@
 //!   lookup and listing;
 //! - `namespace`: mkdir, mknod, symlink, create, rename, unlink, rmdir, setattr;
 //! - `xattr`: extended attributes;
+//! - `privs`: setuid/setgid bits a write takes away;
 //! - `handles`: the handle table, open and release;
 //! - `file_write/`, `file_read`, `dir`: what open files and directories do;
 //! - `journal/`: the metadata journal's format, commit and replay.
@@ -24,6 +25,7 @@ mod handles;
 pub mod journal;
 mod namespace;
 pub mod private_dir;
+mod privs;
 pub mod view;
 mod xattr;
 

@@ -8,8 +8,8 @@
 //! coffer's objects; knows no FUSE.
 
 use super::error::{FsError, FsResult};
-use super::journal::{Overlay, Record};
-use super::{lock, Fs, SetAttr};
+use super::journal::{Attrs, Overlay, Record};
+use super::{lock, touched_now, Fs, SetAttr};
 use crate::protocol::{hex, unhex};
 use std::ffi::OsStr;
 
@@ -218,11 +218,13 @@ impl Fs {
                 format!("{path:?}: xattr names would take over {MAX_LIST} bytes"),
             ));
         }
-        self.journal.record(vec![Record::Xattr {
+        let mut records = vec![Record::Xattr {
             path,
             name: name.to_string(),
             value: Some(hex(value)),
-        }]);
+        }];
+        records.extend(self.xattr_changed(ino));
+        self.journal.record(records);
         Ok(())
     }
 
@@ -241,12 +243,32 @@ impl Fs {
                 format!("{path:?} has no xattr {name:?}"),
             ));
         }
-        self.journal.record(vec![Record::Xattr {
+        let mut records = vec![Record::Xattr {
             path,
             name: name.to_string(),
             value: None,
-        }]);
+        }];
+        records.extend(self.xattr_changed(ino));
+        self.journal.record(records);
         Ok(())
+    }
+
+    /// An xattr set or removed changes the entry: its ctime moves, as on ext4.
+    /// Called under `ns`; the record that keeps the new ctime, to go in the
+    /// same batch as the xattr's. None for a file being written (its close
+    /// records its attributes) or one already unlinked.
+    fn xattr_changed(&self, ino: u64) -> Option<Record> {
+        let attrs = Attrs {
+            ctime: touched_now().ctime,
+            ..Attrs::default()
+        };
+        let (path, unlinked) = {
+            let mut t = lock(&self.table);
+            let n = t.get_mut(ino)?;
+            n.attrs = n.attrs.merged(attrs);
+            (n.path.clone(), n.unlinked)
+        };
+        (!unlinked && !self.being_written(ino)).then_some(Record::Attr { path, attrs })
     }
 }
 
