@@ -41,8 +41,16 @@ fn a_hard_link_is_the_same_file_under_both_names_also_after_a_remount() {
         std::fs::read_to_string(m.path("a")).expect("a"),
         "first\nsecond\n"
     );
-    // Removing one name keeps the others; renaming one moves only that name.
+    // Removing one name keeps the others (and changes the file's ctime);
+    // renaming one moves only that name.
+    let ctime = |p: &Path| {
+        let md = std::fs::symlink_metadata(p).expect("stat");
+        (md.ctime(), md.ctime_nsec())
+    };
+    let before = ctime(&m.path("d/b"));
+    std::thread::sleep(Duration::from_millis(20));
     std::fs::remove_file(m.path("a")).expect("rm a");
+    assert!(ctime(&m.path("d/b")) > before, "ctime of the other name");
     std::fs::rename(m.path("c"), m.path("d/e")).expect("mv c d/e");
     assert_eq!(id(&m.path("d/b")), (ino, 2, 13));
     // A name renamed over is a file of its own again; the other keeps the bytes.

@@ -400,13 +400,30 @@ impl Fs {
         let mut t = lock(&self.table);
         self.journal.record(records);
         t.unlink_name(dir, name);
-        if let Some(left) = t.get_mut(n.ino).filter(|m| !m.unlinked) {
-            // The file's other names remain: its ctime changed (POSIX).
-            left.attrs.ctime = touched_now().ctime;
-        }
+        self.links_changed(&mut t, n.ino);
         self.entries_changed(&mut t, &[dir]);
         drop(t);
         log::info!("{op} {path:?}: hidden (its bytes stay in the coffer)");
+    }
+
+    /// A hard-linked file lost a name and keeps others: its ctime changes
+    /// (POSIX), recorded at a name it still has.
+    fn links_changed(&self, t: &mut Table, ino: u64) {
+        let Some(n) = t
+            .get_mut(ino)
+            .filter(|n| !n.unlinked && n.kind != Kind::Dir)
+        else {
+            return;
+        };
+        let ctime = touched_now().ctime;
+        n.attrs.ctime = ctime;
+        self.journal.record(vec![Record::Attr {
+            path: n.path.clone(),
+            attrs: Attrs {
+                ctime,
+                ..Attrs::default()
+            },
+        }]);
     }
 
     /// link(2): `newparent/newname` becomes another name of file `ino`. Both
@@ -492,6 +509,7 @@ impl Fs {
             ));
         }
         let replaces = self.lookup_opt(newparent, newname)?;
+        let replaced_ino = replaces.as_ref().map(|a| a.ino);
         if let Some(dst) = &replaces {
             let dst = self.node(dst.ino)?;
             if noreplace {
@@ -583,6 +601,10 @@ impl Fs {
         records.push(Record::Hide { path: from.clone() });
         self.journal.record(records);
         t.rename_name(parent, name_s, newparent, newname_s);
+        if let Some(dst) = replaced_ino {
+            // A hard-linked file renamed over keeps its other names.
+            self.links_changed(&mut t, dst);
+        }
         match src.origin {
             Origin::Stored => t.mark_stored(src.ino, Instant::now()),
             Origin::Writing => t.mark_stored(newparent, Instant::now()),
