@@ -118,6 +118,11 @@ pub enum Op {
     Rmdir {
         path: P,
     },
+    /// link(2): `to` becomes another name of the file at `from`.
+    Link {
+        from: P,
+        to: P,
+    },
     Read {
         path: P,
         offset: usize,
@@ -228,6 +233,8 @@ fn fs_op() -> impl Strategy<Value = Op> {
             .prop_map(|(path, secs, nanos)| Op::Utimens { path, secs, nanos }),
         2 => path().prop_map(|path| Op::Unlink { path }),
         1 => path().prop_map(|path| Op::Rmdir { path }),
+        4 => (any::<Index>().prop_map(P::Existing), prop_oneof![3 => fresh(), 1 => path()])
+            .prop_map(|(from, to)| Op::Link { from, to }),
         2 => (path(), offset(), 1usize..2_000_000).prop_map(|(path, offset, len)| Op::Read { path, offset, len }),
     ]
 }
@@ -490,6 +497,85 @@ fn found_cases_still_agree_with_the_model() {
                 noreplace: false,
             },
             Op::SecondMount,
+        ],
+        // Two names of one file in a second mount; one is removed here: the
+        // other mount's next listing drops that name, keeping the other.
+        vec![
+            Op::Create {
+                path: P::Name("a".into()),
+                mode: 0o644,
+            },
+            Op::Close { h: any() },
+            Op::Rename {
+                from: P::Name("a".into()),
+                to: P::Name("d".into()),
+                noreplace: false,
+            },
+            Op::Link {
+                from: P::Name("d".into()),
+                to: P::Name("a".into()),
+            },
+            Op::SecondMount,
+            Op::Unlink {
+                path: P::Name("a".into()),
+            },
+            Op::SecondMount,
+        ],
+        // A directory only its file implies after a crash lost its mkdir: a
+        // rename of the file out of it keeps the directory.
+        vec![
+            Op::Mkdir {
+                path: P::Name("d".into()),
+                mode: 0o644,
+            },
+            Op::Create {
+                path: P::Name("d/a".into()),
+                mode: 0o644,
+            },
+            Op::Write {
+                h: any(),
+                at: At::End,
+                len: 1,
+                seed: 0,
+            },
+            Op::Close { h: any() },
+            Op::Crash,
+            Op::Rename {
+                from: P::Name("d/a".into()),
+                to: P::Name("a".into()),
+                noreplace: false,
+            },
+        ],
+        // A file being written under one name reads the same under another.
+        vec![
+            Op::Create {
+                path: P::Name("a".into()),
+                mode: 0o644,
+            },
+            Op::Close { h: any() },
+            Op::Mkdir {
+                path: P::Name("c".into()),
+                mode: 0o755,
+            },
+            Op::Link {
+                from: P::Name("a".into()),
+                to: P::Name("c/a".into()),
+            },
+            Op::OpenTrunc {
+                path: P::Name("c/a".into()),
+            },
+            Op::Write {
+                h: any(),
+                at: At::End,
+                len: 118,
+                seed: 0,
+            },
+            Op::Read {
+                path: P::Name("a".into()),
+                offset: 0,
+                len: 10,
+            },
+            Op::Remount,
         ],
     ];
     for ops in cases {

@@ -387,15 +387,7 @@ impl Fs {
             return;
         };
         let path = dir_node.child_path(name);
-        if dir != ROOT {
-            let explicit = self.journal.with_overlay(|o| {
-                o.get(&dir_node.path)
-                    .is_some_and(|e| e.shape == journal::Shape::Dir)
-            });
-            if !explicit {
-                records.push(dir_node.view().record_at(&dir_node.path));
-            }
-        }
+        records.extend(self.keep_dir(&dir_node));
         records.push(Record::Hide { path: path.clone() });
         let mut t = lock(&self.table);
         self.journal.record(records);
@@ -404,6 +396,19 @@ impl Fs {
         self.entries_changed(&mut t, &[dir]);
         drop(t);
         log::info!("{op} {path:?}: hidden (its bytes stay in the coffer)");
+    }
+
+    /// The record that keeps directory `dir` when only its entries imply it,
+    /// so it stays when one of them goes (rm, mv out), as directories do.
+    fn keep_dir(&self, dir: &Node) -> Option<Record> {
+        if dir.ino == ROOT {
+            return None;
+        }
+        let explicit = self.journal.with_overlay(|o| {
+            o.get(&dir.path)
+                .is_some_and(|e| e.shape == journal::Shape::Dir)
+        });
+        (!explicit).then(|| dir.view().record_at(&dir.path))
     }
 
     /// A hard-linked file lost a name and keeps others: its ctime changes
@@ -553,10 +558,14 @@ impl Fs {
         });
         // What was at the new path goes first, attributes and all: the moved
         // entry keeps only its own.
-        let mut records = match replaces {
-            Some(_) => vec![Record::Hide { path: to.clone() }],
-            None => Vec::new(),
-        };
+        let mut records: Vec<Record> = t
+            .get(parent)
+            .and_then(|d| self.keep_dir(d))
+            .into_iter()
+            .collect();
+        if replaces.is_some() {
+            records.push(Record::Hide { path: to.clone() });
+        }
         match (src.origin, writers.get(&src.ino)) {
             (Origin::Stored, _) => records.push(moved.record_at(&to)),
             // Being overwritten: the version it had moves; its close records

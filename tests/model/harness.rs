@@ -270,6 +270,10 @@ impl Harness {
                 nanos: *nanos,
             },
             Op::Unlink { path } => Op::Unlink { path: n(path) },
+            Op::Link { from, to } => Op::Link {
+                from: n(from),
+                to: n(to),
+            },
             Op::Rmdir { path } => Op::Rmdir { path: n(path) },
             Op::Read { path, offset, len } => Op::Read {
                 path: n(path),
@@ -303,7 +307,7 @@ impl Harness {
                     .model
                     .handles
                     .iter()
-                    .position(|h| h.live() && h.path == *p)
+                    .position(|h| h.live() && self.model.names(h).contains(&p.as_str()))
                 {
                     self.model.poison(i);
                 }
@@ -372,6 +376,7 @@ impl Harness {
                 self.utimens(&self.at(path), *secs, *nanos, faulty)
             }
             Op::Unlink { path } => self.unlink(&self.at(path), false, faulty),
+            Op::Link { from, to } => self.link(&self.at(from), &self.at(to), faulty),
             Op::Rmdir { path } => self.unlink(&self.at(path), true, faulty),
             Op::Read { path, offset, len } => self.read(&self.at(path), *offset, *len, faulty),
             Op::Remount => self.remount(),
@@ -572,6 +577,18 @@ impl Harness {
         Ok(())
     }
 
+    fn link(&mut self, from: &str, to: &str, faulty: bool) -> R<()> {
+        let exp = loosen(self.model.expect_link(from, to), faulty);
+        let got = self.resolve(from).and_then(|a| {
+            let np = self.parent(to)?;
+            errno(self.a().link(a.ino, np, OsStr::new(name_of(to))))
+        });
+        if check("link", exp, &got)? {
+            self.model.linked(from, to);
+        }
+        Ok(())
+    }
+
     fn mkdir(&mut self, path: &str, mode: u32, faulty: bool) -> R<()> {
         let exp = loosen(self.model.expect_add(path), faulty);
         let got = self.parent(path).and_then(|p| {
@@ -686,7 +703,7 @@ impl Harness {
             .model
             .handles
             .iter()
-            .position(|h| h.live() && h.path == path);
+            .position(|h| h.live() && self.model.names(h).contains(&path));
         let (exp, want) = match self.model.stored(path) {
             // A file being written reads through its writer.
             Err(libc::EBUSY) => {
@@ -1113,6 +1130,7 @@ fn adopt(snap: &Tree, seen: &BTreeMap<String, Seen>) -> Tree {
                     _ => What::Dir,
                 },
                 mode: s.perm,
+                link: None,
                 mtime: match s.what {
                     // A directory only implied by objects has no time of its own.
                     SeenWhat::Dir => MTime::Any,

@@ -32,6 +32,8 @@ pub struct Node {
     pub what: What,
     pub mode: u32,
     pub mtime: MTime,
+    /// Hard links: every path with the same number is one file.
+    pub link: Option<u64>,
 }
 
 impl Node {
@@ -93,6 +95,8 @@ pub struct Handle {
     pub unlinked: bool,
     /// The store's ledger mark when it opened: objects written since may be its.
     pub mark: usize,
+    /// The file's hard-link identity: its other names show what it writes.
+    pub link: Option<u64>,
 }
 
 impl Handle {
@@ -146,6 +150,8 @@ pub struct Model {
     pub own: Vec<(String, Bytes)>,
     /// This step made everything so far durable (fsync, a close that waited).
     pub durable_after_step: bool,
+    /// The last hard-link identity handed out.
+    next_link: u64,
 }
 
 pub fn parent_of(path: &str) -> Option<&str> {
@@ -170,6 +176,7 @@ impl Default for Model {
             step: 0,
             own: Vec::new(),
             durable_after_step: false,
+            next_link: 0,
         }
     }
 }
@@ -183,10 +190,50 @@ impl Model {
                 _ => return Err(libc::ENOTDIR),
             }
         }
-        if self.handles.iter().any(|h| h.live() && h.path == path) {
+        if self
+            .handles
+            .iter()
+            .any(|h| h.live() && self.names(h).contains(&path))
+        {
             return Ok(Found::Writing);
         }
         self.tree.get(path).map(Found::Node).ok_or(libc::ENOENT)
+    }
+
+    /// The paths that name the file handle `h` writes: its own, and its hard links'.
+    pub fn names<'a>(&'a self, h: &'a Handle) -> Vec<&'a str> {
+        let mut v = vec![h.path.as_str()];
+        if let Some(g) = h.link {
+            v.extend(
+                self.tree
+                    .iter()
+                    .filter(|(p, n)| n.link == Some(g) && **p != h.path)
+                    .map(|(p, _)| p.as_str()),
+            );
+        }
+        v
+    }
+
+    /// Other paths of the hard-linked file at `path`.
+    fn others(&self, path: &str) -> Vec<String> {
+        let Some(g) = self.tree.get(path).and_then(|n| n.link) else {
+            return Vec::new();
+        };
+        self.tree
+            .iter()
+            .filter(|(p, n)| n.link == Some(g) && *p != path)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Copies the node at `path` to its file's other names.
+    fn share(&mut self, path: &str) {
+        let Some(n) = self.tree.get(path).cloned() else {
+            return;
+        };
+        for q in self.others(path) {
+            self.tree.insert(q, n.clone());
+        }
     }
 
     /// Where a new entry `path` may go: its parent is a directory, the name is
@@ -215,14 +262,16 @@ impl Model {
             .map(|(p, n)| (p.clone(), Want::Node(n.clone())))
             .collect();
         for h in self.handles.iter().filter(|h| h.live()) {
-            m.insert(
-                h.path.clone(),
-                Want::Writing {
-                    data: Bytes::from(h.buf.clone()),
-                    mode: h.mode,
-                    tainted: h.tainted,
-                },
-            );
+            for p in self.names(h) {
+                m.insert(
+                    p.to_string(),
+                    Want::Writing {
+                        data: Bytes::from(h.buf.clone()),
+                        mode: h.mode,
+                        tainted: h.tainted,
+                    },
+                );
+            }
         }
         m
     }
@@ -274,6 +323,7 @@ impl Model {
             tainted: false,
             unlinked: false,
             mark,
+            link: None,
         });
     }
 
@@ -297,6 +347,7 @@ impl Model {
             tainted: false,
             unlinked: false,
             mark,
+            link: n.link,
         });
     }
 
@@ -338,11 +389,9 @@ impl Model {
     fn other_writer(&self, i: usize) -> bool {
         let h = &self.handles[i];
         !h.unlinked
-            && self
-                .handles
-                .iter()
-                .enumerate()
-                .any(|(j, o)| j != i && o.live() && o.path == h.path)
+            && self.handles.iter().enumerate().any(|(j, o)| {
+                j != i && o.live() && (o.path == h.path || (h.link.is_some() && o.link == h.link))
+            })
     }
 
     /// A write or truncate through handle `i` succeeded.
@@ -353,11 +402,12 @@ impl Model {
         if h.state != HState::Completed {
             return;
         }
-        let mode = self.tree.get(&h.path).map(|n| n.mode);
+        let node = self.tree.get(&h.path).map(|n| (n.mode, n.link));
         let h = &mut self.handles[i];
         h.state = HState::Open;
-        if let Some(m) = mode {
+        if let Some((m, link)) = node {
             h.mode = m;
+            h.link = link;
         }
     }
 
@@ -425,10 +475,12 @@ impl Model {
             what: What::File(Bytes::from(h.buf.clone())),
             mode: h.mode,
             mtime,
+            link: h.link,
         };
         let path = h.path.clone();
         let new = !self.tree.contains_key(&path);
         self.tree.insert(path.clone(), node);
+        self.share(&path);
         if new {
             self.touch_parent(&path);
         }
@@ -538,11 +590,26 @@ impl Model {
                 .any(|h| h.live() && parent_of(&h.path) == Some(dir))
     }
 
+    /// Whether `a` and `b` are names of one hard-linked file.
+    fn same_file(&self, a: &str, b: &str) -> bool {
+        let link = |p: &str| {
+            self.tree.get(p).and_then(|n| n.link).or_else(|| {
+                self.handles
+                    .iter()
+                    .find(|h| h.live() && h.path == p)
+                    .and_then(|h| h.link)
+            })
+        };
+        link(a).is_some() && link(a) == link(b)
+    }
+
     /// rename succeeded: the subtree moves with its contents and times.
     pub fn renamed(&mut self, from: &str, to: &str) {
-        if from == to {
+        if from == to || self.same_file(from, to) {
+            // Two names of one file: nothing happens (POSIX).
             return;
         }
+        let replaced = self.tree.get(to).and_then(|n| n.link);
         let moved: Vec<String> = self
             .tree
             .keys()
@@ -558,7 +625,7 @@ impl Model {
         for p in gone {
             self.tree.remove(&p);
         }
-        self.unlink_handles(to);
+        self.unlink_handles(to, replaced);
         for p in moved {
             if let Some(n) = self.tree.remove(&p) {
                 let q = format!("{to}{}", &p[from.len()..]);
@@ -589,9 +656,60 @@ impl Model {
                 what,
                 mode,
                 mtime: MTime::Fresh,
+                link: None,
             },
         );
         self.touch_parent(path);
+    }
+
+    /// link(2) of `from` to `to`, in the order `Fs` checks.
+    pub fn expect_link(&self, from: &str, to: &str) -> Exp {
+        let src = match self.find(from) {
+            Err(e) => return Exp::Err(e),
+            Ok(f) => f,
+        };
+        if let Some(p) = parent_of(to) {
+            match self.find(p) {
+                Err(e) => return Exp::Err(e),
+                Ok(Found::Node(n)) if n.is_dir() => {}
+                Ok(_) => return Exp::Err(libc::ENOTDIR),
+            }
+        }
+        if to == ".cofferfs" {
+            return Exp::Err(libc::EPERM);
+        }
+        match src {
+            Found::Node(n) if n.is_dir() => return Exp::Err(libc::EPERM),
+            Found::Writing => return Exp::Err(libc::EBUSY),
+            Found::Node(_) => {}
+        }
+        if self.find(to).is_ok() {
+            return Exp::Err(libc::EEXIST);
+        }
+        Exp::Ok
+    }
+
+    /// link succeeded: `to` names the file at `from`.
+    pub fn linked(&mut self, from: &str, to: &str) {
+        let link = match self.tree.get(from).and_then(|n| n.link) {
+            Some(g) => g,
+            None => {
+                self.next_link += 1;
+                self.next_link
+            }
+        };
+        let Some(n) = self.tree.get_mut(from) else {
+            return;
+        };
+        n.link = Some(link);
+        let n = n.clone();
+        self.tree.insert(to.to_string(), n);
+        for h in &mut self.handles {
+            if h.path == from {
+                h.link = Some(link);
+            }
+        }
+        self.touch_parent(to);
     }
 
     pub fn expect_unlink(&self, path: &str) -> Exp {
@@ -618,16 +736,33 @@ impl Model {
     }
 
     pub fn removed(&mut self, path: &str) {
-        self.tree.remove(path);
-        self.unlink_handles(path);
+        let link = self.tree.remove(path).and_then(|n| n.link);
+        let link = link.or_else(|| {
+            self.handles
+                .iter()
+                .find(|h| h.live() && h.path == path)
+                .and_then(|h| h.link)
+        });
+        self.unlink_handles(path, link);
         self.touch_parent(path);
     }
 
-    /// The file at `path` lost its name: its open handles go on, storing nothing.
-    fn unlink_handles(&mut self, path: &str) {
+    /// The file at `path` (hard-linked file `link`) lost that name: its open
+    /// handles go on through another name it has, or, when none is left,
+    /// store nothing.
+    fn unlink_handles(&mut self, path: &str, link: Option<u64>) {
+        let other = link.and_then(|g| {
+            self.tree
+                .iter()
+                .find(|(_, n)| n.link == Some(g))
+                .map(|(p, _)| p.clone())
+        });
         for h in &mut self.handles {
             if h.path == path {
-                h.unlinked = true;
+                match &other {
+                    Some(o) => h.path = o.clone(),
+                    None => h.unlinked = true,
+                }
             }
         }
     }
@@ -644,12 +779,14 @@ impl Model {
         if let Some(n) = self.tree.get_mut(path) {
             n.mode = mode;
         }
+        self.share(path);
     }
 
     pub fn utimensed(&mut self, path: &str, t: SystemTime) {
         if let Some(n) = self.tree.get_mut(path) {
             n.mtime = MTime::Pinned(t);
         }
+        self.share(path);
     }
 
     /// truncate(2) of a stored file succeeded.
@@ -668,6 +805,7 @@ impl Model {
                 self.durable_after_step = true;
             }
         }
+        self.share(path);
     }
 
     /// Marks every open handle as possibly hit by a background fault.

@@ -16,6 +16,9 @@ pub struct Table {
     open: HashMap<u64, u32>,
     /// Hard-linked files (`Attrs::link`) by identity: the inode of each.
     groups: HashMap<u64, u64>,
+    /// Names the listing being applied placed: a hard-linked file seen under
+    /// one name keeps only the names the listing showed.
+    placed: HashSet<(u64, String)>,
 }
 
 impl Default for Table {
@@ -48,6 +51,7 @@ impl Table {
             children: HashMap::from([(ROOT, BTreeMap::new())]),
             open: HashMap::new(),
             groups: HashMap::new(),
+            placed: HashSet::new(),
         }
     }
 
@@ -497,6 +501,7 @@ impl Table {
                 return None;
             }
         }
+        self.placed.insert((at, leaf.to_string()));
         self.upsert(at, leaf, entry, Origin::Stored, now)
     }
 
@@ -523,6 +528,7 @@ impl Table {
         let Some(prefix) = self.nodes.get(&dir).map(Node::prefix) else {
             return;
         };
+        self.placed.clear();
         let mut seen: HashSet<u64> = HashSet::from([dir]);
         let mut deferred = Vec::new();
         for obj in objects {
@@ -591,6 +597,7 @@ impl Table {
             }
         }
         self.prune(dir, &seen, now);
+        self.placed.clear();
     }
 
     /// Records `ino` and its ancestors up to `top` as shown by a listing.
@@ -618,8 +625,13 @@ impl Table {
                 continue;
             };
             let (kind, origin) = (node.kind, node.origin);
+            let linked = !node.aliases.is_empty();
             let keep = match kind {
                 Kind::Dir => self.prune(k, seen, now) || seen.contains(&k),
+                // A hard-linked file's other names do not keep this one.
+                _ if linked && origin == Origin::Stored => {
+                    self.placed.contains(&(dir, name.clone()))
+                }
                 _ => origin == Origin::Writing || seen.contains(&k),
             };
             if keep {
