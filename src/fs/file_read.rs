@@ -21,6 +21,8 @@ impl Fs {
             size: n.size,
         });
         let keep = match &object {
+            // Pages of a file being written may be out of date at once.
+            _ if n.origin == Origin::Writing => false,
             Some(o) => lock(&self.kernel_cached).insert(n.ino, o.clone()).as_ref() == Some(o),
             None => false,
         };
