@@ -359,7 +359,8 @@ impl Fs {
     /// unlink/rmdir hide the path on a writable mount (the bytes stay in the
     /// coffer). With --no-delete, an entry that holds coffer bytes (a file
     /// with data) is refused with EPERM; one that holds none (an empty file,
-    /// a symlink, a directory) can always go. Never while being written.
+    /// a symlink, a directory) can always go. A file being written may go too:
+    /// its handles keep it, unlinked (`Table::remove`).
     fn may_delete(&self, n: &Node, op: &str) -> FsResult<()> {
         self.writable(op, &n.path)?;
         if !self.cfg.allow_delete && n.kind == Kind::File && n.data.is_some() {
@@ -382,14 +383,13 @@ impl Fs {
     /// `n` is the entry at `dir`/`name` (a hard-linked file keeps its other
     /// names).
     fn hide(&self, n: &Node, dir: u64, name: &str, op: &str) {
-        let mut records = Vec::new();
-        let Some(dir_node) = lock(&self.table).get(dir).cloned() else {
+        let mut t = lock(&self.table);
+        let Some(dir_node) = t.get(dir).cloned() else {
             return;
         };
         let path = dir_node.child_path(name);
-        records.extend(self.keep_dir(&dir_node));
+        let mut records: Vec<Record> = self.keep_dir(&dir_node).into_iter().collect();
         records.push(Record::Hide { path: path.clone() });
-        let mut t = lock(&self.table);
         self.journal.record(records);
         t.unlink_name(dir, name);
         self.links_changed(&mut t, n.ino);
@@ -457,7 +457,7 @@ impl Fs {
                 ),
             ));
         }
-        if self.lookup_opt(newparent, OsStr::new(newname))?.is_some() {
+        if self.exists(newparent, newname)? {
             return Err(FsError::new(libc::EEXIST, format!("link: {to:?} exists")));
         }
         let _ns = lock(&self.ns);

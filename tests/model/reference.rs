@@ -538,22 +538,28 @@ impl Model {
 impl Model {
     // ---- namespace ------------------------------------------------------------
 
-    /// rename(2), in the order `Fs` checks (a user sees one errno either way).
-    pub fn expect_rename(&self, from: &str, to: &str, noreplace: bool) -> Exp {
-        let src = match self.find(from) {
-            Err(e) => return Exp::Err(e),
-            Ok(f) => f,
-        };
+    /// What rename and link check first, in `Fs`'s order: the source exists,
+    /// the target's parent is a directory, the target is not the reserved name.
+    fn source_and_target(&self, from: &str, to: &str) -> Result<Found<'_>, i32> {
+        let src = self.find(from)?;
         if let Some(p) = parent_of(to) {
-            match self.find(p) {
-                Err(e) => return Exp::Err(e),
-                Ok(Found::Node(n)) if n.is_dir() => {}
-                Ok(_) => return Exp::Err(libc::ENOTDIR),
+            match self.find(p)? {
+                Found::Node(n) if n.is_dir() => {}
+                _ => return Err(libc::ENOTDIR),
             }
         }
         if to == ".cofferfs" {
-            return Exp::Err(libc::EPERM);
+            return Err(libc::EPERM);
         }
+        Ok(src)
+    }
+
+    /// rename(2), in the order `Fs` checks (a user sees one errno either way).
+    pub fn expect_rename(&self, from: &str, to: &str, noreplace: bool) -> Exp {
+        let src = match self.source_and_target(from, to) {
+            Err(e) => return Exp::Err(e),
+            Ok(f) => f,
+        };
         let src = match src {
             Found::Node(n) => n.is_dir(),
             // A file being written moves; its close stores it where it is then.
@@ -664,20 +670,10 @@ impl Model {
 
     /// link(2) of `from` to `to`, in the order `Fs` checks.
     pub fn expect_link(&self, from: &str, to: &str) -> Exp {
-        let src = match self.find(from) {
+        let src = match self.source_and_target(from, to) {
             Err(e) => return Exp::Err(e),
             Ok(f) => f,
         };
-        if let Some(p) = parent_of(to) {
-            match self.find(p) {
-                Err(e) => return Exp::Err(e),
-                Ok(Found::Node(n)) if n.is_dir() => {}
-                Ok(_) => return Exp::Err(libc::ENOTDIR),
-            }
-        }
-        if to == ".cofferfs" {
-            return Exp::Err(libc::EPERM);
-        }
         match src {
             Found::Node(n) if n.is_dir() => return Exp::Err(libc::EPERM),
             Found::Writing => return Exp::Err(libc::EBUSY),

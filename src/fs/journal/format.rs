@@ -512,15 +512,12 @@ impl Overlay {
         // A new name of a hard-linked file takes its extended attributes.
         let mut xattrs = xattrs;
         if let Some(g) = attrs.link {
-            let m = self.members.entry(g).or_default();
-            if let Some(other) = m.iter().find(|p| *p != path).cloned() {
-                if let Some(e) = self.entries.get(&other) {
-                    xattrs = e.xattrs.clone();
-                }
+            let names = self.members.entry(g).or_default();
+            let other = names.iter().find(|p| *p != path);
+            if let Some(e) = other.and_then(|o| self.entries.get(o)) {
+                xattrs = e.xattrs.clone();
             }
-            if let Some(m) = self.members.get_mut(&g) {
-                m.insert(path.clone());
-            }
+            names.insert(path.clone());
         }
         self.entries.insert(
             path.clone(),

@@ -227,7 +227,7 @@ impl Table {
         origin: Origin,
         now: Instant,
     ) -> Option<u64> {
-        let path = self.nodes.get(&parent)?.child_path(name);
+        let path = self.path_at(parent, name)?;
         let link = new.attrs.link.filter(|_| new.kind != Kind::Dir);
         let here = self
             .children
@@ -367,26 +367,29 @@ impl Table {
     /// only loses its name: it stays, unlinked, for them.
     pub fn remove(&mut self, ino: u64) {
         let pinned = self.open.contains_key(&ino);
-        let node = match self.nodes.get_mut(&ino) {
+        // Every name it has goes.
+        let names = match self.nodes.get_mut(&ino) {
             Some(n) if pinned && n.kind != Kind::Dir => {
                 n.unlinked = true;
-                n.clone()
+                let mut v = std::mem::take(&mut n.aliases);
+                v.push((n.parent, n.name.clone()));
+                v
             }
             _ => match self.nodes.remove(&ino) {
-                Some(n) => n,
+                Some(n) => {
+                    let mut v = n.aliases;
+                    v.push((n.parent, n.name));
+                    v
+                }
                 None => return,
             },
         };
-        for (p, k) in std::iter::once((node.parent, node.name.clone())).chain(node.aliases.clone())
-        {
+        for (p, k) in names {
             if let Some(c) = self.children.get_mut(&p) {
                 if c.get(&k) == Some(&ino) {
                     c.remove(&k);
                 }
             }
-        }
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            n.aliases.clear();
         }
         if let Some(kids) = self.children.remove(&ino) {
             for k in kids.into_values() {
