@@ -2,6 +2,7 @@
 //! metadata in redb, so every commit is one transaction. Keys are data, never paths.
 //! Must not know HTTP or operations: it answers with `DiskError` codes, never responses.
 
+use super::wal::{self, Mark, Placed, Wal};
 use crate::protocol::ErrorCode;
 use crate::protocol::{hex, multipart_etag, rules, unhex};
 use md5::{Digest, Md5};
@@ -19,10 +20,13 @@ const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("parts");
 const COMPLETED: TableDefinition<&str, &str> = TableDefinition::new("completed");
 /// The bytes of small PutObjects, by the id in their record's `file`.
 const INLINE: TableDefinition<&str, &[u8]> = TableDefinition::new("inline");
+/// The server's own state: `wal`, the small-put log's `Mark`.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// A PutObject this small is kept in the database, not in a file of its own:
-/// then storing it takes one fsync (the commit) instead of three (its file,
-/// the directory it is renamed into, the commit), and no inode.
+/// then storing it takes one sync of the small-put log (`wal.rs`) instead of
+/// three fsyncs (its file, the directory it is renamed into, the commit), and
+/// no inode.
 pub const INLINE_MAX: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +128,8 @@ fn from_json<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, DiskError> {
 pub struct Disk {
     root: PathBuf,
     db: Database,
+    /// Makes small puts durable without a synced commit each.
+    wal: Wal,
     /// Keys with a PutObject streaming in (one writer per key).
     putting: Mutex<HashSet<String>>,
     /// Uploads with a Complete in progress.
@@ -218,11 +224,14 @@ impl Disk {
             io!(tx.open_table(PARTS))?;
             io!(tx.open_table(COMPLETED))?;
             io!(tx.open_table(INLINE))?;
+            io!(tx.open_table(META))?;
             io!(tx.commit())?;
         }
+        let wal = replay_wal(&db, &root.join("wal"))?;
         let disk = Disk {
             root: root.to_path_buf(),
             db,
+            wal,
             putting: Mutex::new(HashSet::new()),
             completing: Mutex::new(HashSet::new()),
         };
@@ -545,15 +554,34 @@ impl Disk {
             inline: true,
             parts: Vec::new(),
         };
-        let tx = io!(self.db.begin_write())?;
+        let mut tx = io!(self.db.begin_write())?;
         self.check_free(coffer, key, &tx)?;
-        {
-            let mut t = io!(tx.open_table(OBJECTS))?;
-            io!(t.insert(obj_key(coffer, key).as_str(), to_json(&rec)?.as_slice()))?;
-            let mut t = io!(tx.open_table(INLINE))?;
-            io!(t.insert(rec.file.as_str(), bytes.as_slice()))?;
+        let entry = wal::Entry {
+            coffer: coffer.to_string(),
+            key: key.to_string(),
+            rec: to_json(&rec)?,
+            bytes,
+        };
+        insert_small(&tx, &entry)?;
+        let placed = io!(self.wal.append(&entry))?;
+        let mark = match placed {
+            Placed::Logged { mark, .. } | Placed::Durable { mark } => mark,
+        };
+        let committed = (|| {
+            io!(io!(tx.open_table(META))?.insert("wal", mark.to_bytes().as_slice()))?;
+            if let Placed::Logged { .. } = placed {
+                tx.set_durability(redb::Durability::None);
+            }
+            io!(tx.commit())
+        })();
+        if let Err(e) = committed {
+            self.wal.undo(placed);
+            return Err(e);
         }
-        io!(tx.commit())?;
+        match placed {
+            Placed::Logged { mark, .. } => io!(self.wal.sync(mark.seq))?,
+            Placed::Durable { mark } => self.wal.restart(mark),
+        }
         Ok(rec)
     }
 
@@ -883,6 +911,49 @@ impl Disk {
 /// The stored parts of upload `id`, in part-number order.
 /// Removes upload `id` of `coffer/key` from the table (inside the caller's
 /// transaction), or says NoSuchUpload.
+/// Adds a small put's object and bytes to `tx`.
+fn insert_small(tx: &redb::WriteTransaction, e: &wal::Entry) -> Result<(), DiskError> {
+    let rec: ObjectRec = from_json(&e.rec)?;
+    let mut t = io!(tx.open_table(OBJECTS))?;
+    io!(t.insert(obj_key(&e.coffer, &e.key).as_str(), e.rec.as_slice()))?;
+    let mut t = io!(tx.open_table(INLINE))?;
+    io!(t.insert(rec.file.as_str(), e.bytes.as_slice()))?;
+    Ok(())
+}
+
+/// Opens the small-put log and redoes, in one durable commit, the puts it
+/// holds after the database's last durable commit (a crash lost their
+/// unsynced commits, never their answers' promise).
+fn replay_wal(db: &Database, path: &Path) -> Result<Wal, DiskError> {
+    let mark = {
+        let tx = io!(db.begin_read())?;
+        let meta = io!(tx.open_table(META))?;
+        let got = io!(meta.get("wal"))?;
+        got.and_then(|v| Mark::from_bytes(v.value()))
+            .unwrap_or_default()
+    };
+    let (wal, pending) = io!(Wal::open(path, mark))?;
+    let Some(&(last, _)) = pending.last() else {
+        return Ok(wal);
+    };
+    let tx = io!(db.begin_write())?;
+    for (_, e) in &pending {
+        let taken =
+            io!(io!(tx.open_table(OBJECTS))?.get(obj_key(&e.coffer, &e.key).as_str()))?.is_some();
+        if taken {
+            log::warn!("small-put log: {}/{} is already stored", e.coffer, e.key);
+            continue;
+        }
+        insert_small(&tx, e)?;
+    }
+    let mark = Mark { seq: last, next: 0 };
+    io!(io!(tx.open_table(META))?.insert("wal", mark.to_bytes().as_slice()))?;
+    io!(tx.commit())?;
+    wal.restart(mark);
+    log::info!("small-put log: {} puts redone", pending.len());
+    Ok(wal)
+}
+
 fn take_upload(
     uploads: &mut redb::Table<&str, &[u8]>,
     coffer: &str,

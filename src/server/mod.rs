@@ -16,6 +16,7 @@ mod multipart;
 mod objects;
 mod op;
 mod test_api;
+mod wal;
 
 pub use conn::{parse_conn_idle_timeout, parse_header_timeout, parse_max_connections, ConnLimits};
 
