@@ -561,6 +561,7 @@ impl Disk {
             key: key.to_string(),
             rec: to_json(&rec)?,
             bytes,
+            md5: digest,
         };
         insert_small(&tx, &entry)?;
         let placed = io!(self.wal.append(&entry))?;

@@ -30,8 +30,9 @@ const LOG_SIZE: u64 = 8 << 20;
 /// (redb frees pages only in synced commits) and bounds replay.
 const DURABLE_EVERY: u64 = 1024;
 const MAGIC: &[u8; 4] = b"CWL1";
-/// magic, payload length (u32), sequence number (u64), MD5 of sequence and payload.
-const HEADER: usize = 4 + 4 + 8 + 16;
+/// magic, payload length (u32), length of the payload before the bytes
+/// (u32), sequence number (u64), MD5 of sequence and that part of the payload.
+const HEADER: usize = 4 + 4 + 4 + 8 + 16;
 
 /// A small PutObject as the log holds it: enough to redo its transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,22 +42,29 @@ pub struct Entry {
     /// The object's record, as the database stores it (JSON).
     pub rec: Vec<u8>,
     pub bytes: Vec<u8>,
+    /// The bytes' MD5, which the put computed as they came in: the record's
+    /// checksum covers it, so the hot path hashes the bytes only once.
+    pub md5: [u8; 16],
 }
 
 impl Entry {
-    /// Coffer, key and record, each after its length (u32), then the bytes.
-    fn encode(&self) -> Vec<u8> {
+    /// Coffer, key and record, each after its length (u32), the MD5, then
+    /// the bytes; and where the bytes begin.
+    fn encode(&self) -> (Vec<u8>, usize) {
         let mut out = Vec::with_capacity(
-            12 + self.coffer.len() + self.key.len() + self.rec.len() + self.bytes.len(),
+            28 + self.coffer.len() + self.key.len() + self.rec.len() + self.bytes.len(),
         );
         for field in [self.coffer.as_bytes(), self.key.as_bytes(), &self.rec] {
             out.extend_from_slice(&(field.len() as u32).to_le_bytes());
             out.extend_from_slice(field);
         }
+        out.extend_from_slice(&self.md5);
+        let head = out.len();
         out.extend_from_slice(&self.bytes);
-        out
+        (out, head)
     }
 
+    /// The entry, if its bytes match their MD5.
     fn decode(mut b: &[u8]) -> Option<Entry> {
         let mut field = || {
             let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
@@ -67,11 +75,15 @@ impl Entry {
         let coffer = String::from_utf8(field()?).ok()?;
         let key = String::from_utf8(field()?).ok()?;
         let rec = field()?;
-        Some(Entry {
+        let md5: [u8; 16] = b.get(..16)?.try_into().ok()?;
+        let bytes = b.get(16..)?.to_vec();
+        let ok = <[u8; 16]>::from(Md5::digest(&bytes)) == md5;
+        ok.then_some(Entry {
             coffer,
             key,
             rec,
-            bytes: b.to_vec(),
+            bytes,
+            md5,
         })
     }
 }
@@ -177,7 +189,7 @@ impl Wal {
     /// durable commit instead. Call only inside the database's write
     /// transaction, which orders appends as it orders commits.
     pub fn append(&self, entry: &Entry) -> io::Result<Placed> {
-        let payload = entry.encode();
+        let (payload, head) = entry.encode();
         let len = (HEADER + payload.len()) as u64;
         let mut s = lock(&self.state);
         let seq = s.seq + 1;
@@ -189,8 +201,9 @@ impl Wal {
         let mut rec = Vec::with_capacity(len as usize);
         rec.extend_from_slice(MAGIC);
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&(head as u32).to_le_bytes());
         rec.extend_from_slice(&seq.to_le_bytes());
-        rec.extend_from_slice(&digest(seq, &payload));
+        rec.extend_from_slice(&digest(seq, &payload[..head]));
         rec.extend_from_slice(&payload);
         let at = s.head;
         self.file.write_all_at(&rec, at)?;
@@ -285,16 +298,16 @@ fn read_after(file: &File, size: u64, mark: Mark) -> io::Result<Vec<(u64, Entry)
         if file.read_exact_at(&mut header, at).is_err() || &header[..4] != MAGIC {
             break;
         }
-        let len = u64::from(u32::from_le_bytes([
-            header[4], header[5], header[6], header[7],
-        ]));
-        let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-        if seq != want || at + HEADER as u64 + len > size {
+        let u32_at =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let (len, head) = (u64::from(u32_at(4)), u32_at(8) as usize);
+        let seq = u64::from_le_bytes(header[12..20].try_into().unwrap_or_default());
+        if seq != want || at + HEADER as u64 + len > size || head as u64 > len {
             break;
         }
         let mut payload = vec![0u8; len as usize];
         file.read_exact_at(&mut payload, at + HEADER as u64)?;
-        if digest(seq, &payload)[..] != header[16..] {
+        if digest(seq, &payload[..head])[..] != header[20..] {
             break;
         }
         match Entry::decode(&payload) {
@@ -320,6 +333,7 @@ mod tests {
             key: key.into(),
             rec: b"{}".to_vec(),
             bytes: vec![7; 100],
+            md5: Md5::digest([7; 100]).into(),
         }
     }
 
@@ -404,6 +418,7 @@ mod tests {
         let (wal, _) = Wal::open(&dir.path().join("wal"), Mark::default()).unwrap();
         let big = Entry {
             bytes: vec![1; 60 << 10],
+            md5: Md5::digest(vec![1; 60 << 10]).into(),
             ..entry("big")
         };
         let mut n = 0;
