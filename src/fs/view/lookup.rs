@@ -63,11 +63,7 @@ impl Fs {
             a.nlink = u32::try_from(names.max(n.aliases.len() + 1)).unwrap_or(u32::MAX);
         }
         if n.kind == Kind::Dir && n.listed.is_some() {
-            let subdirs = t
-                .children(n.ino)
-                .iter()
-                .filter(|c| c.kind == Kind::Dir)
-                .count();
+            let subdirs = t.subdirs(n.ino);
             a.nlink = u32::try_from(subdirs.saturating_add(2)).unwrap_or(u32::MAX);
         }
         a

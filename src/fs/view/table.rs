@@ -11,6 +11,10 @@ use std::time::{Instant, SystemTime};
 pub struct Table {
     nodes: HashMap<u64, Node>,
     children: HashMap<u64, BTreeMap<String, u64>>,
+    /// How many of each directory's children are directories (its link
+    /// count): kept as directories come and go, since every stat of a
+    /// directory asks and a count would walk all its entries.
+    subdirs: HashMap<u64, usize>,
     /// Open handles per file: a file removed while open stays, unlinked,
     /// until its last handle goes (POSIX: an open file outlives its name).
     open: HashMap<u64, u32>,
@@ -49,6 +53,7 @@ impl Table {
         Table {
             nodes: HashMap::from([(ROOT, root)]),
             children: HashMap::from([(ROOT, BTreeMap::new())]),
+            subdirs: HashMap::new(),
             open: HashMap::new(),
             groups: HashMap::new(),
             placed: HashSet::new(),
@@ -74,6 +79,16 @@ impl Table {
             .get(&parent)
             .map(|c| c.values().filter_map(|i| self.nodes.get(i)).collect())
             .unwrap_or_default()
+    }
+
+    /// How many direct children are directories.
+    pub fn subdirs(&self, parent: u64) -> usize {
+        self.subdirs.get(&parent).copied().unwrap_or(0)
+    }
+
+    fn count_subdir(&mut self, parent: u64, added: bool) {
+        let n = self.subdirs.entry(parent).or_default();
+        *n = if added { *n + 1 } else { n.saturating_sub(1) };
     }
 
     /// Direct children with the names they have here (a hard-linked file's
@@ -281,6 +296,7 @@ impl Table {
                     node.path
                 );
                 self.children.entry(ino).or_default();
+                self.count_subdir(parent, true);
             }
             let node = self.nodes.get_mut(&ino)?;
             node.kind = new.kind;
@@ -305,6 +321,7 @@ impl Table {
         }
         if new.kind == Kind::Dir {
             self.children.insert(ino, BTreeMap::new());
+            self.count_subdir(parent, true);
         }
         self.nodes.insert(
             ino,
@@ -367,6 +384,13 @@ impl Table {
     /// only loses its name: it stays, unlinked, for them.
     pub fn remove(&mut self, ino: u64) {
         let pinned = self.open.contains_key(&ino);
+        if let Some(n) = self.nodes.get(&ino).filter(|n| n.kind == Kind::Dir) {
+            if self.children.get(&n.parent).and_then(|c| c.get(&n.name)) == Some(&ino) {
+                let parent = n.parent;
+                self.count_subdir(parent, false);
+            }
+            self.subdirs.remove(&ino);
+        }
         // Every name it has goes.
         let names = match self.nodes.get_mut(&ino) {
             Some(n) if pinned && n.kind != Kind::Dir => {
@@ -409,9 +433,12 @@ impl Table {
         let Some(node) = self.nodes.get(&ino) else {
             return;
         };
-        let (old_parent, old_name) = (node.parent, node.name.clone());
+        let (old_parent, old_name, is_dir) =
+            (node.parent, node.name.clone(), node.kind == Kind::Dir);
         if let Some(c) = self.children.get_mut(&old_parent) {
-            c.remove(&old_name);
+            if c.remove(&old_name).is_some() && is_dir {
+                self.count_subdir(old_parent, false);
+            }
         }
         let Some(parent_path) = self.nodes.get(&parent).map(|p| p.path.clone()) else {
             return;
@@ -424,6 +451,9 @@ impl Table {
             .entry(parent)
             .or_default()
             .insert(name.to_string(), ino);
+        if is_dir {
+            self.count_subdir(parent, true);
+        }
         self.repath(ino, &join(&parent_path, name));
     }
 
@@ -821,6 +851,60 @@ mod tests {
         assert_eq!(t.free_ino(ROOT), 2);
         assert_eq!(t.free_ino(u64::MAX), u64::MAX);
         assert_eq!(t.free_ino(u64::from(u32::MAX)), u64::from(u32::MAX) + 1);
+    }
+
+    /// Every directory's kept count of subdirectories, against a count.
+    fn assert_subdirs_counted(t: &Table) {
+        for (ino, n) in &t.nodes {
+            if n.kind == Kind::Dir {
+                let counted = t
+                    .children(*ino)
+                    .iter()
+                    .filter(|c| c.kind == Kind::Dir)
+                    .count();
+                assert_eq!(t.subdirs(*ino), counted, "{:?}", n.path);
+            }
+        }
+    }
+
+    #[test]
+    fn directories_keep_their_count_of_subdirectories_through_every_change() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let now = Instant::now();
+        t.apply_listing(
+            ROOT,
+            &[obj("a/b/c", 1), obj("a/d/e", 1), obj("x", 1), obj("y/z", 1)],
+            &none,
+            now,
+        );
+        assert_eq!(t.subdirs(ROOT), 2);
+        assert_subdirs_counted(&t);
+        let a = t.child(ROOT, "a").expect("a").ino;
+        let b = t.child(a, "b").expect("b").ino;
+        let y = t.child(ROOT, "y").expect("y").ino;
+        // Moved under another directory, renamed over a directory, removed.
+        t.rename(b, y, "b");
+        assert_eq!((t.subdirs(a), t.subdirs(y)), (1, 1));
+        let d = t.child(a, "d").expect("d").ino;
+        t.rename(d, y, "b");
+        assert_eq!((t.subdirs(a), t.subdirs(y)), (0, 1));
+        assert_subdirs_counted(&t);
+        t.upsert(
+            a,
+            "new",
+            ViewEntry::dir(Attrs::default(), SystemTime::now()),
+            Origin::Stored,
+            now,
+        );
+        assert_eq!(t.subdirs(a), 1);
+        t.remove(y);
+        assert_eq!(t.subdirs(ROOT), 1);
+        assert_subdirs_counted(&t);
+        // A listing that no longer shows them drops them, and their counts.
+        t.apply_listing(ROOT, &[obj("x", 1)], &none, now);
+        assert_subdirs_counted(&t);
+        assert_eq!(t.subdirs(ROOT), 0);
     }
 
     #[test]
