@@ -16,8 +16,8 @@ impl Fs {
     /// it cached from an earlier open (the same object version).
     pub(super) fn open_read(&self, n: &Node) -> (u64, bool) {
         let object = n.data.as_ref().map(|d| ObjectId {
-            key: d.key.as_str().into(),
-            etag: d.etag.as_str().into(),
+            key: (*d.key).into(),
+            etag: (*d.etag).into(),
             size: n.size,
         });
         let keep = match &object {

@@ -1,11 +1,12 @@
-//! One entry of the view: its inode number and place (parent, name, path), kind,
-//! size, where its bytes are, attributes, and when the coffer last confirmed it;
-//! and `ViewEntry`, what the coffer or the journal says a path is. Pure data: no
-//! locks, no network, no FUSE.
+//! One entry of the view: its inode number and place (parent, name, and the
+//! parent's path, shared with its siblings), kind, size, where its bytes are,
+//! attributes, and when the coffer last confirmed it; and `ViewEntry`, what the
+//! coffer or the journal says a path is. Pure data: no locks, no network, no FUSE.
 
 use crate::fs::journal::{Attrs, Record, Shape, SpecialKind};
 use crate::fs::to_timestamp;
 use crate::store::ObjectMeta;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub const ROOT: u64 = 1;
@@ -34,29 +35,64 @@ pub enum Origin {
     Writing,
 }
 
-/// Where a file's bytes are.
+/// Where a file's bytes are. Boxed strings: a table holds one per file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Data {
-    pub key: String,
-    pub etag: String,
+    pub key: Box<str>,
+    pub etag: Box<str>,
+}
+
+/// A node's recorded attributes: most entries (objects other tools wrote)
+/// have none, and hold no allocation for them. Reads as an `Attrs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAttrs(Option<Box<Attrs>>);
+
+static NO_ATTRS: Attrs = Attrs {
+    mode: None,
+    uid: None,
+    gid: None,
+    mtime: None,
+    ctime: None,
+    atime: None,
+    link: None,
+};
+
+impl From<Attrs> for NodeAttrs {
+    fn from(a: Attrs) -> NodeAttrs {
+        NodeAttrs((a != Attrs::default()).then(|| Box::new(a)))
+    }
+}
+
+impl std::ops::Deref for NodeAttrs {
+    type Target = Attrs;
+    fn deref(&self) -> &Attrs {
+        self.0.as_deref().unwrap_or(&NO_ATTRS)
+    }
+}
+
+impl std::ops::DerefMut for NodeAttrs {
+    fn deref_mut(&mut self) -> &mut Attrs {
+        self.0.get_or_insert_with(Box::default)
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Node {
     pub ino: u64,
     pub parent: u64,
-    pub name: String,
-    /// The path in the mount, without a leading `/`; empty for the root.
-    pub path: String,
+    /// The parent's path (see `path`), shared by every entry of the directory.
+    pub dir: Arc<str>,
+    /// Shared with the parent's map of names.
+    pub name: Arc<str>,
     pub kind: Kind,
     pub origin: Origin,
     pub size: u64,
     /// Files: the object holding the bytes (`None`: empty file, or being written).
     pub data: Option<Data>,
     /// Symlinks: the target.
-    pub target: Option<String>,
+    pub target: Option<Box<str>>,
     /// Recorded attributes; unset fields show the mount's defaults.
-    pub attrs: Attrs,
+    pub attrs: NodeAttrs,
     /// Shown when no mtime is recorded: the object's time, or creation here.
     pub mtime: SystemTime,
     /// When the coffer last confirmed this entry (listing or HEAD).
@@ -69,37 +105,47 @@ pub struct Node {
     /// Hard links: the file's other names, as (parent, name). `parent`,
     /// `name` and `path` are one of its names; the journal applies what is
     /// recorded at any of them to all.
-    pub aliases: Vec<(u64, String)>,
+    pub aliases: Vec<(u64, Arc<str>)>,
 }
 
 impl Node {
+    /// The path in the mount, without a leading `/`; empty for the root.
+    pub fn path(&self) -> String {
+        if self.name.is_empty() {
+            String::new()
+        } else {
+            join(&self.dir, &self.name)
+        }
+    }
+
     /// What the view says this entry is, without its place in the table.
     pub fn view(&self) -> ViewEntry {
         ViewEntry {
             kind: self.kind,
             size: self.size,
             data: self.data.clone(),
-            target: self.target.clone(),
-            attrs: self.attrs,
+            target: self.target.as_deref().map(String::from),
+            attrs: *self.attrs,
             mtime: self.mtime,
         }
     }
 
     /// The path of a child called `name`.
     pub fn child_path(&self, name: &str) -> String {
-        join(&self.path, name)
+        join(&self.path(), name)
     }
 
     /// The listing prefix of this directory's subtree.
     pub fn prefix(&self) -> String {
-        if self.path.is_empty() {
+        if self.name.is_empty() {
             String::new()
         } else {
-            format!("{}/", self.path)
+            format!("{}/", self.path())
         }
     }
 }
 
+/// `dir/name`, or `name` at the root (`dir` empty).
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()
@@ -137,9 +183,9 @@ impl ViewEntry {
             },
             (Kind::File, Some(d), _) => Record::Bind {
                 path,
-                key: d.key.clone(),
+                key: d.key.to_string(),
                 size: self.size,
-                etag: d.etag.clone(),
+                etag: d.etag.to_string(),
                 attrs,
             },
             (Kind::File, None, _) => Record::File { path, attrs },
@@ -169,8 +215,8 @@ impl ViewEntry {
             kind: Kind::File,
             size: meta.size,
             data: Some(Data {
-                key: meta.key.clone(),
-                etag: meta.etag.clone(),
+                key: meta.key.as_str().into(),
+                etag: meta.etag.as_str().into(),
             }),
             target: None,
             attrs,
@@ -203,8 +249,8 @@ impl ViewEntry {
                 kind: Kind::File,
                 size: *size,
                 data: Some(Data {
-                    key: key.clone(),
-                    etag: etag.clone(),
+                    key: key.as_str().into(),
+                    etag: etag.as_str().into(),
                 }),
                 target: None,
                 attrs,
