@@ -541,6 +541,9 @@ impl Fs {
                 (false, false) => {}
             }
         }
+        // Every entry beneath a directory is recorded at its new path: none
+        // may leave the table between the listing and the records.
+        let _hold = self.hold_table();
         if src.kind == Kind::Dir {
             self.list_subtree(&src)?;
         }

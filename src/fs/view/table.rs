@@ -1,6 +1,7 @@
 //! The inode table: inode numbers ↔ (parent, name), and how listings and the
-//! journal's overlay fill it. Pure bookkeeping: no network, no FUSE, no locks
-//! (the caller holds it under `Fs::table`).
+//! journal's overlay fill it; what the kernel holds is `forget`'s. Pure
+//! bookkeeping: no network, no FUSE, no locks (the caller holds it under
+//! `Fs::table`).
 
 use super::node::{join, usable_name, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
 use crate::fs::journal::{Overlay, Shape};
@@ -8,6 +9,8 @@ use crate::store::ObjectMeta;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+mod forget;
 
 /// A directory's entries by name, and its path, which every entry shares as
 /// its `Node::dir`.
@@ -43,6 +46,15 @@ pub struct Table {
     /// Names the listing being applied placed: a hard-linked file seen under
     /// one name keeps only the names the listing showed.
     placed: HashSet<(u64, String)>,
+    /// The kernel's references to each inode (FUSE's lookup count): every
+    /// entry it was given adds one, `forget` takes them back. Kept apart from
+    /// `nodes`: the kernel may hold a number whose entry is gone.
+    kernel: HashMap<u64, u64>,
+    /// `hold`s in force, the inodes forgotten meanwhile, and how many
+    /// entries left the table since `take_evicted`.
+    holds: u32,
+    deferred: Vec<u64>,
+    evicted: usize,
 }
 
 impl Default for Table {
@@ -76,6 +88,10 @@ impl Table {
             open: HashMap::new(),
             groups: HashMap::new(),
             placed: HashSet::new(),
+            kernel: HashMap::new(),
+            holds: 0,
+            deferred: Vec::new(),
+            evicted: 0,
         }
     }
 
