@@ -24,9 +24,10 @@ pub const CHECKPOINT_AT_UNMOUNT: u64 = 100;
 
 #[derive(Default)]
 pub(super) struct State {
-    /// The newest checkpoint read or written: its overlay and the last batch
-    /// key it covers (batches up to it are not read again).
-    pub(super) checkpoint: Overlay,
+    /// The newest checkpoint read or written (its key; a replay from it reads
+    /// it again) and the last batch key it covers (batches up to it are not
+    /// read again).
+    pub(super) checkpoint: Option<String>,
     pub(super) floor: String,
     /// Batches applied since that checkpoint.
     pub(super) since_checkpoint: u64,

@@ -648,7 +648,7 @@ impl Table {
                 self.mark_seen(i, dir, &mut seen);
             }
         }
-        for (path, e) in overlay.entries() {
+        for (path, e) in overlay.entries_under(&prefix) {
             let Some(rest) = path.strip_prefix(&prefix) else {
                 continue;
             };
