@@ -363,7 +363,7 @@ impl Fs {
     /// its handles keep it, unlinked (`Table::remove`).
     fn may_delete(&self, n: &Node, op: &str) -> FsResult<()> {
         self.writable(op, &n.path())?;
-        if !self.cfg.allow_delete && n.kind == Kind::File && n.data.is_some() {
+        if !self.cfg.allow_delete && n.kind == Kind::File && n.has_data() {
             return Err(FsError::new(
                 libc::EPERM,
                 format!(

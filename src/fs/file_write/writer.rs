@@ -107,7 +107,7 @@ fn process_of(pid: u32) -> u32 {
 
 /// The stored version a file's edit starts from.
 fn source(n: &Node) -> Option<Source> {
-    n.data.as_ref().map(|d| Source {
+    n.data().map(|d| Source {
         key: d.key.to_string(),
         etag: d.etag.to_string(),
         size: n.size,
@@ -303,7 +303,7 @@ impl Fs {
             (Some(attrs), _) => {
                 n.origin = Origin::Stored;
                 n.size = 0;
-                n.data = None;
+                n.set_data(None);
                 n.attrs = attrs.into();
                 Record::File {
                     path: path.clone(),
@@ -317,7 +317,7 @@ impl Fs {
             (None, Some(v)) => {
                 n.origin = Origin::Stored;
                 n.size = v.size;
-                n.data = v.data.clone();
+                n.set_data(v.data.clone());
                 n.attrs = v.attrs.into();
                 n.mtime = v.mtime;
                 v.record_at(&path)
@@ -493,7 +493,7 @@ impl Fs {
                         n.origin = Origin::Stored;
                         if let Some(v) = &before {
                             n.size = v.size;
-                            n.data = v.data.clone();
+                            n.set_data(v.data.clone());
                         }
                     }
                 }
@@ -517,7 +517,7 @@ impl Fs {
                     if let Some(n) = lock(&self.table).get_mut(w.ino) {
                         n.attrs = attrs.into();
                         n.size = 0;
-                        n.data = None;
+                        n.set_data(None);
                     }
                 }
                 if end == End::Fsync {
@@ -566,10 +566,10 @@ impl Fs {
         if let Some(n) = t.get_mut(w.ino) {
             n.attrs = attrs.into();
             n.size = size;
-            n.data = Some(Data {
+            n.set_data(Some(Data {
                 key: key.into(),
                 etag: etag.into(),
-            });
+            }));
         }
         t.mark_stored(w.ino, Instant::now());
         Ok(())
@@ -701,7 +701,7 @@ impl Fs {
         if let Some(n) = lock(&self.table).get_mut(ino) {
             n.attrs = attrs.into();
             n.size = size;
-            n.data = data;
+            n.set_data(data);
         }
         Ok(())
     }

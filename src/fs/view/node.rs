@@ -35,11 +35,126 @@ pub enum Origin {
     Writing,
 }
 
-/// Where a file's bytes are. Boxed strings: a table holds one per file.
+/// Where a file's bytes are. Compact: a table holds one per file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Data {
     pub key: Box<str>,
-    pub etag: Box<str>,
+    pub etag: Etag,
+}
+
+/// An object's ETag as the service sent it; an MD5 in lowercase hex (most
+/// ETags) is kept as its 16 bytes. `to_string` gives the text back.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Etag {
+    Md5([u8; 16]),
+    Text(Box<str>),
+}
+
+impl From<&str> for Etag {
+    fn from(s: &str) -> Etag {
+        let hex = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let b = s.as_bytes();
+        if b.len() == 32 {
+            let mut out = [0u8; 16];
+            let all =
+                out.iter_mut()
+                    .enumerate()
+                    .all(|(i, o)| match (hex(b[2 * i]), hex(b[2 * i + 1])) {
+                        (Some(h), Some(l)) => {
+                            *o = h << 4 | l;
+                            true
+                        }
+                        _ => false,
+                    });
+            if all {
+                return Etag::Md5(out);
+            }
+        }
+        Etag::Text(s.into())
+    }
+}
+
+impl From<String> for Etag {
+    fn from(s: String) -> Etag {
+        Etag::from(s.as_str())
+    }
+}
+
+impl std::fmt::Display for Etag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Etag::Md5(d) => d.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            Etag::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl std::fmt::Debug for Etag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+/// A hard-linked file's other names, as (parent, name); no allocation for
+/// the files that have none (nearly all).
+#[derive(Debug, Clone, Default)]
+// Boxed: 8 bytes in every node, not a Vec's 24, for what few files have.
+#[allow(clippy::box_collection)]
+pub struct Aliases(Option<Box<Vec<Alias>>>);
+
+/// One name of a hard-linked file: (parent, name).
+pub type Alias = (u64, Arc<str>);
+
+impl Aliases {
+    pub fn push(&mut self, a: Alias) {
+        self.0.get_or_insert_with(Box::default).push(a);
+    }
+
+    pub fn remove(&mut self, i: usize) -> Alias {
+        let v = self.0.get_or_insert_with(Box::default);
+        let a = v.remove(i);
+        if v.is_empty() {
+            self.0 = None;
+        }
+        a
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&Alias) -> bool) {
+        if let Some(v) = &mut self.0 {
+            v.retain(keep);
+            if v.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Aliases {
+    type Target = [Alias];
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::DerefMut for Aliases {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match &mut self.0 {
+            Some(v) => v.as_mut_slice(),
+            None => &mut [],
+        }
+    }
+}
+
+impl IntoIterator for Aliases {
+    type Item = Alias;
+    type IntoIter = std::vec::IntoIter<Alias>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.map(|v| *v).unwrap_or_default().into_iter()
+    }
 }
 
 /// A node's recorded attributes: most entries (objects other tools wrote)
@@ -87,8 +202,10 @@ pub struct Node {
     pub kind: Kind,
     pub origin: Origin,
     pub size: u64,
-    /// Files: the object holding the bytes (`None`: empty file, or being written).
-    pub data: Option<Data>,
+    /// Files: the object holding the bytes (`None`: empty file, or being
+    /// written), read with `data()`. An empty key: the object at the path
+    /// the node has now (most files), which is not stored twice.
+    pub(super) data: Option<Data>,
     /// Symlinks: the target.
     pub target: Option<Box<str>>,
     /// Recorded attributes; unset fields show the mount's defaults.
@@ -105,7 +222,7 @@ pub struct Node {
     /// Hard links: the file's other names, as (parent, name). `parent`,
     /// `name` and `path` are one of its names; the journal applies what is
     /// recorded at any of them to all.
-    pub aliases: Vec<(u64, Arc<str>)>,
+    pub aliases: Aliases,
 }
 
 impl Node {
@@ -118,12 +235,54 @@ impl Node {
         }
     }
 
+    /// Files: the object holding the bytes (`None`: empty file, or being written).
+    pub fn data(&self) -> Option<Data> {
+        let d = self.data.as_ref()?;
+        Some(Data {
+            key: if d.key.is_empty() {
+                self.path().into()
+            } else {
+                d.key.clone()
+            },
+            etag: d.etag.clone(),
+        })
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.data.is_some()
+    }
+
+    pub fn set_data(&mut self, data: Option<Data>) {
+        self.data = data;
+    }
+
+    /// `set_data`, leaving out a key that is the node's own path.
+    pub(super) fn set_data_here(&mut self, data: Option<Data>) {
+        let path = self.path();
+        self.data = data;
+        if let Some(d) = &mut self.data {
+            if *d.key == *path {
+                d.key = "".into();
+            }
+        }
+    }
+
+    /// The node's path is about to change: a key left out becomes explicit.
+    pub(super) fn keep_key(&mut self) {
+        let path = self.path();
+        if let Some(d) = &mut self.data {
+            if d.key.is_empty() {
+                d.key = path.into();
+            }
+        }
+    }
+
     /// What the view says this entry is, without its place in the table.
     pub fn view(&self) -> ViewEntry {
         ViewEntry {
             kind: self.kind,
             size: self.size,
-            data: self.data.clone(),
+            data: self.data(),
             target: self.target.as_deref().map(String::from),
             attrs: *self.attrs,
             mtime: self.mtime,
@@ -275,4 +434,22 @@ impl ViewEntry {
 /// A key segment that can be a file name here.
 pub fn usable_name(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && s.len() <= 255 && !s.contains('\0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Etag;
+
+    #[test]
+    fn an_etag_reads_back_as_the_service_sent_it() {
+        let md5 = "0123456789abcdef0123456789abcdef";
+        assert!(matches!(Etag::from(md5), Etag::Md5(_)));
+        for e in [md5, "0123456789ABCDEF0123456789ABCDEF", "abc-2", "", "e"] {
+            assert_eq!(Etag::from(e).to_string(), e);
+        }
+        assert_ne!(
+            Etag::from(md5),
+            Etag::from("0123456789abcdef0123456789abcdee")
+        );
+    }
 }

@@ -80,7 +80,7 @@ impl Table {
             seen: Instant::now(),
             listed: None,
             unlinked: false,
-            aliases: Vec::new(),
+            aliases: Default::default(),
         };
         Table {
             nodes: HashMap::from([(ROOT, Box::new(root))]),
@@ -235,6 +235,7 @@ impl Table {
             };
             let dir = self.dir_path(p);
             if let Some(n) = self.get_mut(ino) {
+                n.keep_key();
                 n.parent = p;
                 n.name = k;
                 n.dir = dir;
@@ -271,7 +272,7 @@ impl Table {
         }
         let name: Arc<str> = name.into();
         if let Some(n) = self.get_mut(ino) {
-            for a in &mut n.aliases {
+            for a in n.aliases.iter_mut() {
                 if a.0 == from_parent && &*a.1 == from_name {
                     *a = (parent, Arc::clone(&name));
                 }
@@ -306,7 +307,7 @@ impl Table {
                 node.seen = now;
                 if !(node.origin == Origin::Writing && origin == Origin::Stored) {
                     node.size = new.size;
-                    node.data = new.data;
+                    node.set_data(new.data);
                     node.attrs = new.attrs.into();
                 }
                 return Some(ino);
@@ -347,7 +348,7 @@ impl Table {
             let node = self.get_mut(ino)?;
             node.kind = new.kind;
             node.size = new.size;
-            node.data = new.data;
+            node.set_data_here(new.data);
             node.target = new.target.map(Into::into);
             node.attrs = new.attrs.into();
             node.mtime = new.mtime;
@@ -381,16 +382,19 @@ impl Table {
                 kind,
                 origin,
                 size: new.size,
-                data: new.data,
+                data: None,
                 target: new.target.map(Into::into),
                 attrs: new.attrs.into(),
                 mtime: new.mtime,
                 seen: now,
                 listed: None,
                 unlinked: false,
-                aliases: Vec::new(),
+                aliases: Default::default(),
             }),
         );
+        if let Some(n) = self.get_mut(ino) {
+            n.set_data_here(new.data);
+        }
         if kind == Kind::Dir {
             self.dir_path(ino);
         }
@@ -490,6 +494,7 @@ impl Table {
         let dir = self.dir_path(parent);
         let name: Arc<str> = name.into();
         if let Some(n) = self.get_mut(ino) {
+            n.keep_key();
             n.parent = parent;
             n.name = Arc::clone(&name);
             n.dir = Arc::clone(&dir);
@@ -514,6 +519,7 @@ impl Table {
             if n.parent != ino {
                 continue;
             }
+            n.keep_key();
             n.dir = Arc::clone(&path);
             let sub: Arc<str> = join(&path, &n.name).into();
             self.repath(k, sub);
@@ -681,7 +687,8 @@ impl Table {
             }
         }
         self.prune(dir, &seen, now);
-        self.placed.clear();
+        // Its memory too: it held a name per entry of the listing.
+        self.placed = HashSet::new();
     }
 
     /// Records `ino` and its ancestors up to `top` as shown by a listing.
@@ -914,6 +921,11 @@ mod tests {
         let z = t.child(ROOT, "z").expect("z").ino;
         let b = t.child(z, "b").expect("b").ino;
         assert_eq!(t.child(b, "c").map(Node::path).as_deref(), Some("z/b/c"));
+        // Its bytes are still the object at its old path.
+        let data = t.child(b, "c").and_then(Node::data).expect("data");
+        assert_eq!(&*data.key, "a/b/c");
+        let x = t.child(ROOT, "x").and_then(Node::data).expect("x");
+        assert_eq!((&*x.key, x.etag.to_string().as_str()), ("x", "e"));
         assert!(t.child(ROOT, "a").is_none());
     }
 
