@@ -206,6 +206,7 @@ fn run_foreground(cfg: MountConfig) -> Result<(), CommandError> {
     // back to the kernel when freed.
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
+    crate::fs::memory::bound_arenas();
     let started = start(&cfg);
     let (session, fs, server) = match started {
         Ok(s) => s,

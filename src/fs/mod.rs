@@ -9,7 +9,8 @@
 //! - `privs`: setuid/setgid bits a write takes away;
 //! - `handles`: the handle table, open and release;
 //! - `file_write/`, `file_read`, `dir`: what open files and directories do;
-//! - `journal/`: the metadata journal's format, commit and replay.
+//! - `journal/`: the metadata journal's format, commit and replay;
+//! - `memory`: what the kernel holds, what it forgot, memory given back.
 //!
 //! Talks to the network only through `ObjectStore` (and the journal through
 //! `journal::Committer`); knows no FUSE (`fuse` adapts it).
@@ -23,6 +24,7 @@ mod file_write;
 pub mod fuse;
 mod handles;
 pub mod journal;
+pub mod memory;
 mod namespace;
 pub mod private_dir;
 mod privs;
@@ -194,6 +196,8 @@ pub struct Fs {
     table: Mutex<Table>,
     handles: Handles,
     stopping: AtomicBool,
+    /// Entries evicted from the table since memory was last given back.
+    evicted: std::sync::atomic::AtomicUsize,
     /// Held while the namespace changes shape: a rename's records, and the
     /// creation or settling of a file, are made under it, so a file made in a
     /// directory that is being renamed lands at one path or the other, whole.
@@ -301,6 +305,7 @@ impl Fs {
             table: Mutex::new(Table::new()),
             handles: Handles::new(),
             stopping: AtomicBool::new(false),
+            evicted: std::sync::atomic::AtomicUsize::new(0),
             ns: Mutex::new(()),
         });
         fs.load_root();
@@ -315,6 +320,7 @@ impl Fs {
                     return;
                 }
                 fs.reload_journal();
+                fs.settle_memory();
             })
             .map_err(|e| FsError::new(libc::EIO, format!("cannot start a thread: {e}")))?;
         Ok(fs)

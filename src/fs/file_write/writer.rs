@@ -107,9 +107,9 @@ fn process_of(pid: u32) -> u32 {
 
 /// The stored version a file's edit starts from.
 fn source(n: &Node) -> Option<Source> {
-    n.data.as_ref().map(|d| Source {
-        key: d.key.clone(),
-        etag: d.etag.clone(),
+    n.data().map(|d| Source {
+        key: d.key.to_string(),
+        etag: d.etag.to_string(),
         size: n.size,
     })
 }
@@ -119,7 +119,7 @@ impl Fs {
     /// handle is writing).
     pub(in crate::fs) fn open_write(&self, n: Node, flags: i32, pid: u32) -> FsResult<(u64, bool)> {
         let ino = n.ino;
-        self.writable("open for writing", &n.path)?;
+        self.writable("open for writing", &n.path())?;
         // New bytes for an existing path go to a fresh key; the old version stays.
         let key = crate::fs::data_key();
         let truncating = flags & libc::O_TRUNC != 0;
@@ -136,13 +136,13 @@ impl Fs {
         if node.origin == Origin::Writing {
             return Err(FsError::new(
                 libc::EBUSY,
-                format!("open {:?}: being written", n.path),
+                format!("open {:?}: being written", n.path()),
             ));
         }
         node.origin = Origin::Writing;
         node.size = size;
         if truncating {
-            node.attrs = node.attrs.merged(touched_now());
+            node.attrs = node.attrs.merged(touched_now()).into();
         }
         drop(t);
         lock(&self.kernel_cached).remove(&ino);
@@ -174,7 +174,7 @@ impl Fs {
             Ok(()) => {
                 if let Some(n) = lock(&self.table).get_mut(w.ino) {
                     n.size = size;
-                    n.attrs = n.attrs.merged(touched_now());
+                    n.attrs = n.attrs.merged(touched_now()).into();
                 }
                 Ok(data.len() as u32)
             }
@@ -202,7 +202,7 @@ impl Fs {
             if n.origin == Origin::Writing && !n.unlinked {
                 return Err(FsError::new(
                     libc::EBUSY,
-                    format!("write {:?}: another handle is writing it", n.path),
+                    format!("write {:?}: another handle is writing it", n.path()),
                 ));
             }
             // A close that stored the file empty (a shell's or dd's dup'd
@@ -289,7 +289,7 @@ impl Fs {
     /// goes). Returns the path and the record that says so in the journal.
     fn fall_back(&self, t: &mut crate::fs::view::Table, w: &Writer) -> Option<(String, Record)> {
         let n = t.get_mut(w.ino)?;
-        let path = n.path.clone();
+        let path = n.path();
         if n.unlinked {
             // Nothing of it is in the view or to be recorded any more.
             return None;
@@ -303,8 +303,8 @@ impl Fs {
             (Some(attrs), _) => {
                 n.origin = Origin::Stored;
                 n.size = 0;
-                n.data = None;
-                n.attrs = attrs;
+                n.set_data(None);
+                n.attrs = attrs.into();
                 Record::File {
                     path: path.clone(),
                     attrs,
@@ -317,8 +317,8 @@ impl Fs {
             (None, Some(v)) => {
                 n.origin = Origin::Stored;
                 n.size = v.size;
-                n.data = v.data.clone();
-                n.attrs = v.attrs;
+                n.set_data(v.data.clone());
+                n.attrs = v.attrs.into();
                 n.mtime = v.mtime;
                 v.record_at(&path)
             }
@@ -473,17 +473,17 @@ impl Fs {
         // The mode given at create stands unless one was set since.
         let attrs = Attrs {
             mode: node.attrs.mode.or(Some(u32::from(w.mode))),
-            ..node.attrs
+            ..*node.attrs
         };
         let record = match result {
             Finished::Unchanged => {
                 // Opened for writing, closed without a change: the old bytes stand.
                 let before = lock(&w.before).clone();
                 let v = before.as_ref().map(|v| v.attrs);
-                if v.is_some_and(|v| v != node.attrs) {
+                if v.is_some_and(|v| v != *node.attrs) {
                     self.journal.record(vec![Record::Attr {
-                        path: node.path.clone(),
-                        attrs: node.attrs,
+                        path: node.path(),
+                        attrs: *node.attrs,
                     }]);
                 }
                 let mut t = lock(&self.table);
@@ -493,7 +493,7 @@ impl Fs {
                         n.origin = Origin::Stored;
                         if let Some(v) = &before {
                             n.size = v.size;
-                            n.data = v.data.clone();
+                            n.set_data(v.data.clone());
                         }
                     }
                 }
@@ -515,9 +515,9 @@ impl Fs {
                     *recorded = Some(attrs);
                     *lock(&w.journal_version) = Some(attrs);
                     if let Some(n) = lock(&self.table).get_mut(w.ino) {
-                        n.attrs = attrs;
+                        n.attrs = attrs.into();
                         n.size = 0;
-                        n.data = None;
+                        n.set_data(None);
                     }
                 }
                 if end == End::Fsync {
@@ -531,7 +531,7 @@ impl Fs {
                 return Ok(());
             }
             Finished::Stored { key, etag, size } => {
-                log::debug!("stored {:?}: {size} bytes, ETag {etag}", node.path);
+                log::debug!("stored {:?}: {size} bytes, ETag {etag}", node.path());
                 (key, etag, size)
             }
         };
@@ -564,9 +564,12 @@ impl Fs {
         }
         let mut t = lock(&self.table);
         if let Some(n) = t.get_mut(w.ino) {
-            n.attrs = attrs;
+            n.attrs = attrs.into();
             n.size = size;
-            n.data = Some(Data { key, etag });
+            n.set_data(Some(Data {
+                key: key.into(),
+                etag: etag.into(),
+            }));
         }
         t.mark_stored(w.ino, Instant::now());
         Ok(())
@@ -576,7 +579,7 @@ impl Fs {
     fn live_path(&self, ino: u64) -> FsResult<Option<String>> {
         lock(&self.table)
             .get(ino)
-            .map(|n| (!n.unlinked).then(|| n.path.clone()))
+            .map(|n| (!n.unlinked).then(|| n.path()))
             .ok_or_else(|| FsError::new(libc::EIO, "the file's entry vanished"))
     }
 
@@ -589,7 +592,7 @@ impl Fs {
         if node.kind == Kind::Dir {
             return Err(FsError::new(
                 libc::EISDIR,
-                format!("{:?}: a directory", node.path),
+                format!("{:?}: a directory", node.path()),
             ));
         }
         if size > crate::protocol::rules::MAX_OBJECT_SIZE {
@@ -597,7 +600,7 @@ impl Fs {
                 libc::EFBIG,
                 format!(
                     "truncate {:?} to {size}: objects cannot exceed {} bytes",
-                    node.path,
+                    node.path(),
                     crate::protocol::rules::MAX_OBJECT_SIZE
                 ),
             ));
@@ -628,7 +631,7 @@ impl Fs {
                     n.size = size;
                     // As POSIX says: the times change when the size does.
                     if changes {
-                        n.attrs = n.attrs.merged(touched_now());
+                        n.attrs = n.attrs.merged(touched_now()).into();
                     }
                 }
                 return Ok(());
@@ -642,7 +645,7 @@ impl Fs {
             // No path to record a version at; only its handles see it.
             if let Some(n) = lock(&self.table).get_mut(node.ino) {
                 n.size = size;
-                n.attrs = attrs;
+                n.attrs = attrs.into();
             }
             return Ok(());
         }
@@ -650,7 +653,7 @@ impl Fs {
             // An empty file needs no object: the journal holds it. The old bytes
             // stay in the coffer.
             let record = Record::File {
-                path: node.path.clone(),
+                path: node.path(),
                 attrs,
             };
             return self.settle(node.ino, attrs, record, None, 0);
@@ -662,13 +665,16 @@ impl Fs {
         match w.finish()? {
             Finished::Stored { key, etag, size } => {
                 let record = Record::Bind {
-                    path: node.path.clone(),
+                    path: node.path(),
                     key: key.clone(),
                     size,
                     etag: etag.clone(),
                     attrs,
                 };
-                let data = Data { key, etag };
+                let data = Data {
+                    key: key.into(),
+                    etag: etag.into(),
+                };
                 self.settle(node.ino, attrs, record, Some(data), size)
             }
             Finished::Empty | Finished::Unchanged => Ok(()),
@@ -693,9 +699,9 @@ impl Fs {
         };
         self.journal.store_or_withdraw(ticket)?;
         if let Some(n) = lock(&self.table).get_mut(ino) {
-            n.attrs = attrs;
+            n.attrs = attrs.into();
             n.size = size;
-            n.data = data;
+            n.set_data(data);
         }
         Ok(())
     }

@@ -270,7 +270,30 @@ impl Checkpoint {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        Checkpoint::encode_of(&self.upto, &self.overlay)
+    }
+
+    /// `Checkpoint::new(upto, overlay).encode()` without copying `overlay`.
+    pub fn encode_of(upto: &str, overlay: &Overlay) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            format: &'a str,
+            version: u32,
+            upto: &'a str,
+            overlay: &'a Overlay,
+        }
+        let version = if overlay.needs_version_2() {
+            VERSION
+        } else {
+            BASE_VERSION
+        };
+        serde_json::to_vec(&Borrowed {
+            format: CHECKPOINT_FORMAT,
+            version,
+            upto,
+            overlay,
+        })
+        .unwrap_or_default()
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Checkpoint, JournalError> {
@@ -334,8 +357,8 @@ pub struct Entry {
 }
 
 /// Paths the journal speaks of, and which object-derived paths it hides.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(from = "OverlayData", into = "OverlayData")]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "OverlayData")]
 pub struct Overlay {
     entries: BTreeMap<String, Entry>,
     hidden: std::collections::BTreeSet<String>,
@@ -366,12 +389,20 @@ impl From<OverlayData> for Overlay {
     }
 }
 
-impl From<Overlay> for OverlayData {
-    fn from(o: Overlay) -> OverlayData {
-        OverlayData {
-            entries: o.entries,
-            hidden: o.hidden,
+/// `OverlayData` by reference: a checkpoint is encoded without a copy.
+#[derive(Serialize)]
+struct OverlayRef<'a> {
+    entries: &'a BTreeMap<String, Entry>,
+    hidden: &'a BTreeSet<String>,
+}
+
+impl Serialize for Overlay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        OverlayRef {
+            entries: &self.entries,
+            hidden: &self.hidden,
         }
+        .serialize(s)
     }
 }
 
@@ -598,6 +629,21 @@ impl Overlay {
             .filter(|(_, e)| e.shape != Shape::AttrsOnly)
     }
 
+    /// `entries` whose path starts with `prefix` (a directory's listing
+    /// prefix, `dir/`, or "" for all): a range of the ordered map, not a scan.
+    pub fn entries_under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
+        self.entries
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.shape != Shape::AttrsOnly)
+    }
+
     /// Whether the overlay shows anything beneath `path/`.
     pub fn has_entries_under(&self, path: &str) -> bool {
         let prefix = format!("{path}/");
@@ -785,6 +831,30 @@ mod tests {
         let e = o.get("f").expect("f");
         assert_eq!(e.attrs.mode, Some(0o600));
         assert!(matches!(&e.shape, Shape::Object { key, .. } if key == ".f.tmp"));
+    }
+
+    #[test]
+    fn entries_under_a_prefix_are_a_range_of_the_ordered_map() {
+        let mut o = Overlay::default();
+        for p in ["a", "a-b", "a/x", "a/y/z", "ab", "b"] {
+            o.apply(&Record::Mkdir {
+                path: p.into(),
+                attrs: Attrs::default(),
+            });
+        }
+        o.apply(&Record::Attr {
+            path: "a/only-attrs".into(),
+            attrs: attrs(0o600),
+        });
+        let under: Vec<&str> = o.entries_under("a/").map(|(p, _)| p.as_str()).collect();
+        assert_eq!(under, ["a/x", "a/y/z"]);
+        assert_eq!(o.entries_under("").count(), o.entries().count());
+        assert_eq!(o.entries_under("c/").count(), 0);
+        // A checkpoint encoded from a borrowed overlay is the one `new` makes.
+        let by_ref = Checkpoint::encode_of("k", &o);
+        assert_eq!(by_ref, Checkpoint::new("k", o.clone()).encode());
+        let back = Checkpoint::decode("k", &by_ref).expect("decode");
+        assert_eq!(back.overlay, o);
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Fs {
         if n.kind != Kind::Dir {
             return Err(FsError::new(
                 libc::ENOTDIR,
-                format!("{:?}: not a directory", n.path),
+                format!("{:?}: not a directory", n.path()),
             ));
         }
         Ok(n)
@@ -231,8 +231,13 @@ impl Fs {
 
     pub fn readlink(&self, ino: u64) -> FsResult<String> {
         let n = self.node(ino)?;
-        n.target
-            .ok_or_else(|| FsError::new(libc::EINVAL, format!("{:?}: not a symlink", n.path)))
+        match n.target {
+            Some(t) => Ok(t.into()),
+            None => Err(FsError::new(
+                libc::EINVAL,
+                format!("{:?}: not a symlink", n.path()),
+            )),
+        }
     }
 
     /// `parent/name` if it exists (asking the coffer when the table cannot tell);
@@ -283,6 +288,6 @@ impl Fs {
 
 fn root_from_journal(t: &mut Table, o: &crate::fs::journal::Overlay) {
     if let (Some(root), Some(attrs)) = (t.get_mut(ROOT), o.attrs("")) {
-        root.attrs = attrs;
+        root.attrs = attrs.into();
     }
 }
