@@ -4,6 +4,17 @@
 //! the coffer only; walks the journal through `fs::journal::history`. Printing
 //! happens here, parsing in main.rs.
 
+pub mod log;
+mod restore;
+pub mod versions;
+
+pub use self::log::{log, LogEntry, LogFilter};
+pub use restore::get_as_of;
+pub use versions::{versions, End, Version};
+
+use crate::commands::CommandError;
+use crate::fs::error::FsError;
+
 /// A time in microseconds since the epoch as RFC 3339 in UTC with
 /// microseconds, which `--as-of`, `--since` and `--until` read back exactly.
 pub fn format_micros(micros: u64) -> String {
@@ -12,6 +23,26 @@ pub fn format_micros(micros: u64) -> String {
     match chrono::DateTime::from_timestamp(secs, nanos) {
         Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         None => format!("{micros}µs"),
+    }
+}
+
+/// A `SystemTime` in microseconds since the epoch (0 before it).
+pub(crate) fn micros_of(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl From<FsError> for CommandError {
+    fn from(e: FsError) -> CommandError {
+        CommandError::Usage(e.message)
+    }
+}
+
+fn write_err(e: std::io::Error) -> CommandError {
+    CommandError::Io {
+        path: "stdout".into(),
+        source: e,
     }
 }
 
