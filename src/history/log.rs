@@ -11,6 +11,7 @@ use crate::fs::journal::{Attrs, Batch, Overlay, Record, Shape, Writer};
 use crate::store::ObjectStore;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 /// Which records to show.
 #[derive(Debug, Clone, Default)]
@@ -279,12 +280,9 @@ pub fn log(
     let mut linked = HashMap::new();
     let mut failed = None;
     let stopped = walk(store, &start.floor, until, |key, b| {
-        if failed.is_some() {
-            return;
-        }
         let lines = batch_lines(key, b, &mut o, &mut linked);
         if batch_micros(key).unwrap_or(0) < since {
-            return;
+            return ControlFlow::Continue(());
         }
         for l in lines.iter().filter(|l| {
             l.path.starts_with(&filter.prefix)
@@ -293,10 +291,12 @@ pub fn log(
                     .is_some_and(|t| t.starts_with(&filter.prefix))
         }) {
             if let Err(e) = each(l) {
+                // Printing failed (a closed pipe): read no further.
                 failed = Some(e);
-                return;
+                return ControlFlow::Break(());
             }
         }
+        ControlFlow::Continue(())
     })?;
     if let Some(e) = failed {
         return Err(e);

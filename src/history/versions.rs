@@ -14,6 +14,7 @@ use crate::fs::journal::{Overlay, Record, Shape};
 use crate::store::{ObjectMeta, ObjectStore};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 /// What ended a version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -315,6 +316,7 @@ pub fn versions(store: &dyn ObjectStore, path: &str) -> Result<Vec<Version>, Com
                 });
             }
         }
+        ControlFlow::Continue(())
     })?;
     if let Some(e) = stopped {
         log::warn!("{e}: versions after it are not shown");

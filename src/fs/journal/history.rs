@@ -8,6 +8,7 @@ use super::committer::{Committer, State};
 use super::format::{Batch, Checkpoint, JournalError, Overlay, CHECKPOINT_PREFIX, JOURNAL_PREFIX};
 use crate::fs::error::{FsError, FsResult};
 use crate::store::{ListAll, ObjectStore};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -87,14 +88,14 @@ fn fetch_one(store: &dyn ObjectStore, key: &str) -> FsResult<Fetched> {
 }
 
 /// Calls `each` with every batch whose key sorts after `after` and whose time
-/// is at most `until`, in key order. Stops at a batch of a later format and
-/// returns why (later batches may build on it). Listing and fetching run on
-/// other threads, a window ahead of `each`.
+/// is at most `until`, in key order, until it says to stop. Stops at a batch
+/// of a later format and returns why (later batches may build on it).
+/// Listing and fetching run on other threads, a window ahead of `each`.
 pub fn walk(
     store: &dyn ObjectStore,
     after: &str,
     until: u64,
-    mut each: impl FnMut(&str, &Batch),
+    mut each: impl FnMut(&str, &Batch) -> ControlFlow<()>,
 ) -> FsResult<Option<JournalError>> {
     std::thread::scope(|s| {
         // One window waits while the next is fetched: bounded memory.
@@ -120,7 +121,11 @@ pub fn walk(
         for window in rx {
             for (key, got) in window? {
                 match got {
-                    Fetched::Batch(b) => each(&key, &b),
+                    Fetched::Batch(b) => {
+                        if each(&key, &b).is_break() {
+                            return Ok(None);
+                        }
+                    }
                     Fetched::Skipped => {}
                     Fetched::Newer(e) => return Ok(Some(e)),
                 }
@@ -223,6 +228,7 @@ pub fn replay_as_of(store: &dyn ObjectStore, until: u64) -> FsResult<AsOf> {
         }
         batches += 1;
         last = Some(key.to_string());
+        ControlFlow::Continue(())
     })?;
     Ok(AsOf {
         overlay,
