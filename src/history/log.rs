@@ -373,6 +373,36 @@ mod tests {
     }
 
     #[test]
+    fn a_line_names_the_writer_or_a_dash_for_batches_from_before_writers() {
+        let mut o = Overlay::default();
+        let mut b = Batch::new("m", 1, vec![Record::Hide { path: "".into() }]);
+        let old = batch_lines("k", &b, &mut o, &mut HashMap::new());
+        b.writer = Some(Writer {
+            host: "nas".into(),
+            user: "alice".into(),
+            uid: Some(1000),
+            version: "0.1.0".into(),
+        });
+        let new = batch_lines("k", &b, &mut o, &mut HashMap::new());
+        let text = |e: &LogEntry| {
+            let mut out = Vec::new();
+            print(e, false, &mut out).expect("print");
+            String::from_utf8(out).expect("utf-8")
+        };
+        assert!(
+            text(&old[0]).ends_with("  -  remove   .\n"),
+            "{}",
+            text(&old[0])
+        );
+        assert!(text(&new[0]).ends_with("  alice@nas  remove   .\n"));
+        let mut json = Vec::new();
+        print(&new[0], true, &mut json).expect("print");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+        assert_eq!(v["writer"]["host"], "nas");
+        assert_eq!(v["op"], "remove");
+    }
+
+    #[test]
     fn renames_and_links_read_as_one_line_each() {
         let mut o = Overlay::default();
         let mut linked = HashMap::new();
