@@ -330,7 +330,9 @@ impl Committer {
                 s.attempts += 1;
                 let key = batch_key(now_micros().max(s.last_micros() + 1), &self.mount_id, s.seq);
                 let records = s.in_flight.iter().map(|(_, r)| r.clone()).collect();
-                (Batch::new(&self.mount_id, s.seq, records), key)
+                let mut batch = Batch::new(&self.mount_id, s.seq, records);
+                batch.writer = Some(super::writer::this_process().clone());
+                (batch, key)
             };
             let n = batch.records.len() as u64;
             let body = Bytes::from(batch.encode());

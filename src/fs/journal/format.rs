@@ -174,6 +174,26 @@ pub struct Batch {
     pub mount: String,
     pub seq: u64,
     pub records: Vec<Record>,
+    /// Who stored the batch (`cofferfs log`). Optional in every version:
+    /// batches before it have none, and mounts before it ignore it as they
+    /// ignore any field they do not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<Writer>,
+}
+
+/// The writer of a batch: the machine, the user the mount runs as, and the
+/// cofferfs release (the mount's id is the batch's `mount`). Fields a reader
+/// does not know are ignored; absent ones read as empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub version: String,
 }
 
 /// Why a batch or checkpoint cannot be used.
@@ -230,6 +250,7 @@ impl Batch {
             mount: mount.into(),
             seq,
             records,
+            writer: None,
         }
     }
 
@@ -761,6 +782,36 @@ mod tests {
           "hidden":[]}}"#;
         let cp = Checkpoint::decode("c", cp).expect("decode");
         assert_eq!(cp.overlay.attrs("f"), Some(attrs(0o644)));
+    }
+
+    #[test]
+    fn a_batchs_writer_is_optional_and_unknown_batch_fields_are_ignored() {
+        let mut b = Batch::new("m", 1, vec![Record::Hide { path: "x".into() }]);
+        b.writer = Some(Writer {
+            host: "h".into(),
+            user: "u".into(),
+            uid: Some(7),
+            version: "0.1.0".into(),
+        });
+        assert_eq!(b.version, BASE_VERSION, "a writer needs no later version");
+        let text = String::from_utf8(b.encode()).expect("utf-8");
+        assert!(
+            text.contains(r#""writer":{"host":"h","user":"u","uid":7,"version":"0.1.0"}"#),
+            "{text}"
+        );
+        assert_eq!(Batch::decode("k", text.as_bytes()), Ok(b));
+        // Written before the writer existed: none.
+        let old = br#"{"format":"cofferfs-journal","version":1,"mount":"m","seq":1,"records":[]}"#;
+        assert_eq!(Batch::decode("k", old).expect("decode").writer, None);
+        // A batch field a mount does not know (as `writer` is to mounts before
+        // it) is skipped, as are a writer's unknown fields.
+        let later = br#"{"format":"cofferfs-journal","version":1,"mount":"m","seq":1,"records":[],
+          "someday":{"a":1},"writer":{"host":"h","pid":3}}"#;
+        let b = Batch::decode("k", later).expect("decode");
+        assert_eq!(
+            b.writer.map(|w| (w.host, w.user, w.uid)),
+            Some(("h".into(), String::new(), None))
+        );
     }
 
     #[test]

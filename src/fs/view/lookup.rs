@@ -88,6 +88,13 @@ impl Fs {
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let a = self.lookup_view(parent, name)?;
+        // As of a past time, a version since expired is not there.
+        self.check_version(a.ino)?;
+        Ok(a)
+    }
+
+    fn lookup_view(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
         if parent == ROOT && name == RESERVED {
