@@ -48,12 +48,11 @@ pub(in crate::fs) struct Writer {
     /// stands: a rename of a directory above moves it. A leaf lock: taken
     /// alone or last, never while taking another.
     pub(in crate::fs) journal_version: Mutex<Option<Attrs>>,
-    /// The process that opened it (0: unknown). Only its closes store the
-    /// file: a child that inherited the descriptor (`{ cat a; cat b; } > f`)
-    /// closes its copy while the opener goes on writing.
-    pub(in crate::fs) opener: u32,
-    /// The thread that opened it (0: unknown): its own close needs no look
-    /// into /proc (a tenth of the mount's CPU for many small files).
+    /// The thread that opened it (0: unknown). Only closes by its process
+    /// store the file: a child that inherited the descriptor (`{ cat a; cat
+    /// b; } > f`) closes its copy while the opener goes on writing. The
+    /// process is looked up in /proc only when another thread closes: the
+    /// look costs a tenth of the mount's CPU for many small files.
     pub(in crate::fs) opener_thread: u32,
     /// Its failure was handled: the path shows its old version again, and
     /// may since be another handle's to write.
@@ -82,7 +81,6 @@ impl Writer {
             empty_recorded: Mutex::new(None),
             empty_synced: Mutex::new(None),
             journal_version: Mutex::new(None),
-            opener: process_of(pid),
             opener_thread: pid,
             abandoned: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
@@ -390,11 +388,11 @@ impl Fs {
         let Handle::Write(w) = &*h else {
             return Ok(());
         };
-        // The opening thread, or a thread whose id is the opener's process id
-        // (its main thread), closes as the opener.
-        if w.opener != 0 && pid != 0 && pid != w.opener_thread && pid != w.opener {
-            let closer = process_of(pid);
-            if closer != 0 && closer != w.opener {
+        // The opening thread, or another thread of its process, closes as the
+        // opener; when either process is unknown (a thread gone), so does it.
+        if pid != 0 && w.opener_thread != 0 && pid != w.opener_thread {
+            let (opener, closer) = (process_of(w.opener_thread), process_of(pid));
+            if opener != 0 && closer != 0 && closer != opener {
                 return Ok(());
             }
         }
