@@ -2,7 +2,9 @@
 //! and the overlay they build. Pure: no network, no inode numbers, no clocks.
 
 use serde::{Deserialize, Serialize};
+use std::collections::btree_map::Entry as Slot;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 pub const FORMAT: &str = "cofferfs-journal";
 /// The latest version this code reads and writes: 2 adds `special` and
@@ -452,40 +454,74 @@ impl Overlay {
         o
     }
 
+    /// Applies one record (see `apply_owned`; this copies its strings).
     pub fn apply(&mut self, r: &Record) {
-        let (path, shape, attrs) = match r {
+        self.apply_owned(r.clone());
+    }
+
+    /// Applies one record, moving its strings into the overlay: replay of
+    /// fetched batches copies nothing. A record costs one lookup of its path
+    /// in the ordered map (found or made there); hard links, whose every name
+    /// gets the entry, and hides, which remove a subtree, cost more.
+    pub fn apply_owned(&mut self, r: Record) {
+        let (path, shape, attrs, mkdir) = match r {
             Record::Attr { path, attrs } => {
-                let e = self.entries.entry(path.clone()).or_insert(Entry {
-                    shape: Shape::AttrsOnly,
-                    attrs: Attrs::default(),
-                    xattrs: Xattrs::new(),
-                });
-                // Attributes never change which file a path names.
-                let link = e.attrs.link;
-                e.attrs = e.attrs.merged(*attrs);
-                e.attrs.link = link;
-                self.share(path);
+                match self.entries.entry(path) {
+                    Slot::Occupied(mut o) => {
+                        let e = o.get_mut();
+                        // Attributes never change which file a path names.
+                        let link = e.attrs.link;
+                        e.attrs = e.attrs.merged(attrs);
+                        e.attrs.link = link;
+                        if link.is_some() {
+                            let path = o.key().clone();
+                            self.share(&path);
+                        }
+                    }
+                    Slot::Vacant(v) => {
+                        v.insert(Entry {
+                            shape: Shape::AttrsOnly,
+                            attrs: Attrs {
+                                link: None,
+                                ..attrs
+                            },
+                            xattrs: Xattrs::new(),
+                        });
+                    }
+                }
                 return;
             }
             Record::Xattr { path, name, value } => {
-                let e = self.entries.entry(path.clone()).or_insert(Entry {
-                    shape: Shape::AttrsOnly,
-                    attrs: Attrs::default(),
-                    xattrs: Xattrs::new(),
-                });
-                match value {
-                    Some(v) => e.xattrs.insert(name.clone(), v.clone()),
-                    None => e.xattrs.remove(name),
+                let mut o = match self.entries.entry(path) {
+                    Slot::Occupied(o) => o,
+                    Slot::Vacant(slot) => {
+                        // Made even by a removal, as an `attr` makes one.
+                        let xattrs = value.map(|v| (name, v)).into_iter().collect();
+                        slot.insert(Entry {
+                            shape: Shape::AttrsOnly,
+                            attrs: Attrs::default(),
+                            xattrs,
+                        });
+                        return;
+                    }
                 };
-                self.share(path);
+                let e = o.get_mut();
+                match value {
+                    Some(v) => e.xattrs.insert(name, v),
+                    None => e.xattrs.remove(&name),
+                };
+                if e.attrs.link.is_some() {
+                    let path = o.key().clone();
+                    self.share(&path);
+                }
                 return;
             }
             Record::Hide { path } => {
                 let doomed: Vec<String> = self
                     .entries
-                    .range(path.clone()..)
+                    .range::<str, _>((Bound::Included(path.as_str()), Bound::Unbounded))
                     .take_while(|(k, _)| k.starts_with(path.as_str()))
-                    .filter(|(k, _)| under(k, path))
+                    .filter(|(k, _)| under(k, &path))
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in doomed {
@@ -493,79 +529,93 @@ impl Overlay {
                         self.leave(g, &k);
                     }
                 }
-                self.hidden.insert(path.clone());
+                self.hidden.insert(path);
                 return;
             }
             Record::Unknown => {
                 log::warn!("journal: skipping a record of a later format");
                 return;
             }
-            Record::Mkdir { path, attrs } => (path, Shape::Dir, attrs),
-            Record::File { path, attrs } => (path, Shape::Empty, attrs),
+            Record::Mkdir { path, attrs } => (path, Shape::Dir, attrs, true),
+            Record::File { path, attrs } => (path, Shape::Empty, attrs, false),
             Record::Symlink {
                 path,
                 target,
                 attrs,
-            } => (
-                path,
-                Shape::Symlink {
-                    target: target.clone(),
-                },
-                attrs,
-            ),
+            } => (path, Shape::Symlink { target }, attrs, false),
             Record::Bind {
                 path,
                 key,
                 size,
                 etag,
                 attrs,
-            } => (
-                path,
-                Shape::Object {
-                    key: key.clone(),
-                    size: *size,
-                    etag: etag.clone(),
-                },
-                attrs,
-            ),
+            } => (path, Shape::Object { key, size, etag }, attrs, false),
             Record::Special {
                 path,
                 special,
                 rdev,
                 attrs,
-            } => (
-                path,
-                Shape::Special {
-                    special: *special,
-                    rdev: *rdev,
-                },
-                attrs,
-            ),
+            } => (path, Shape::Special { special, rdev }, attrs, false),
         };
+        if attrs.link.is_none() {
+            // No hard link on either side (most records): in place.
+            match self.entries.entry(path) {
+                Slot::Occupied(mut o) => match o.get().attrs.link {
+                    None => {
+                        let e = o.get_mut();
+                        e.shape = shape;
+                        e.attrs = e.attrs.merged(attrs);
+                    }
+                    Some(g) => {
+                        // The path leaves a hard-linked file (a rename over
+                        // it): it takes nothing of that file's attributes.
+                        *o.get_mut() = Entry {
+                            shape,
+                            attrs,
+                            xattrs: Xattrs::new(),
+                        };
+                        let path = o.key().clone();
+                        self.leave(g, &path);
+                    }
+                },
+                Slot::Vacant(v) => {
+                    v.insert(Entry {
+                        shape,
+                        attrs,
+                        xattrs: Xattrs::new(),
+                    });
+                }
+            }
+            return;
+        }
+        self.apply_linked(path, shape, attrs, mkdir);
+    }
+
+    /// A shape record that names a hard-linked file (`attrs.link` is set).
+    fn apply_linked(&mut self, path: String, shape: Shape, attrs: Attrs, mkdir: bool) {
         // A new shape replaces what was there, keeping attributes not restated
         // and extended attributes (an overwrite keeps them). It says which
         // file the path names: a path that leaves a hard-linked file (a rename
         // over it) takes nothing of that file's attributes.
-        let (old, xattrs) = match self.entries.remove(path) {
+        let (old, xattrs) = match self.entries.remove(&path) {
             Some(e) if e.attrs.link.is_some() && e.attrs.link != attrs.link => {
                 if let Some(g) = e.attrs.link {
-                    self.leave(g, path);
+                    self.leave(g, &path);
                 }
                 Default::default()
             }
             Some(e) => (e.attrs, e.xattrs),
             None => Default::default(),
         };
-        let mut attrs = old.merged(*attrs);
-        attrs.link = match r {
-            Record::Mkdir { .. } => None,
-            _ => attrs.link,
-        };
+        let mut attrs = old.merged(attrs);
+        if mkdir {
+            attrs.link = None;
+        }
         // A new name of a hard-linked file takes its extended attributes.
         let mut xattrs = xattrs;
         if let Some(g) = attrs.link {
             let names = self.members.entry(g).or_default();
-            let other = names.iter().find(|p| *p != path);
+            let other = names.iter().find(|p| **p != path);
             if let Some(e) = other.and_then(|o| self.entries.get(o)) {
                 xattrs = e.xattrs.clone();
             }
@@ -579,7 +629,7 @@ impl Overlay {
                 xattrs,
             },
         );
-        self.share(path);
+        self.share(&path);
     }
 
     /// Copies `path`'s entry to every other path of its hard-linked file.
@@ -1121,6 +1171,138 @@ mod tests {
         assert!(o.xattrs("f").is_none());
     }
 
+    /// `Overlay::apply` as it was before it worked in place: the reference
+    /// the faster one must agree with.
+    fn reference_apply(o: &mut Overlay, r: &Record) {
+        let (path, shape, attrs) = match r {
+            Record::Attr { path, attrs } => {
+                let e = o.entries.entry(path.clone()).or_insert(Entry {
+                    shape: Shape::AttrsOnly,
+                    attrs: Attrs::default(),
+                    xattrs: Xattrs::new(),
+                });
+                // Attributes never change which file a path names.
+                let link = e.attrs.link;
+                e.attrs = e.attrs.merged(*attrs);
+                e.attrs.link = link;
+                o.share(path);
+                return;
+            }
+            Record::Xattr { path, name, value } => {
+                let e = o.entries.entry(path.clone()).or_insert(Entry {
+                    shape: Shape::AttrsOnly,
+                    attrs: Attrs::default(),
+                    xattrs: Xattrs::new(),
+                });
+                match value {
+                    Some(v) => e.xattrs.insert(name.clone(), v.clone()),
+                    None => e.xattrs.remove(name),
+                };
+                o.share(path);
+                return;
+            }
+            Record::Hide { path } => {
+                let doomed: Vec<String> = o
+                    .entries
+                    .range(path.clone()..)
+                    .take_while(|(k, _)| k.starts_with(path.as_str()))
+                    .filter(|(k, _)| under(k, path))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in doomed {
+                    if let Some(g) = o.entries.remove(&k).and_then(|e| e.attrs.link) {
+                        o.leave(g, &k);
+                    }
+                }
+                o.hidden.insert(path.clone());
+                return;
+            }
+            Record::Unknown => {
+                log::warn!("journal: skipping a record of a later format");
+                return;
+            }
+            Record::Mkdir { path, attrs } => (path, Shape::Dir, attrs),
+            Record::File { path, attrs } => (path, Shape::Empty, attrs),
+            Record::Symlink {
+                path,
+                target,
+                attrs,
+            } => (
+                path,
+                Shape::Symlink {
+                    target: target.clone(),
+                },
+                attrs,
+            ),
+            Record::Bind {
+                path,
+                key,
+                size,
+                etag,
+                attrs,
+            } => (
+                path,
+                Shape::Object {
+                    key: key.clone(),
+                    size: *size,
+                    etag: etag.clone(),
+                },
+                attrs,
+            ),
+            Record::Special {
+                path,
+                special,
+                rdev,
+                attrs,
+            } => (
+                path,
+                Shape::Special {
+                    special: *special,
+                    rdev: *rdev,
+                },
+                attrs,
+            ),
+        };
+        // A new shape replaces what was there, keeping attributes not restated
+        // and extended attributes (an overwrite keeps them). It says which
+        // file the path names: a path that leaves a hard-linked file (a rename
+        // over it) takes nothing of that file's attributes.
+        let (old, xattrs) = match o.entries.remove(path) {
+            Some(e) if e.attrs.link.is_some() && e.attrs.link != attrs.link => {
+                if let Some(g) = e.attrs.link {
+                    o.leave(g, path);
+                }
+                Default::default()
+            }
+            Some(e) => (e.attrs, e.xattrs),
+            None => Default::default(),
+        };
+        let mut attrs = old.merged(*attrs);
+        attrs.link = match r {
+            Record::Mkdir { .. } => None,
+            _ => attrs.link,
+        };
+        // A new name of a hard-linked file takes its extended attributes.
+        let mut xattrs = xattrs;
+        if let Some(g) = attrs.link {
+            let names = o.members.entry(g).or_default();
+            let other = names.iter().find(|p| *p != path);
+            if let Some(e) = other.and_then(|p| o.entries.get(p)) {
+                xattrs = e.xattrs.clone();
+            }
+            names.insert(path.clone());
+        }
+        o.entries.insert(
+            path.clone(),
+            Entry {
+                shape,
+                attrs,
+                xattrs,
+            },
+        );
+        o.share(path);
+    }
+
     fn record() -> impl Strategy<Value = Record> {
         let path =
             prop::sample::select(vec!["a", "a/b", "a/b/c", "d", "d/e"]).prop_map(String::from);
@@ -1159,6 +1341,22 @@ mod tests {
         ]
     }
 
+    /// `record()`, some of them naming hard-linked file 1 or 2.
+    fn linked_record() -> impl Strategy<Value = Record> {
+        (record(), prop::option::of(1u64..3)).prop_map(|(mut r, link)| {
+            match &mut r {
+                Record::Attr { attrs, .. }
+                | Record::Mkdir { attrs, .. }
+                | Record::File { attrs, .. }
+                | Record::Symlink { attrs, .. }
+                | Record::Bind { attrs, .. }
+                | Record::Special { attrs, .. } => attrs.link = link,
+                Record::Hide { .. } | Record::Xattr { .. } | Record::Unknown => {}
+            }
+            r
+        })
+    }
+
     proptest! {
         /// Every mount that reads the same batches in key order builds the same
         /// overlay, and a round trip through JSON changes nothing.
@@ -1182,6 +1380,21 @@ mod tests {
                 one.apply(r);
             }
             prop_assert_eq!(one, Overlay::replay(&batches));
+        }
+
+        /// Applying in place (one lookup for most records) builds what the
+        /// remove-and-insert reference built, hard links included.
+        #[test]
+        fn apply_in_place_agrees_with_the_reference(
+            records in prop::collection::vec(linked_record(), 0..40)
+        ) {
+            let (mut fast, mut reference) = (Overlay::default(), Overlay::default());
+            for r in &records {
+                fast.apply(r);
+                reference_apply(&mut reference, r);
+                prop_assert_eq!(&fast.members, &reference.members);
+            }
+            prop_assert_eq!(fast, reference);
         }
     }
 }

@@ -456,9 +456,18 @@ mod bench {
         let o = Overlay::replay(&batches);
         eprintln!("apply {n}k records: {:?} CPU", cpu() - t);
         let t = cpu();
+        let mut owned = Overlay::default();
+        for r in batches.into_iter().flat_map(|b| b.records) {
+            owned.apply_owned(r);
+        }
+        eprintln!("apply {n}k records, moving them: {:?} CPU", cpu() - t);
+        assert_eq!(owned, o);
+        let t = cpu();
         let c = o.clone();
         eprintln!("clone overlay: {:?} CPU", cpu() - t);
-        let body = Checkpoint::new("k", c).encode();
+        let t = cpu();
+        let body = Checkpoint::encode_of("k", &c);
+        eprintln!("encode checkpoint: {:?} CPU", cpu() - t);
         let t = cpu();
         let back = Checkpoint::decode("c", &body).expect("decode");
         eprintln!(
