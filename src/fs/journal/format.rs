@@ -208,16 +208,36 @@ pub enum JournalError {
     Version { key: String, version: u64 },
 }
 
-/// The fields every version keeps, read before the rest: a later version may
-/// change everything else, and must be told apart from a damaged object.
+/// The fields every version keeps: a later version may change everything
+/// else, and must be told apart from a damaged object.
 #[derive(Deserialize)]
 struct Header {
     format: String,
     version: u64,
 }
 
-/// Checks the format name and version of `bytes`, then reads the whole.
-fn decode_versioned<T: serde::de::DeserializeOwned>(
+/// A batch or checkpoint as read: its own format name and version.
+trait Versioned {
+    fn header(&self) -> (&str, u64);
+}
+
+impl Versioned for Batch {
+    fn header(&self) -> (&str, u64) {
+        (&self.format, u64::from(self.version))
+    }
+}
+
+impl Versioned for Checkpoint {
+    fn header(&self) -> (&str, u64) {
+        (&self.format, u64::from(self.version))
+    }
+}
+
+/// Reads `bytes` as a `T` of `format`, judged by its format name and version
+/// before anything else. One pass when the whole reads (its header fields
+/// then decide); only when it does not is the header read alone, to tell a
+/// later version, which may reshape the rest, from a damaged object.
+fn decode_versioned<T: serde::de::DeserializeOwned + Versioned>(
     key: &str,
     bytes: &[u8],
     format: &str,
@@ -226,20 +246,33 @@ fn decode_versioned<T: serde::de::DeserializeOwned>(
         key: key.into(),
         detail,
     };
-    let h: Header = serde_json::from_slice(bytes).map_err(|e| unreadable(e.to_string()))?;
-    if h.format != format {
-        return Err(unreadable(format!("format {:?}", h.format)));
+    let check = |f: &str, version: u64| {
+        if f != format {
+            return Err(unreadable(format!("format {f:?}")));
+        }
+        if version > u64::from(VERSION) {
+            return Err(JournalError::Version {
+                key: key.into(),
+                version,
+            });
+        }
+        if version < u64::from(BASE_VERSION) {
+            return Err(unreadable(format!("version {version}")));
+        }
+        Ok(())
+    };
+    match serde_json::from_slice::<T>(bytes) {
+        Ok(whole) => {
+            let (f, version) = whole.header();
+            check(f, version)?;
+            Ok(whole)
+        }
+        Err(e) => {
+            let h: Header = serde_json::from_slice(bytes).map_err(|e| unreadable(e.to_string()))?;
+            check(&h.format, h.version)?;
+            Err(unreadable(e.to_string()))
+        }
     }
-    if h.version > u64::from(VERSION) {
-        return Err(JournalError::Version {
-            key: key.into(),
-            version: h.version,
-        });
-    }
-    if h.version < u64::from(BASE_VERSION) {
-        return Err(unreadable(format!("version {}", h.version)));
-    }
-    serde_json::from_slice(bytes).map_err(|e| unreadable(e.to_string()))
 }
 
 impl Batch {
