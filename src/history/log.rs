@@ -280,7 +280,7 @@ pub fn log(
     let mut linked = HashMap::new();
     let mut failed = None;
     let stopped = walk(store, &start.floor, until, |key, b| {
-        let lines = batch_lines(key, b, &mut o, &mut linked);
+        let lines = batch_lines(key, &b, &mut o, &mut linked);
         if batch_micros(key).unwrap_or(0) < since {
             return ControlFlow::Continue(());
         }

@@ -174,8 +174,7 @@ impl Committer {
             changed: Condvar::new(),
             thread: Mutex::new(None),
         });
-        j.load_checkpoint()?;
-        j.reload()?;
+        j.start()?;
         let worker = Arc::clone(&j);
         let handle = std::thread::Builder::new()
             .name("journal".into())

@@ -5,16 +5,12 @@
 //! writes) and the history commands (`walk`). Reads only; knows no inodes.
 
 use super::committer::{Committer, State};
+use super::fetch::{fetch_in_order, Fetched};
 use super::format::{Batch, Checkpoint, JournalError, Overlay, CHECKPOINT_PREFIX, JOURNAL_PREFIX};
 use crate::fs::error::{FsError, FsResult};
 use crate::store::{ListAll, ObjectStore};
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-
-/// Batches fetched at once (each by one of `FETCHERS` threads).
-const WINDOW: usize = 256;
-const FETCHERS: usize = 16;
 
 /// The time of a batch key (`.cofferfs/journal/<T>-…`), in microseconds.
 pub fn batch_micros(key: &str) -> Option<u64> {
@@ -34,59 +30,6 @@ fn leading_micros(rest: &str) -> Option<u64> {
     t.parse().ok()
 }
 
-/// One batch as fetched.
-enum Fetched {
-    Batch(Batch),
-    /// Damaged, or gone (expired) between listing and reading: logged, skipped.
-    Skipped,
-    /// Of a later format: replay stops before it.
-    Newer(JournalError),
-}
-
-/// Fetches and decodes `keys` in parallel; the answers come in `keys`' order.
-fn fetch_all(store: &dyn ObjectStore, keys: &[String]) -> FsResult<Vec<Fetched>> {
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<FsResult<Fetched>>>> =
-        keys.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..FETCHERS.min(keys.len()) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(key) = keys.get(i) else { return };
-                let got = fetch_one(store, key);
-                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| Err(FsError::new(libc::EIO, "a journal fetch did not finish")))
-        })
-        .collect()
-}
-
-fn fetch_one(store: &dyn ObjectStore, key: &str) -> FsResult<Fetched> {
-    let got = match store.get(key, None) {
-        Ok(g) => g,
-        Err(e) if e.is_not_found() => {
-            log::warn!("journal batch {key:?} is gone (expired?): {e}; skipped");
-            return Ok(Fetched::Skipped);
-        }
-        Err(e) => return Err(FsError::io(&format!("reading journal batch {key:?}"), &e)),
-    };
-    Ok(match Batch::decode(key, &got.data) {
-        Ok(b) => Fetched::Batch(b),
-        Err(e @ JournalError::Version { .. }) => Fetched::Newer(e),
-        Err(e) => {
-            log::error!("{e}; skipped");
-            Fetched::Skipped
-        }
-    })
-}
-
 /// Calls `each` with every batch whose key sorts after `after` and whose time
 /// is at most `until`, in key order, until it says to stop. Stops at a batch
 /// of a later format and returns why (later batches may build on it).
@@ -95,62 +38,37 @@ pub fn walk(
     store: &dyn ObjectStore,
     after: &str,
     until: u64,
-    mut each: impl FnMut(&str, &Batch) -> ControlFlow<()>,
+    mut each: impl FnMut(&str, Batch) -> ControlFlow<()>,
 ) -> FsResult<Option<JournalError>> {
-    std::thread::scope(|s| {
-        // One window waits while the next is fetched: bounded memory.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<FsResult<Vec<(String, Fetched)>>>(1);
-        s.spawn(move || {
-            let mut keys = ListAll::after(store, JOURNAL_PREFIX, after);
-            loop {
-                let (window, end) = match next_window(&mut keys, until) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let fetched =
-                    fetch_all(store, &window).map(|f| window.into_iter().zip(f).collect());
-                // The walk has stopped reading: stop too.
-                if tx.send(fetched).is_err() || end {
-                    return;
+    let keys = ListAll::after(store, JOURNAL_PREFIX, after)
+        .map(|r| {
+            r.map(|m| m.key)
+                .map_err(|e| FsError::io("listing the journal", &e))
+        })
+        .filter(|r| {
+            r.as_ref().map_or(true, |k| {
+                let batch = batch_micros(k).is_some();
+                if !batch {
+                    log::debug!("not a batch key: {k:?}");
                 }
-            }
+                batch
+            })
+        })
+        // Keys sort by time: nothing later can be wanted.
+        .take_while(|r| {
+            r.as_ref()
+                .map_or(true, |k| batch_micros(k).is_some_and(|t| t <= until))
         });
-        for window in rx {
-            for (key, got) in window? {
-                match got {
-                    Fetched::Batch(b) => {
-                        if each(&key, &b).is_break() {
-                            return Ok(None);
-                        }
-                    }
-                    Fetched::Skipped => {}
-                    Fetched::Newer(e) => return Ok(Some(e)),
-                }
-            }
+    let mut newer = None;
+    fetch_in_order(store, keys, |key, got| match got {
+        Fetched::Batch(b) => each(&key, b),
+        Fetched::Skipped => ControlFlow::Continue(()),
+        Fetched::Newer(e) => {
+            newer = Some(e);
+            ControlFlow::Break(())
         }
-        Ok(None)
-    })
-}
-
-/// The next keys to fetch, and whether they are the last.
-fn next_window(keys: &mut ListAll<'_>, until: u64) -> FsResult<(Vec<String>, bool)> {
-    let mut window = Vec::with_capacity(WINDOW);
-    while window.len() < WINDOW {
-        match keys.next() {
-            None => return Ok((window, true)),
-            Some(Err(e)) => return Err(FsError::io("listing the journal", &e)),
-            Some(Ok(m)) => match batch_micros(&m.key) {
-                // Keys sort by time: nothing later can be wanted.
-                Some(t) if t > until => return Ok((window, true)),
-                Some(_) => window.push(m.key),
-                None => log::debug!("not a batch key: {:?}", m.key),
-            },
-        }
-    }
-    Ok((window, false))
+    })?;
+    Ok(newer)
 }
 
 /// Where replay as of a time starts.
@@ -223,8 +141,8 @@ pub fn replay_as_of(store: &dyn ObjectStore, until: u64) -> FsResult<AsOf> {
     let mut overlay = start.overlay;
     let (mut batches, mut last) = (0, None);
     let stopped = walk(store, &start.floor, until, |key, b| {
-        for r in &b.records {
-            overlay.apply(r);
+        for r in b.records {
+            overlay.apply_owned(r);
         }
         batches += 1;
         last = Some(key.to_string());
@@ -281,6 +199,7 @@ impl Committer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fetch::WINDOW;
     use super::super::test_records::mkdir;
     use super::*;
     use crate::fs::journal::{batch_key, checkpoint_key, Record};

@@ -2,11 +2,13 @@
 //! attributes the coffer's objects cannot hold are recorded in the coffer.
 //! `format`: the records, batches and checkpoints as stored, and the overlay
 //! their replay builds (pure). `committer`: appending and group commit in a
-//! mount; `replay`: reading checkpoints and other mounts' batches; `history`:
-//! the journal as of a past time (as-of mounts, `cofferfs versions`/`log`);
+//! mount; `replay`: reading checkpoints and other mounts' batches; `fetch`:
+//! getting batches in parallel, handed over in key order; `history`: the
+//! journal as of a past time (as-of mounts, `cofferfs versions`/`log`);
 //! `writer`: who stores a batch. Knows nothing of inodes, handles or FUSE.
 
 mod committer;
+mod fetch;
 mod format;
 pub mod history;
 mod replay;

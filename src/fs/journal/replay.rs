@@ -4,12 +4,15 @@
 //! nothing of inodes or FUSE; appending and committing live in `committer`.
 
 use super::committer::{Committer, State};
+use super::fetch::{fetch_in_order, Fetched};
 use super::format::{
-    checkpoint_key, Batch, Checkpoint, JournalError, Overlay, CHECKPOINT_PREFIX, JOURNAL_PREFIX,
+    checkpoint_key, Checkpoint, JournalError, Overlay, CHECKPOINT_PREFIX, JOURNAL_PREFIX,
 };
 use crate::fs::error::{FsError, FsResult};
 use crate::store::ListAll;
 use bytes::Bytes;
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// Batches stored up to this long after a later one are still found by an
@@ -17,8 +20,23 @@ use std::time::Duration;
 const LATE_WINDOW: Duration = Duration::from_secs(300);
 
 impl Committer {
-    /// Starts from the newest readable checkpoint, if any.
-    pub(super) fn load_checkpoint(&self) -> FsResult<()> {
+    /// Replays the coffer's journal at a mount's start: the newest readable
+    /// checkpoint, then every batch after it.
+    pub(super) fn start(&self) -> FsResult<()> {
+        let (overlay, floor, key) = match self.load_checkpoint()? {
+            Some((key, c)) => (c.overlay, c.upto, Some(key)),
+            None => (Overlay::default(), String::new(), None),
+        };
+        {
+            let mut s = self.lock();
+            s.checkpoint = key;
+            s.floor = floor.clone();
+        }
+        self.replay_after(overlay, &floor)
+    }
+
+    /// The newest readable checkpoint, if any, with its key.
+    fn load_checkpoint(&self) -> FsResult<Option<(String, Checkpoint)>> {
         let keys = self.list_keys(CHECKPOINT_PREFIX, "")?;
         for key in keys.iter().rev() {
             let got = match self.store.get(key, None) {
@@ -29,14 +47,7 @@ impl Committer {
                 }
             };
             match Checkpoint::decode(key, &got.data) {
-                Ok(c) => {
-                    let mut s = self.lock();
-                    s.overlay = c.overlay.clone();
-                    s.base = c.overlay;
-                    s.checkpoint = Some(key.clone());
-                    s.floor = c.upto;
-                    return Ok(());
-                }
+                Ok(c) => return Ok(Some((key.clone(), c))),
                 Err(e @ JournalError::Version { .. }) => {
                     // Start from an older one; the batches after it say the rest,
                     // up to the first of the later format.
@@ -45,6 +56,55 @@ impl Committer {
                 Err(e) => log::warn!("{e}; trying an older checkpoint"),
             }
         }
+        Ok(None)
+    }
+
+    /// Applies to `start`, the overlay of the checkpoint whose last batch is
+    /// `floor` (none: empty, ""), every batch after `floor` in key order, and
+    /// makes the result the mount's base: what a fresh mount would build.
+    /// Batches are fetched in parallel, a window ahead of applying, and moved
+    /// into the overlay as they come (not held all at once). Batches this
+    /// mount found unusable before are not read again.
+    fn replay_after(&self, mut start: Overlay, floor: &str) -> FsResult<()> {
+        let skipped = self.lock().skipped.clone();
+        let keys = ListAll::after(self.store.as_ref(), JOURNAL_PREFIX, floor)
+            .map(|r| {
+                r.map(|m| m.key)
+                    .map_err(|e| FsError::io(&format!("listing {JOURNAL_PREFIX:?}"), &e))
+            })
+            .filter(|r| r.as_ref().map_or(true, |k| !skipped.contains(k)));
+        let mut applied = BTreeSet::new();
+        let (mut bad, mut newer) = (Vec::new(), None);
+        fetch_in_order(self.store.as_ref(), keys, |key, got| {
+            match got {
+                Fetched::Batch(b) => {
+                    for r in b.records {
+                        start.apply_owned(r);
+                    }
+                    applied.insert(key);
+                }
+                Fetched::Skipped => bad.push(key),
+                Fetched::Newer(e) => {
+                    // Later records may build on this batch's: applying them
+                    // without it could show what never was. Stop here.
+                    newer = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        let mut s = self.lock();
+        s.skipped.extend(bad);
+        if let Some(e) = &newer {
+            self.note_newer(&mut s, e);
+            s.halted = true;
+        }
+        s.since_checkpoint = applied.len() as u64;
+        s.applied = applied;
+        s.out_of_order = false;
+        s.base = start;
+        // The view: the base and what this mount has not stored yet.
+        s.rebuild_overlay();
         Ok(())
     }
 
@@ -135,68 +195,46 @@ impl Committer {
         if new.is_empty() && !rebuild {
             return Ok(false);
         }
-        let (wanted, start) = if rebuild {
-            (
-                self.list_keys(JOURNAL_PREFIX, &floor)?,
-                Some(self.checkpoint_overlay(checkpoint.as_deref())?),
-            )
-        } else {
-            (new, None)
-        };
-        let skipped = self.lock().skipped.clone();
-        let mut batches = Vec::with_capacity(wanted.len());
-        let mut bad = Vec::new();
-        let mut newer = None;
-        for key in wanted.iter().filter(|k| !skipped.contains(*k)) {
-            let got = match self.store.get(key, None) {
-                Ok(g) => g,
-                Err(e) if e.is_not_found() => {
-                    log::warn!("journal batch {key:?} is gone (expired?): {e}; skipped");
-                    bad.push(key.clone());
-                    continue;
-                }
-                Err(e) => {
-                    return Err(FsError::io(&format!("reading journal batch {key:?}"), &e));
-                }
-            };
-            match Batch::decode(key, &got.data) {
-                Ok(b) => batches.push((key.clone(), b)),
-                Err(e @ JournalError::Version { .. }) => {
-                    // Later records may build on this batch's: applying them
-                    // without it could show what never was. Stop here.
-                    newer = Some(e);
-                    break;
-                }
-                Err(e) => {
-                    log::error!("{e}; skipped (this mount will not read it again)");
-                    bad.push(key.clone());
-                }
-            }
-        }
-        let mut s = self.lock();
-        s.skipped.extend(bad);
-        if let Some(e) = &newer {
-            self.note_newer(&mut s, e);
-            s.halted = true;
-        }
-        if let Some(start) = start {
+        if rebuild {
             // Another mount's batch sorts before one already applied: replay all
             // since the checkpoint, so every mount ends with the same overlay.
-            s.base = start;
-            s.applied.clear();
-            s.since_checkpoint = 0;
-            s.out_of_order = false;
+            let start = self.checkpoint_overlay(checkpoint.as_deref())?;
+            self.replay_after(start, &floor)?;
+            return Ok(true);
+        }
+        let mut batches = Vec::with_capacity(new.len());
+        let (mut bad, mut newer) = (Vec::new(), None);
+        fetch_in_order(self.store.as_ref(), new.into_iter().map(Ok), |key, got| {
+            match got {
+                Fetched::Batch(b) => batches.push((key, b)),
+                Fetched::Skipped => bad.push(key),
+                Fetched::Newer(e) => {
+                    newer = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        s.skipped.extend(bad);
+        if let Some(e) = &newer {
+            self.note_newer(s, e);
+            s.halted = true;
         }
         // With nothing of this mount's waiting, the overlay is the base: the
         // batches go into both, and nothing is copied.
-        let same = !rebuild && s.in_flight.is_empty() && s.pending.is_empty();
-        let mut changed = rebuild;
-        for (key, b) in &batches {
-            if s.applied.insert(key.clone()) {
-                for r in &b.records {
-                    s.base.apply(r);
+        let same = s.in_flight.is_empty() && s.pending.is_empty();
+        let mut changed = false;
+        for (key, b) in batches {
+            // The committer may have applied its own batch meanwhile.
+            if s.applied.insert(key) {
+                for r in b.records {
                     if same {
-                        s.overlay.apply(r);
+                        s.base.apply(&r);
+                        s.overlay.apply_owned(r);
+                    } else {
+                        s.base.apply_owned(r);
                     }
                 }
                 s.since_checkpoint += 1;
@@ -246,7 +284,7 @@ impl Committer {
 mod tests {
     use super::super::test_records::mkdir;
     use super::*;
-    use crate::fs::journal::{batch_key, now_micros, Attrs, Record};
+    use crate::fs::journal::{batch_key, now_micros, Attrs, Batch, Record};
     use crate::store::memory::MemoryStore;
     use crate::store::ObjectStore;
     use std::sync::Arc;
