@@ -145,7 +145,7 @@ pub struct FaultyStore {
     after_put: Mutex<Option<PutHook>>,
 }
 
-type PutHook = Box<dyn Fn(&str) + Send + Sync>;
+type PutHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn ObjectStore>, ledger: Arc<Ledger>) -> Arc<FaultyStore> {
@@ -169,7 +169,7 @@ impl FaultyStore {
 
     /// Runs `hook` with the key after every put lands, before it answers.
     pub fn after_put(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
-        *self.after_put.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+        *self.after_put.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
     }
 
     /// Drops faults not yet used.
@@ -288,7 +288,13 @@ impl ObjectStore for FaultyStore {
             self.check_fresh("PutObject", key);
             let etag = self.inner.put(key, data)?;
             self.ledger.landed(key);
-            if let Some(hook) = &*self.after_put.lock().unwrap_or_else(|p| p.into_inner()) {
+            // Called unlocked: a hook that waits holds up only its own put.
+            let hook = self
+                .after_put
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
                 hook(key);
             }
             Ok(etag)

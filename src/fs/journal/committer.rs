@@ -17,10 +17,46 @@ use std::time::Duration;
 /// How long a record may wait before its batch goes up.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A checkpoint is written after this many batches since the last one...
+/// A checkpoint is written after this many batches since the last one, or
+/// this many records, whichever comes first: a replay after the newest
+/// checkpoint reads at most so many batches and so many records...
 pub const CHECKPOINT_EVERY: u64 = 1000;
-/// ...and at unmount after this many.
+pub const CHECKPOINT_RECORDS: u64 = 100_000;
+/// ...and at unmount after this many batches or records.
 pub const CHECKPOINT_AT_UNMOUNT: u64 = 100;
+pub const CHECKPOINT_RECORDS_AT_UNMOUNT: u64 = 10_000;
+
+/// When a mount writes a checkpoint: after `batches` batches or `records`
+/// records applied since the last one (read or written), whichever comes
+/// first; at unmount after `CHECKPOINT_AT_UNMOUNT` batches or
+/// `CHECKPOINT_RECORDS_AT_UNMOUNT` records (or the rule's own, when lower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointRule {
+    pub batches: u64,
+    pub records: u64,
+}
+
+impl CheckpointRule {
+    pub const DEFAULT: CheckpointRule = CheckpointRule {
+        batches: CHECKPOINT_EVERY,
+        records: CHECKPOINT_RECORDS,
+    };
+
+    /// Never (a mount that writes none).
+    pub const NEVER: CheckpointRule = CheckpointRule {
+        batches: u64::MAX,
+        records: u64::MAX,
+    };
+
+    fn due(&self, batches: u64, records: u64) -> bool {
+        batches >= self.batches || records >= self.records
+    }
+
+    fn due_at_unmount(&self, batches: u64, records: u64) -> bool {
+        batches >= CHECKPOINT_AT_UNMOUNT.min(self.batches)
+            || records >= CHECKPOINT_RECORDS_AT_UNMOUNT.min(self.records)
+    }
+}
 
 #[derive(Default)]
 pub(super) struct State {
@@ -29,8 +65,9 @@ pub(super) struct State {
     /// read again).
     pub(super) checkpoint: Option<String>,
     pub(super) floor: String,
-    /// Batches applied since that checkpoint.
+    /// Batches, and their records, applied since that checkpoint.
     pub(super) since_checkpoint: u64,
+    pub(super) records_since_checkpoint: u64,
     /// The coffer's batches replayed, in key order.
     pub(super) base: Overlay,
     /// `base` plus the records not yet stored: what the mount shows.
@@ -130,10 +167,12 @@ impl State {
 pub struct Committer {
     pub(super) store: Arc<dyn ObjectStore>,
     pub(super) mount_id: String,
-    pub(super) checkpoint_every: u64,
+    pub(super) checkpoints: CheckpointRule,
     pub(super) state: Mutex<State>,
     pub(super) changed: Condvar,
     pub(super) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The thread writing a checkpoint, if one was started.
+    pub(super) checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A ticket: the numbers of records appended together.
@@ -156,23 +195,27 @@ fn key_micros(key: &str) -> u64 {
 impl Committer {
     /// Replays the coffer's journal and starts the committer.
     pub fn open(store: Arc<dyn ObjectStore>) -> Result<Arc<Committer>, FsError> {
-        Committer::open_with(store, CHECKPOINT_EVERY)
+        Committer::open_with(store, CheckpointRule::DEFAULT)
     }
 
-    /// As `open`, writing a checkpoint every `checkpoint_every` batches.
+    /// As `open`, writing checkpoints by `rule`.
     pub fn open_with(
         store: Arc<dyn ObjectStore>,
-        checkpoint_every: u64,
+        rule: CheckpointRule,
     ) -> Result<Arc<Committer>, FsError> {
         use rand::Rng;
         let mount_id = format!("{:016x}", rand::rng().random::<u64>());
         let j = Arc::new(Committer {
             store,
             mount_id,
-            checkpoint_every: checkpoint_every.max(1),
+            checkpoints: CheckpointRule {
+                batches: rule.batches.max(1),
+                records: rule.records.max(1),
+            },
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             thread: Mutex::new(None),
+            checkpointer: Mutex::new(None),
         });
         j.start()?;
         let worker = Arc::clone(&j);
@@ -357,6 +400,7 @@ impl Committer {
                             s.base.apply(r);
                         }
                         s.since_checkpoint += 1;
+                        s.records_since_checkpoint += n;
                         // Applied after a later batch of another mount, out of the
                         // key order every mount replays in: the next reload
                         // replays everything in that order.
@@ -386,13 +430,20 @@ impl Committer {
                     true
                 }
             };
+            if !failed
+                && self
+                    .checkpoints
+                    .due(s.since_checkpoint, s.records_since_checkpoint)
+            {
+                // On a thread of its own: closes waiting for their batches
+                // do not wait for a checkpoint's upload. Started before they
+                // hear of this batch, so a sync is followed by the checkpoint
+                // it made due (`await_checkpoint`).
+                self.start_checkpoint();
+            }
             self.changed.notify_all();
             let stopping = s.stop;
-            let checkpoint_due = !failed && s.since_checkpoint >= self.checkpoint_every;
             drop(s);
-            if checkpoint_due {
-                self.write_checkpoint();
-            }
             if failed {
                 if stopping {
                     // Unmounting and the coffer refuses: the log said what is lost.
@@ -409,8 +460,12 @@ impl Committer {
         if let Err(e) = self.sync_all() {
             log::error!("unmount: {}", e.message);
         }
-        let due = checkpoint
-            && self.lock().since_checkpoint >= CHECKPOINT_AT_UNMOUNT.min(self.checkpoint_every);
+        self.await_checkpoint();
+        let due = checkpoint && {
+            let s = self.lock();
+            self.checkpoints
+                .due_at_unmount(s.since_checkpoint, s.records_since_checkpoint)
+        };
         if due {
             self.write_checkpoint();
         }
@@ -433,6 +488,9 @@ impl Committer {
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
         }
+        // A checkpoint already on its way covers stored batches only: it
+        // may land, as it could before a crash.
+        self.await_checkpoint();
     }
 }
 
@@ -498,10 +556,11 @@ mod tests {
         Committer {
             store: Arc::new(MemoryStore::new()),
             mount_id: "0".repeat(16),
-            checkpoint_every: CHECKPOINT_EVERY,
+            checkpoints: CheckpointRule::DEFAULT,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             thread: Mutex::new(None),
+            checkpointer: Mutex::new(None),
         }
     }
 

@@ -4,7 +4,7 @@
 //! or before `T`. Serves as-of mounts (`Committer::open_as_of`, which never
 //! writes) and the history commands (`walk`). Reads only; knows no inodes.
 
-use super::committer::{Committer, State};
+use super::committer::{CheckpointRule, Committer, State};
 use super::fetch::{fetch_in_order, Fetched};
 use super::format::{Batch, Checkpoint, JournalError, Overlay, CHECKPOINT_PREFIX, JOURNAL_PREFIX};
 use crate::fs::error::{FsError, FsResult};
@@ -189,10 +189,11 @@ impl Committer {
         Ok(Arc::new(Committer {
             store,
             mount_id: "0".repeat(16),
-            checkpoint_every: u64::MAX,
+            checkpoints: CheckpointRule::NEVER,
             state: Mutex::new(state),
             changed: Condvar::new(),
             thread: Mutex::new(None),
+            checkpointer: Mutex::new(None),
         }))
     }
 }

@@ -15,7 +15,10 @@ mod replay;
 pub mod writer;
 
 pub(crate) use committer::now_micros;
-pub use committer::{Committer, Ticket, CHECKPOINT_AT_UNMOUNT, CHECKPOINT_EVERY, COMMIT_INTERVAL};
+pub use committer::{
+    CheckpointRule, Committer, Ticket, CHECKPOINT_AT_UNMOUNT, CHECKPOINT_EVERY, CHECKPOINT_RECORDS,
+    CHECKPOINT_RECORDS_AT_UNMOUNT, COMMIT_INTERVAL,
+};
 pub use format::*;
 
 /// Records for the journal's tests.

@@ -13,7 +13,8 @@ use crate::store::ListAll;
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Batches stored up to this long after a later one are still found by an
 /// incremental reload (clock skew between mounts, slow commits).
@@ -74,10 +75,11 @@ impl Committer {
             })
             .filter(|r| r.as_ref().map_or(true, |k| !skipped.contains(k)));
         let mut applied = BTreeSet::new();
-        let (mut bad, mut newer) = (Vec::new(), None);
+        let (mut bad, mut newer, mut records) = (Vec::new(), None, 0);
         fetch_in_order(self.store.as_ref(), keys, |key, got| {
             match got {
                 Fetched::Batch(b) => {
+                    records += b.records.len() as u64;
                     for r in b.records {
                         start.apply_owned(r);
                     }
@@ -100,6 +102,7 @@ impl Committer {
             s.halted = true;
         }
         s.since_checkpoint = applied.len() as u64;
+        s.records_since_checkpoint = records;
         s.applied = applied;
         s.out_of_order = false;
         s.base = start;
@@ -229,6 +232,8 @@ impl Committer {
         for (key, b) in batches {
             // The committer may have applied its own batch meanwhile.
             if s.applied.insert(key) {
+                s.since_checkpoint += 1;
+                s.records_since_checkpoint += b.records.len() as u64;
                 for r in b.records {
                     if same {
                         s.base.apply(&r);
@@ -237,7 +242,6 @@ impl Committer {
                         s.base.apply_owned(r);
                     }
                 }
-                s.since_checkpoint += 1;
                 changed = true;
             }
         }
@@ -250,11 +254,46 @@ impl Committer {
         Ok(true)
     }
 
+    /// Starts writing a checkpoint on a thread of its own, unless one is
+    /// being written (a later batch asks again).
+    pub(super) fn start_checkpoint(self: &Arc<Self>) {
+        let mut slot = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        if let Some(t) = slot.take() {
+            let _ = t.join();
+        }
+        let me = Arc::clone(self);
+        match std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || me.write_checkpoint())
+        {
+            Ok(t) => *slot = Some(t),
+            Err(e) => log::warn!("cannot start a thread to write a journal checkpoint: {e}"),
+        }
+    }
+
+    /// Waits for the checkpoint being written, if any.
+    pub(super) fn await_checkpoint(&self) {
+        let t = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+
     /// Stores the replayed overlay as a checkpoint, so later mounts read it
     /// instead of every batch before it.
     pub(super) fn write_checkpoint(&self) {
-        // Encoded under the lock, not copied: the base may be large.
-        let (upto, body) = {
+        // Encoded under the lock, not copied: a copy would hold it about as
+        // long (and cost the memory). The lock is held for time linear in the
+        // overlay, logged below.
+        let started = Instant::now();
+        let (upto, body, batches, records) = {
             let s = self.lock();
             if s.newer.is_some() {
                 // It would claim to cover batches of the later format that it
@@ -262,18 +301,33 @@ impl Committer {
                 return;
             }
             match s.applied.iter().next_back() {
-                Some(k) => (k.clone(), Checkpoint::encode_of(k, &s.base)),
+                Some(k) => (
+                    k.clone(),
+                    Checkpoint::encode_of(k, &s.base),
+                    s.since_checkpoint,
+                    s.records_since_checkpoint,
+                ),
                 None => return,
             }
         };
+        let encoded = started.elapsed();
         let key = checkpoint_key(&upto, &self.mount_id);
+        let size = body.len();
         match self.store.put(&key, Bytes::from(body)) {
             Ok(_) => {
                 let mut s = self.lock();
-                s.checkpoint = Some(key.clone());
-                s.floor = upto;
-                s.since_checkpoint = 0;
-                log::info!("journal checkpoint {key:?} written");
+                if upto > s.floor {
+                    s.checkpoint = Some(key.clone());
+                    s.floor = upto;
+                }
+                // What was applied while it was written counts towards the next.
+                s.since_checkpoint = s.since_checkpoint.saturating_sub(batches);
+                s.records_since_checkpoint = s.records_since_checkpoint.saturating_sub(records);
+                log::info!(
+                    "journal checkpoint {key:?} written: {size} bytes, encoded in {encoded:?} \
+                     holding the journal lock, stored in {:?}",
+                    started.elapsed() - encoded
+                );
             }
             Err(e) => log::warn!("writing journal checkpoint {key:?}: {e}"),
         }
@@ -284,10 +338,10 @@ impl Committer {
 mod tests {
     use super::super::test_records::mkdir;
     use super::*;
+    use crate::fs::journal::CheckpointRule;
     use crate::fs::journal::{batch_key, now_micros, Attrs, Batch, Record};
     use crate::store::memory::MemoryStore;
     use crate::store::ObjectStore;
-    use std::sync::Arc;
 
     fn file(p: &str, mode: u32) -> Record {
         Record::File {
@@ -353,10 +407,11 @@ mod tests {
     #[test]
     fn a_checkpoint_bounds_what_the_next_mount_reads() {
         let store = Arc::new(MemoryStore::new());
-        let j = Committer::open_with(store.clone(), 3).expect("open");
+        let j = Committer::open_with(store.clone(), every(3)).expect("open");
         for i in 0..7 {
             let t = j.record(vec![mkdir(&format!("d{i}"))]);
             j.sync(t).expect("sync");
+            j.await_checkpoint();
         }
         j.shutdown(true);
         let gets_before = store.calls("GetObject");
@@ -375,11 +430,12 @@ mod tests {
     #[test]
     fn a_replay_from_the_checkpoint_reads_it_again_and_keeps_no_copy() {
         let store = Arc::new(MemoryStore::new());
-        let j = Committer::open_with(store.clone(), 2).expect("open");
+        let j = Committer::open_with(store.clone(), every(2)).expect("open");
         let mut times = Vec::new();
         for i in 0..3 {
             let t = j.record(vec![mkdir(&format!("d{i}"))]);
             j.sync(t).expect("sync");
+            j.await_checkpoint();
             times.push(j.lock().last_micros());
             // Batch keys apart by more than a microsecond: one fits between.
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -404,6 +460,207 @@ mod tests {
         assert_eq!(fresh.lock().overlay, j.lock().overlay);
         j.shutdown(false);
         fresh.shutdown(false);
+    }
+
+    /// A checkpoint after `batches` batches, whatever their records.
+    fn every(batches: u64) -> CheckpointRule {
+        CheckpointRule {
+            batches,
+            records: u64::MAX,
+        }
+    }
+
+    fn checkpoints(store: &dyn ObjectStore) -> Vec<String> {
+        ListAll::new(store, CHECKPOINT_PREFIX)
+            .map(|m| m.expect("list").key)
+            .collect()
+    }
+
+    /// Records of many kinds about `n` paths: new ones, rebinds, attributes,
+    /// xattrs, hard links, hides.
+    fn varied(round: u64, n: u64) -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                let path = format!("d{}/f{}", i % 3, (round * 7 + i) % 11);
+                let attrs = Attrs {
+                    mode: Some(0o600 + (round as u32 % 8)),
+                    mtime: Some((round as i64, i as u32)),
+                    ..Attrs::default()
+                };
+                match (round + i) % 6 {
+                    0 => Record::Hide { path },
+                    1 => Record::Attr { path, attrs },
+                    2 => Record::Xattr {
+                        path,
+                        name: "user.k".into(),
+                        value: Some(format!("{round:02x}")),
+                    },
+                    3 => Record::Bind {
+                        key: format!(".cofferfs/data/{round}-{i}"),
+                        size: i,
+                        etag: "e".into(),
+                        attrs: Attrs {
+                            link: Some(1 + i % 2),
+                            ..attrs
+                        },
+                        path,
+                    },
+                    _ => Record::Bind {
+                        key: path.clone(),
+                        path,
+                        size: round,
+                        etag: "e".into(),
+                        attrs,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Every batch in the coffer, replayed from the first.
+    fn full_replay(store: &dyn ObjectStore) -> Overlay {
+        let batches: Vec<Batch> = ListAll::new(store, JOURNAL_PREFIX)
+            .map(|m| {
+                let key = m.expect("list").key;
+                let got = store.get(&key, None).expect("get");
+                Batch::decode(&key, &got.data).expect("decode")
+            })
+            .collect();
+        Overlay::replay(&batches)
+    }
+
+    #[test]
+    fn a_checkpoint_is_written_after_enough_records_however_few_the_batches() {
+        let store = Arc::new(MemoryStore::new());
+        let rule = CheckpointRule {
+            batches: 1000,
+            records: 10,
+        };
+        let j = Committer::open_with(store.clone(), rule).expect("open");
+        let stored = |round: u64, n: u64| {
+            let t = j.record(varied(round, n));
+            j.sync(t).expect("sync");
+            j.await_checkpoint();
+        };
+        stored(1, 4);
+        stored(2, 4);
+        assert_eq!(
+            checkpoints(store.as_ref()),
+            Vec::<String>::new(),
+            "8 records"
+        );
+        stored(3, 4);
+        let written = checkpoints(store.as_ref());
+        assert_eq!(written.len(), 1, "12 records in 3 batches: {written:?}");
+        let upto = j
+            .lock()
+            .applied
+            .iter()
+            .next_back()
+            .cloned()
+            .expect("applied");
+        assert_eq!(written[0], checkpoint_key(&upto, &j.mount_id));
+        // The count starts again from it: 6 more records write none, at
+        // unmount neither (fewer than the rule's 10).
+        stored(4, 3);
+        stored(5, 3);
+        j.shutdown(true);
+        assert_eq!(checkpoints(store.as_ref()).len(), 1);
+        // A mount reads the checkpoint and the two batches after it, and
+        // shows what a replay of every batch from the first shows.
+        let gets = store.calls("GetObject");
+        let again = Committer::open(store.clone()).expect("open");
+        assert_eq!(store.calls("GetObject") - gets, 3);
+        let full = full_replay(store.as_ref());
+        assert!(full.entries().count() > 3, "{full:?}");
+        assert_eq!(again.lock().overlay, full);
+        assert_eq!(again.lock().base, full);
+        // Hard links are rebuilt from the checkpoint too.
+        let links = |o: &Overlay| (o.links(1), o.links(2));
+        assert_eq!(links(&again.lock().overlay), links(&full));
+        again.shutdown(false);
+    }
+
+    #[test]
+    fn a_mount_replaying_from_a_record_checkpoint_matches_a_full_replay() {
+        let store = Arc::new(MemoryStore::new());
+        let rule = CheckpointRule {
+            batches: 1000,
+            records: 25,
+        };
+        let j = Committer::open_with(store.clone(), rule).expect("open");
+        for round in 0..20 {
+            let t = j.record(varied(round, 1 + round % 9));
+            j.sync(t).expect("sync");
+            j.await_checkpoint();
+        }
+        j.shutdown(false);
+        let written = checkpoints(store.as_ref());
+        assert!(written.len() >= 3, "{written:?}");
+        let full = full_replay(store.as_ref());
+        assert_eq!(j.lock().base, full, "the writer's own view");
+        let again = Committer::open(store.clone()).expect("open");
+        assert_eq!(again.lock().checkpoint.as_ref(), written.last());
+        assert_eq!(again.lock().overlay, full);
+        assert_eq!(again.lock().records_since_checkpoint, {
+            let s = j.lock();
+            s.records_since_checkpoint
+        });
+        again.shutdown(false);
+    }
+
+    #[test]
+    fn a_batch_is_stored_while_a_checkpoint_is_still_on_its_way() {
+        use crate::store::faulty::{FaultyStore, Ledger};
+        use std::sync::{Condvar, Mutex};
+        let mem = Arc::new(MemoryStore::new());
+        let faulty = FaultyStore::new(mem.clone(), Ledger::new());
+        // A checkpoint's PUT lands, then its answer waits for the gate.
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = Arc::clone(&gate);
+        faulty.after_put(move |key| {
+            if key.starts_with(CHECKPOINT_PREFIX) {
+                let (open, cv) = &*g;
+                let open = open.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = cv.wait_timeout_while(open, Duration::from_secs(10), |o| !*o);
+            }
+        });
+        let j = Committer::open_with(faulty.clone(), every(1)).expect("open");
+        let t = j.record(vec![mkdir("a")]);
+        j.sync(t).expect("sync");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while checkpoints(mem.as_ref()).is_empty() {
+            assert!(Instant::now() < deadline, "no checkpoint was written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The checkpoint waits at the gate: a close's batch does not.
+        let started = Instant::now();
+        let t = j.record(vec![mkdir("b")]);
+        j.store_or_withdraw(t).expect("stored");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!*gate.0.lock().expect("gate"), "the gate opened");
+        *gate.0.lock().expect("gate") = true;
+        gate.1.notify_all();
+        j.shutdown(false);
+        assert_eq!(
+            j.lock().floor,
+            checkpoint_upto(&checkpoints(mem.as_ref())[0])
+        );
+    }
+
+    /// The batch key a checkpoint key covers up to.
+    fn checkpoint_upto(key: &str) -> String {
+        let stem = key
+            .strip_prefix(CHECKPOINT_PREFIX)
+            .and_then(|k| k.strip_suffix(".json"))
+            .and_then(|k| k.rsplit_once('-'))
+            .map(|(s, _)| s)
+            .expect("a checkpoint key");
+        format!("{JOURNAL_PREFIX}{stem}.json")
     }
 
     fn put_raw(store: &MemoryStore, micros: u64, body: &str) -> String {
