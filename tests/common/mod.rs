@@ -411,6 +411,16 @@ impl Mount {
 
     /// Clean unmount: `fusermount3 -u`, then the process must exit 0 within 60 s.
     pub fn unmount(mut self) {
+        self.unmount_now();
+    }
+
+    /// `unmount`, then the mount's log, with what it wrote while unmounting.
+    pub fn unmount_log(mut self) -> String {
+        self.unmount_now();
+        self.log_text()
+    }
+
+    fn unmount_now(&mut self) {
         let out = run_bounded(
             {
                 let mut c = Command::new("fusermount3");

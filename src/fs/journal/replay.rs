@@ -24,16 +24,28 @@ impl Committer {
     /// Replays the coffer's journal at a mount's start: the newest readable
     /// checkpoint, then every batch after it.
     pub(super) fn start(&self) -> FsResult<()> {
+        let started = Instant::now();
         let (overlay, floor, key) = match self.load_checkpoint()? {
             Some((key, c)) => (c.overlay, c.upto, Some(key)),
             None => (Overlay::default(), String::new(), None),
         };
+        let loaded = started.elapsed();
         {
             let mut s = self.lock();
-            s.checkpoint = key;
+            s.checkpoint = key.clone();
             s.floor = floor.clone();
         }
-        self.replay_after(overlay, &floor)
+        self.replay_after(overlay, &floor)?;
+        let s = self.lock();
+        log::info!(
+            "journal: checkpoint {key:?} ({loaded:?}), then {} batches, {} records, up to {:?} \
+             ({:?})",
+            s.since_checkpoint,
+            s.records_since_checkpoint,
+            s.applied.iter().next_back(),
+            started.elapsed()
+        );
+        Ok(())
     }
 
     /// The newest readable checkpoint, if any, with its key.
