@@ -3,8 +3,8 @@
 //! locks (the caller holds it under `Fs::table`).
 
 use super::node::{join, usable_name, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
-use crate::fs::journal::{Attrs, Overlay, Shape};
-use crate::store::ObjectMeta;
+use crate::fs::journal::{Attrs, Entry, Overlay, Shape};
+use crate::store::{Child, ObjectMeta};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
@@ -517,6 +517,142 @@ impl Table {
         Some(at)
     }
 
+    /// Fills directory `dir` with its direct children, as a child listing
+    /// (`store::ListChildren`) showed them, merged with the journal's overlay:
+    /// adds what is new, refreshes what is there, drops children the view no
+    /// longer shows (but not files this mount is writing, nor a directory that
+    /// holds one), and marks `dir` alone as listed. Subdirectories keep their
+    /// own entries and listings; one whose every key the listing held
+    /// (`Child::Dir::keys`) is filled whole (`apply_listing`).
+    pub fn apply_children(
+        &mut self,
+        dir: u64,
+        children: &[Child],
+        overlay: &Overlay,
+        now: Instant,
+    ) {
+        let Some(prefix) = self.nodes.get(&dir).map(Node::prefix) else {
+            return;
+        };
+        let usable = |name: &str| usable_name(name) && !(dir == ROOT && name == RESERVED);
+        let mut files: BTreeMap<String, ViewEntry> = BTreeMap::new();
+        let mut dirs: BTreeMap<String, (ViewEntry, Option<&[ObjectMeta]>)> = BTreeMap::new();
+        for c in children {
+            match c {
+                Child::Object(obj) => {
+                    let Some(name) = obj.key.strip_prefix(&prefix).filter(|n| usable(n)) else {
+                        continue;
+                    };
+                    let named = overlay
+                        .get(&obj.key)
+                        .is_some_and(|e| e.shape != Shape::AttrsOnly);
+                    if named || overlay.hides_object(&obj.key) {
+                        continue;
+                    }
+                    let attrs = overlay.attrs(&obj.key).unwrap_or_default();
+                    files.insert(name.to_string(), ViewEntry::object(obj, attrs));
+                }
+                Child::Dir { name, mtime, keys } => {
+                    if !usable(name) {
+                        continue;
+                    }
+                    let attrs = overlay
+                        .attrs(&format!("{prefix}{name}"))
+                        .unwrap_or_default();
+                    let mtime = mtime.unwrap_or(SystemTime::UNIX_EPOCH);
+                    dirs.insert(
+                        name.clone(),
+                        (ViewEntry::dir(attrs, mtime), keys.as_deref()),
+                    );
+                }
+            }
+        }
+        for (path, e) in entries_under(overlay, &prefix) {
+            let rest = &path[prefix.len()..];
+            let (name, below) = match rest.split_once('/') {
+                Some((n, _)) => (n, true),
+                None => (rest, false),
+            };
+            if !usable(name) {
+                continue;
+            }
+            match ViewEntry::from_journal(&e.shape, e.attrs) {
+                Some(v) if !below && v.kind != Kind::Dir => {
+                    files.insert(name.to_string(), v);
+                }
+                Some(v) if !below => {
+                    // The journal's directory, over one the keys imply.
+                    let keys = dirs.remove(name).and_then(|(_, k)| k);
+                    dirs.insert(name.to_string(), (v, keys));
+                }
+                _ => {
+                    dirs.entry(name.to_string()).or_insert_with(|| {
+                        let attrs = overlay.attrs(&format!("{prefix}{name}"));
+                        let epoch = SystemTime::UNIX_EPOCH;
+                        (ViewEntry::dir(attrs.unwrap_or_default(), epoch), None)
+                    });
+                }
+            }
+        }
+        let shown: HashSet<String> = files.keys().chain(dirs.keys()).cloned().collect();
+        for (name, entry) in files {
+            if dirs.contains_key(&name) {
+                log::warn!(
+                    "{:?} is hidden by the directory of the same name",
+                    join(&prefix, &name)
+                );
+                continue;
+            }
+            if let Some(old) = self.child(dir, &name) {
+                if old.kind == Kind::Dir && old.origin == Origin::Stored {
+                    // A directory the listing shows nothing beneath gives way.
+                    let ino = old.ino;
+                    self.remove(ino);
+                }
+            }
+            self.upsert(dir, &name, entry, Origin::Stored, now);
+        }
+        for (name, (entry, keys)) in dirs {
+            let ino = self.upsert(dir, &name, entry, Origin::Stored, now);
+            let filled = ino.filter(|i| self.nodes.get(i).is_some_and(|n| n.kind == Kind::Dir));
+            if let (Some(ino), Some(keys)) = (filled, keys) {
+                self.apply_listing(ino, keys, overlay, now);
+            }
+        }
+        let kids: Vec<(String, u64)> = self
+            .children
+            .get(&dir)
+            .map(|c| c.iter().map(|(n, i)| (n.clone(), *i)).collect())
+            .unwrap_or_default();
+        for (name, k) in kids {
+            let Some(node) = self.nodes.get(&k) else {
+                continue;
+            };
+            if shown.contains(&name) {
+                continue;
+            }
+            let keep = match node.kind {
+                Kind::Dir => self.holds_writing(k),
+                // A hard-linked file's other names do not keep this one.
+                _ if !node.aliases.is_empty() && node.origin == Origin::Stored => false,
+                _ => node.origin == Origin::Writing,
+            };
+            if !keep {
+                self.unlink_name(dir, &name);
+            }
+        }
+        if let Some(n) = self.nodes.get_mut(&dir) {
+            n.listed = Some(now);
+        }
+    }
+
+    /// Whether a file this mount is writing lies beneath directory `dir`.
+    fn holds_writing(&self, dir: u64) -> bool {
+        self.subtree(dir)
+            .iter()
+            .any(|(_, n)| n.origin == Origin::Writing)
+    }
+
     /// Fills the subtree of directory `dir` from a complete listing of its prefix
     /// merged with the journal's overlay: adds what is new, refreshes what is
     /// there, drops entries the view no longer shows, and marks every directory
@@ -570,7 +706,7 @@ impl Table {
                 self.mark_seen(i, dir, &mut seen);
             }
         }
-        for (path, e) in overlay.entries() {
+        for (path, e) in entries_under(overlay, &prefix) {
             let Some(rest) = path.strip_prefix(&prefix) else {
                 continue;
             };
@@ -648,6 +784,18 @@ impl Table {
         }
         keep_any || seen.contains(&dir)
     }
+}
+
+/// The overlay's visible entries under directory prefix `prefix` (`""`: all),
+/// in path order.
+fn entries_under<'a>(
+    overlay: &'a Overlay,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
+    overlay
+        .entries()
+        .skip_while(move |(p, _)| p.as_str() < prefix)
+        .take_while(move |(p, _)| p.starts_with(prefix))
 }
 
 /// The inode number a path asks for: the first 8 bytes of its MD5, so a
@@ -834,6 +982,99 @@ mod tests {
         let b = t.child(z, "b").expect("b").ino;
         assert_eq!(t.child(b, "c").map(|n| n.path.as_str()), Some("z/b/c"));
         assert!(t.child(ROOT, "a").is_none());
+    }
+
+    fn dir_child(name: &str, keys: Option<Vec<ObjectMeta>>) -> Child {
+        Child::Dir {
+            name: name.into(),
+            mtime: None,
+            keys,
+        }
+    }
+
+    #[test]
+    fn a_child_listing_fills_and_marks_only_its_directory() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let now = Instant::now();
+        let ttl = std::time::Duration::from_secs(5);
+        let small = vec![obj("c/x", 1), obj("c/y/z", 2)];
+        t.apply_children(
+            ROOT,
+            &[
+                Child::Object(obj("a", 1)),
+                dir_child("b", None),
+                dir_child("c", Some(small)),
+                dir_child(RESERVED, None),
+            ],
+            &none,
+            now,
+        );
+        assert_eq!(names(&t, ROOT), ["a", "b", "c"]);
+        assert!(t.listed_within(ROOT, ttl));
+        let b = t.child(ROOT, "b").expect("b").ino;
+        assert!(
+            !t.listed_within(b, ttl),
+            "a jumped-past directory is not listed"
+        );
+        let c = t.child(ROOT, "c").expect("c").ino;
+        assert!(t.listed_within(c, ttl), "one the page held whole is");
+        let y = t.child(c, "y").expect("y").ino;
+        assert_eq!(names(&t, y), ["z"]);
+        // b's own listing; then the root again: b keeps its entries and listing.
+        let later = Instant::now();
+        t.apply_children(b, &[Child::Object(obj("b/k", 1))], &none, later);
+        t.apply_children(
+            ROOT,
+            &[Child::Object(obj("a", 1)), dir_child("b", None)],
+            &none,
+            Instant::now(),
+        );
+        assert_eq!(names(&t, ROOT), ["a", "b"], "c is gone");
+        assert_eq!(names(&t, b), ["k"]);
+        assert_eq!(t.get(b).and_then(|n| n.listed), Some(later));
+    }
+
+    #[test]
+    fn a_child_listing_merges_the_journal_and_keeps_what_this_mount_writes() {
+        let mut o = Overlay::default();
+        o.apply(&Record::Mkdir {
+            path: "d/made/deep".into(),
+            attrs: Attrs::default(),
+        });
+        o.apply(&Record::Hide {
+            path: "d/gone".into(),
+        });
+        o.apply(&Record::Symlink {
+            path: "d/link".into(),
+            target: "x".into(),
+            attrs: Attrs::default(),
+        });
+        let mut t = Table::new();
+        let now = Instant::now();
+        t.apply_listing(ROOT, &[obj("d/old/f", 1), obj("d/w/f", 1)], &o, now);
+        let d = t.child(ROOT, "d").expect("d").ino;
+        let w = t.child(d, "w").expect("w").ino;
+        let writing = ViewEntry {
+            kind: Kind::File,
+            size: 0,
+            data: None,
+            target: None,
+            attrs: Attrs::default(),
+            mtime: SystemTime::now(),
+        };
+        t.upsert(w, "new", writing, Origin::Writing, now);
+        t.apply_children(
+            d,
+            &[Child::Object(obj("d/gone", 1)), dir_child("file", None)],
+            &o,
+            Instant::now(),
+        );
+        // "old" vanished; "w" holds a file being written, so it stays.
+        assert_eq!(names(&t, d), ["file", "link", "made", "w"]);
+        let made = t.child(d, "made").expect("made").ino;
+        assert_eq!(t.child(made, "deep").map(|n| n.kind), Some(Kind::Dir));
+        assert_eq!(t.child(d, "link").map(|n| n.kind), Some(Kind::Symlink));
     }
 
     #[test]
