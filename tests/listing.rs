@@ -298,3 +298,45 @@ fn each_directory_expires_on_its_own() {
         "relisting top took {cost} requests"
     );
 }
+
+#[test]
+fn a_batch_from_another_mount_relists_only_the_directories_it_touched() {
+    let server = Server::start(&[]);
+    let c = client(&server.endpoint);
+    let mut k = many("big", 1500);
+    k.push("a/old".into());
+    put_all(&c, &k);
+    let writer = Mount::start(&server, &[]);
+    let ttl = Duration::from_secs(6);
+    let m = Mount::start(&server, &["--metadata-ttl", "6s"]);
+    // Its journal reloads run every TTL from its start: list shortly before
+    // the first, look after it, well within the listings' TTL.
+    let t0 = Instant::now();
+    sleep_until(t0 + Duration::from_secs(4));
+    let listed = Instant::now();
+    assert_eq!(ls(&m.dir, ""), ["a", "big"]);
+    assert_eq!(ls(&m.path("big"), "").len(), 1500);
+    assert_eq!(ls(&m.path("a"), ""), ["old"]);
+    let made = sh(
+        &format!("mkdir '{}' && sync", writer.path("a/sub").display()),
+        Duration::from_secs(30),
+    );
+    assert!(made.ok, "mkdir: {}", made.stderr);
+    sleep_until(t0 + ttl + Duration::from_millis(1500));
+    let before = reads(&server);
+    assert_eq!(ls(&m.path("big"), "").len(), 1500);
+    let cost = reads(&server) - before;
+    assert_eq!(
+        ls(&m.path("a"), ""),
+        ["old", "sub"],
+        "the reload relisted a"
+    );
+    assert!(
+        listed.elapsed() < ttl,
+        "the machine was too slow for this test's timing"
+    );
+    assert_eq!(
+        cost, 0,
+        "big was relisted after a reload that did not touch it"
+    );
+}

@@ -5,7 +5,7 @@
 use super::node::{Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
 use super::Table;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::journal::{Overlay, Shape};
+use crate::fs::journal::{Overlay, Shape, Touched};
 use crate::fs::{from_timestamp, lock, name_str, Attr, Fs, FsStats, BLOCK_SIZE};
 use crate::protocol::rules;
 use crate::store::{Child, KeyView, ListAll, ListChildren, ObjectMeta};
@@ -13,11 +13,26 @@ use std::ffi::OsStr;
 use std::time::{Instant, SystemTime};
 
 impl Fs {
-    /// Reads other mounts' journal batches; what changed is asked for again.
+    /// Reads other mounts' journal batches; what they changed is asked for
+    /// again: the directories holding the paths their records name.
     pub fn reload_journal(&self) {
-        match self.journal.reload() {
-            Ok(true) => lock(&self.table).invalidate(),
-            Ok(false) => {}
+        match self.journal.reload_touched() {
+            Ok(Touched::Nothing) => {}
+            Ok(Touched::Paths { entries, attrs }) => {
+                let mut t = lock(&self.table);
+                for p in &entries {
+                    t.invalidate_path(p, true);
+                }
+                for p in attrs.iter().filter(|p| !entries.contains(*p)) {
+                    t.invalidate_path(p, false);
+                }
+                self.journal.with_overlay(|o| root_from_journal(&mut t, o));
+            }
+            Ok(Touched::All) => {
+                let mut t = lock(&self.table);
+                t.invalidate();
+                self.journal.with_overlay(|o| root_from_journal(&mut t, o));
+            }
             Err(e) => log::warn!("reloading the journal: {}", e.message),
         }
     }

@@ -465,10 +465,52 @@ impl Table {
     pub fn invalidate(&mut self) {
         for n in self.nodes.values_mut() {
             n.listed = None;
-            n.seen = n
-                .seen
-                .checked_sub(std::time::Duration::from_secs(3600))
-                .unwrap_or(n.seen);
+            n.seen = stale(n.seen);
+        }
+    }
+
+    /// Another mount changed what `path` is (`entry`) or only its
+    /// attributes: forgets the listing of the directory that holds it (or of
+    /// the first directory on the way the table does not know the next step
+    /// of: the new entry may be a new name there) and the confirmation of the
+    /// entry itself; a changed entry, also what lies beneath it. Nothing else.
+    pub fn invalidate_path(&mut self, path: &str, entry: bool) {
+        if path.is_empty() {
+            return;
+        }
+        let mut at = ROOT;
+        let mut parts = path.split('/').peekable();
+        while let Some(part) = parts.next() {
+            let next = self.children.get(&at).and_then(|c| c.get(part)).copied();
+            let Some(next) = next else {
+                if let Some(d) = self.nodes.get_mut(&at) {
+                    d.listed = None;
+                }
+                return;
+            };
+            if parts.peek().is_some() {
+                at = next;
+                continue;
+            }
+            if !entry {
+                if let Some(n) = self.nodes.get_mut(&next) {
+                    n.seen = stale(n.seen);
+                }
+                return;
+            }
+            if let Some(d) = self.nodes.get_mut(&at) {
+                d.listed = None;
+            }
+            let mut stack = vec![next];
+            while let Some(i) = stack.pop() {
+                if let Some(n) = self.nodes.get_mut(&i) {
+                    n.listed = None;
+                    n.seen = stale(n.seen);
+                }
+                if let Some(c) = self.children.get(&i) {
+                    stack.extend(c.values().copied().filter(|c| *c != i));
+                }
+            }
         }
     }
 
@@ -786,6 +828,12 @@ impl Table {
     }
 }
 
+/// A time long enough before `t` that no TTL trusts it.
+fn stale(t: Instant) -> Instant {
+    t.checked_sub(std::time::Duration::from_secs(3600))
+        .unwrap_or(t)
+}
+
 /// The overlay's visible entries under directory prefix `prefix` (`""`: all),
 /// in path order.
 fn entries_under<'a>(
@@ -1075,6 +1123,38 @@ mod tests {
         let made = t.child(d, "made").expect("made").ino;
         assert_eq!(t.child(made, "deep").map(|n| n.kind), Some(Kind::Dir));
         assert_eq!(t.child(d, "link").map(|n| n.kind), Some(Kind::Symlink));
+    }
+
+    #[test]
+    fn a_path_another_mount_changed_invalidates_only_the_directory_holding_it() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let ttl = std::time::Duration::from_secs(5);
+        t.apply_listing(
+            ROOT,
+            &[obj("a/b/f", 1), obj("a/c/g", 1), obj("x", 1)],
+            &none,
+            Instant::now(),
+        );
+        let a = t.child(ROOT, "a").expect("a").ino;
+        let b = t.child(a, "b").expect("b").ino;
+        let c = t.child(a, "c").expect("c").ino;
+        let fresh = |t: &Table, i| t.listed_within(i, ttl);
+        t.invalidate_path("a/b/new", true);
+        assert!(!fresh(&t, b));
+        assert!(fresh(&t, ROOT) && fresh(&t, a) && fresh(&t, c));
+        // Attributes alone: only the entry's confirmation goes.
+        t.invalidate_path("a/c/g", false);
+        assert!(fresh(&t, c));
+        let g = t.child(c, "g").expect("g");
+        assert!(g.seen.elapsed() > ttl);
+        // An entry that replaces a directory: its holder and what lay beneath it.
+        t.invalidate_path("a/c", true);
+        assert!(!fresh(&t, a) && !fresh(&t, c));
+        assert!(fresh(&t, ROOT));
+        // A path under a name the table does not know: where the way stops.
+        t.invalidate_path("new/deep/f", true);
+        assert!(!fresh(&t, ROOT));
     }
 
     #[test]
