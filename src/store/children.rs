@@ -12,6 +12,15 @@ use std::time::SystemTime;
 /// Keys per request (the service's maximum).
 pub const PAGE: u32 = 1000;
 
+/// Keys of the request after a jump: the next child is likely big too, and
+/// of a page that only says so, every key but the first is wasted.
+const AFTER_JUMP: u32 = 100;
+
+/// Keys per request of a `named` lookup: enough to take a leaf directory
+/// whole, few enough that names sharing the prefix (`file-1`, `file-10`, …)
+/// cost little to pass over.
+pub const NAMED_PAGE: u32 = 200;
+
 /// Requests a `named` lookup sends at most.
 pub const NAMED_REQUESTS: u32 = 2;
 
@@ -67,7 +76,9 @@ struct Pending {
 /// next request (`marker` = its prefix + U+10FFFF); one with fewer is read
 /// through, so a page holding several small subdirectories costs no extra
 /// request and hands them over whole. Never sends more requests than listing
-/// every key would.
+/// every key would. After a jump the next request asks for `AFTER_JUMP`
+/// keys (a subdirectory filling all of them is jumped past again), and each
+/// request that jumps past nothing asks for four times more, up to a page.
 pub struct ListChildren<'a, F> {
     store: &'a dyn ObjectStore,
     /// The directory prefix (`""` or ending in `/`).
@@ -75,6 +86,9 @@ pub struct ListChildren<'a, F> {
     /// `named`: the one name asked for.
     only: Option<String>,
     page_size: u32,
+    /// Keys of the page being read, and of the next request.
+    size: u32,
+    next_size: u32,
     max_requests: u32,
     view: F,
     marker: String,
@@ -102,6 +116,8 @@ where
             prefix: prefix.to_string(),
             only: None,
             page_size: PAGE,
+            size: PAGE,
+            next_size: PAGE,
             max_requests: u32::MAX,
             view,
             marker: String::new(),
@@ -116,7 +132,7 @@ where
     }
 
     /// Only `name` under `prefix`: its object and its directory, from one
-    /// request with prefix `prefix` + `name`. A second is sent only when the
+    /// request with prefix `prefix` + `name` (`NAMED_PAGE` keys). A second is sent only when the
     /// first page holds nothing decisive: it is full of keys that sort before
     /// `name/` (`name-1`, `name.bak`, …) or of hidden keys beneath `name/`.
     /// If that is still not enough, keys beneath `name/` that are hidden
@@ -127,7 +143,7 @@ where
         name: &str,
         view: F,
     ) -> ListChildren<'a, F> {
-        let mut l = ListChildren::new(store, prefix, view);
+        let mut l = ListChildren::new(store, prefix, view).page_size(NAMED_PAGE);
         l.only = Some(name.to_string());
         l.max_requests = NAMED_REQUESTS;
         l
@@ -136,6 +152,7 @@ where
     /// Keys per request, 1..=1000 (tests use small pages).
     pub fn page_size(mut self, n: u32) -> Self {
         self.page_size = n.clamp(1, PAGE);
+        self.next_size = self.page_size;
         self
     }
 
@@ -271,13 +288,25 @@ where
                 m = m.max(format!("{s}{LAST}"));
             }
         }
-        let half = (self.page_size as usize).div_ceil(2);
+        // Big: half a full page, or all of a page shrunk after a jump.
+        let big = if self.size >= self.page_size {
+            self.size.div_ceil(2)
+        } else {
+            self.size
+        };
+        let mut jumped = false;
         if let Some(p) = &mut self.cur {
-            if m.starts_with(p.under.as_str()) && p.shown && p.count >= half {
+            if m.starts_with(p.under.as_str()) && p.shown && p.count >= big as usize {
                 m = m.max(format!("{}{LAST}", p.under));
                 p.keys = None;
+                jumped = true;
             }
         }
+        self.next_size = if jumped {
+            AFTER_JUMP.min(self.page_size)
+        } else {
+            self.size.saturating_mul(4).min(self.page_size)
+        };
         if let Some(name) = &self.only {
             // Past `name` + bytes below `/`, straight to `name/`.
             let dir = format!("{}{name}/", self.prefix);
@@ -307,8 +336,9 @@ where
         let ListPage {
             objects,
             next_marker,
-        } = self.store.list(&prefix, &self.marker, self.page_size)?;
+        } = self.store.list(&prefix, &self.marker, self.next_size)?;
         self.requests += 1;
+        self.size = self.next_size;
         let views = (self.view)(&objects);
         self.more = next_marker.is_some();
         self.page_end = next_marker
@@ -474,6 +504,92 @@ mod tests {
         let s = store(&k);
         let (got, requests) = show(ListChildren::new(&s, "d/", hiding(&[])).page_size(10));
         assert_eq!((got, requests), (keys(&["a/8", "b/4", "c"]), 2));
+    }
+
+    /// A store that remembers each listing's `max-keys`.
+    struct Sizes(MemoryStore, std::sync::Mutex<Vec<u32>>);
+
+    impl ObjectStore for Sizes {
+        fn coffer(&self) -> &str {
+            self.0.coffer()
+        }
+        fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+            self.0.head(key)
+        }
+        fn get(
+            &self,
+            key: &str,
+            range: Option<crate::store::Range>,
+        ) -> Result<crate::store::GetResult, StoreError> {
+            self.0.get(key, range)
+        }
+        fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
+            self.0.put(key, data)
+        }
+        fn list(&self, prefix: &str, marker: &str, max: u32) -> Result<ListPage, StoreError> {
+            self.1.lock().expect("sizes").push(max);
+            self.0.list(prefix, marker, max)
+        }
+        fn initiate(&self, key: &str) -> Result<String, StoreError> {
+            self.0.initiate(key)
+        }
+        fn upload_part(
+            &self,
+            key: &str,
+            id: &str,
+            n: u32,
+            data: Bytes,
+            md5: [u8; 16],
+        ) -> Result<String, StoreError> {
+            self.0.upload_part(key, id, n, data, md5)
+        }
+        fn list_parts(
+            &self,
+            key: &str,
+            id: &str,
+            marker: u32,
+        ) -> Result<crate::store::PartsPage, StoreError> {
+            self.0.list_parts(key, id, marker)
+        }
+        fn complete(
+            &self,
+            key: &str,
+            id: &str,
+            parts: &[crate::store::CompletedPart],
+            size: u64,
+        ) -> Result<String, StoreError> {
+            self.0.complete(key, id, parts, size)
+        }
+        fn abort(&self, key: &str, id: &str) -> Result<(), StoreError> {
+            self.0.abort(key, id)
+        }
+        fn list_uploads(
+            &self,
+            prefix: &str,
+            marker: &str,
+        ) -> Result<crate::store::UploadsPage, StoreError> {
+            self.0.list_uploads(prefix, marker)
+        }
+    }
+
+    #[test]
+    fn after_a_jump_pages_shrink_and_they_grow_back_over_small_children() {
+        let mut k = Vec::new();
+        for big in ["d/a", "d/b", "d/c"] {
+            k.extend(many(big, 1100));
+        }
+        for leaf in 0..30 {
+            k.extend(many(&format!("d/leaf{leaf:02}"), 40));
+        }
+        let s = Sizes(store(&k), Default::default());
+        let (got, requests) = show(ListChildren::new(&s, "d/", hiding(&[])));
+        assert_eq!(got.len(), 33);
+        assert!(got[..3].iter().all(|g| g.ends_with("/…")), "{got:?}");
+        assert!(got[3..].iter().all(|g| g.ends_with("/40")), "{got:?}");
+        // a: a full page; b, c: a small one each; then the leaves, growing.
+        let sizes = s.1.lock().expect("sizes").clone();
+        assert_eq!(sizes, [1000, 100, 100, 100, 400, 1000]);
+        assert_eq!(requests, 6);
     }
 
     #[test]

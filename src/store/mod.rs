@@ -12,7 +12,7 @@ pub mod faulty;
 #[cfg(any(test, feature = "test-stores"))]
 pub mod memory;
 
-pub use children::{Child, KeyView, ListChildren, NAMED_REQUESTS, PAGE};
+pub use children::{Child, KeyView, ListChildren, NAMED_PAGE, NAMED_REQUESTS, PAGE};
 
 /// What a listing or HEAD tells about an object.
 #[derive(Debug, Clone, PartialEq)]
