@@ -639,10 +639,7 @@ impl Table {
         let shown: HashSet<String> = files.keys().chain(dirs.keys()).cloned().collect();
         for (name, entry) in files {
             if dirs.contains_key(&name) {
-                log::warn!(
-                    "{:?} is hidden by the directory of the same name",
-                    join(&prefix, &name)
-                );
+                log::warn!("{prefix}{name:?} is hidden by the directory of the same name");
                 continue;
             }
             if let Some(old) = self.child(dir, &name) {
