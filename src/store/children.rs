@@ -12,8 +12,9 @@ use std::time::SystemTime;
 /// Keys per request (the service's maximum).
 pub const PAGE: u32 = 1000;
 
-/// Keys of the request after a jump: the next child is likely big too, and
-/// of a page that only says so, every key but the first is wasted.
+/// Keys of the request after a jump past a subdirectory that filled a whole
+/// page: the next is likely as big, and of a page that only says so, every
+/// key but the first is wasted.
 const AFTER_JUMP: u32 = 100;
 
 /// Keys per request of a `named` lookup: enough to take a leaf directory
@@ -75,10 +76,12 @@ struct Pending {
 /// them). A subdirectory whose keys fill half a page is jumped past at the
 /// next request (`marker` = its prefix + U+10FFFF); one with fewer is read
 /// through, so a page holding several small subdirectories costs no extra
-/// request and hands them over whole. Never sends more requests than listing
-/// every key would. After a jump the next request asks for `AFTER_JUMP`
-/// keys (a subdirectory filling all of them is jumped past again), and each
-/// request that jumps past nothing asks for four times more, up to a page.
+/// request and hands them over whole. After a jump past a subdirectory that
+/// filled a whole page the next request asks for `AFTER_JUMP` keys (one
+/// filling all of them is jumped past again), and each other request asks
+/// for four times more than the last, up to a page. So a listing costs at
+/// most a request per subdirectory jumped past plus the pages of the rest;
+/// without a subdirectory of a page or more, no more than listing every key.
 pub struct ListChildren<'a, F> {
     store: &'a dyn ObjectStore,
     /// The directory prefix (`""` or ending in `/`).
@@ -294,15 +297,16 @@ where
         } else {
             self.size
         };
-        let mut jumped = false;
+        // Whether a subdirectory filled the whole page and was jumped past.
+        let mut filled = false;
         if let Some(p) = &mut self.cur {
             if m.starts_with(p.under.as_str()) && p.shown && p.count >= big as usize {
                 m = m.max(format!("{}{LAST}", p.under));
                 p.keys = None;
-                jumped = true;
+                filled = p.count >= self.size as usize;
             }
         }
-        self.next_size = if jumped {
+        self.next_size = if filled {
             AFTER_JUMP.min(self.page_size)
         } else {
             self.size.saturating_mul(4).min(self.page_size)
@@ -573,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn after_a_jump_pages_shrink_and_they_grow_back_over_small_children() {
+    fn after_a_jump_past_a_whole_page_pages_shrink_and_grow_back_over_small_children() {
         let mut k = Vec::new();
         for big in ["d/a", "d/b", "d/c"] {
             k.extend(many(big, 1100));
@@ -590,6 +594,18 @@ mod tests {
         let sizes = s.1.lock().expect("sizes").clone();
         assert_eq!(sizes, [1000, 100, 100, 100, 400, 1000]);
         assert_eq!(requests, 6);
+        // Subdirectories of half a page: jumped past, but pages stay full,
+        // and no more requests than listing every key.
+        let mut k = Vec::new();
+        for mid in ["d/a", "d/b", "d/c", "d/e"] {
+            k.extend(many(mid, 500));
+        }
+        k.push("d/f".into());
+        let s = Sizes(store(&k), Default::default());
+        let (got, requests) = show(ListChildren::new(&s, "d/", hiding(&[])));
+        assert_eq!(got, ["a/500", "b/…", "c/500", "e/…", "f"]);
+        assert_eq!(*s.1.lock().expect("sizes"), [1000, 1000, 1000]);
+        assert_eq!(requests, 3);
     }
 
     #[test]
