@@ -97,7 +97,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
-fn progress_bar(len: u64, verb: &str, enabled: bool) -> indicatif::ProgressBar {
+pub fn progress_bar(len: u64, verb: &str, enabled: bool) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
     }

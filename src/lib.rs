@@ -8,6 +8,7 @@
 pub mod client;
 pub mod commands;
 pub mod fs;
+pub mod history;
 pub mod mount;
 pub mod options;
 pub mod protocol;

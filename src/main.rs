@@ -6,6 +6,7 @@
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use cofferfs::commands::{self, split_path, CommandError};
+use cofferfs::history;
 use cofferfs::mount::{self, MountConfig};
 use cofferfs::options::{self, parse_count, parse_part_size, MountOptions, Target};
 use cofferfs::protocol::sign::Credentials;
@@ -75,13 +76,43 @@ enum Command {
         #[command(flatten)]
         transfer: TransferArgs,
     },
-    /// Download COFFER/KEY into FILE (parallel ranged GETs).
+    /// Download COFFER/KEY into FILE (parallel ranged GETs); with --as-of,
+    /// the file at COFFER/PATH as the mount showed it then.
     Get {
-        /// COFFER/KEY
+        /// COFFER/KEY, or COFFER/PATH with --as-of
         src: String,
         file: PathBuf,
         #[command(flatten)]
         transfer: TransferArgs,
+        /// Restore PATH as it was at TIME: RFC 3339 or an age (90m, 2d).
+        #[arg(long, value_name = "TIME", value_parser = options::parse_time)]
+        as_of: Option<u64>,
+    },
+    /// Every version ever bound to COFFER/PATH, oldest first: time, size,
+    /// ETag, the key that holds it, and what ended it.
+    Versions {
+        /// COFFER/PATH
+        path: String,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit trail: one line per journal record (time, writer, operation,
+    /// path or paths).
+    Log {
+        coffer: String,
+        /// Only records stored at or after TIME (RFC 3339 or an age).
+        #[arg(long, value_name = "TIME", value_parser = options::parse_time)]
+        since: Option<u64>,
+        /// Only records stored at or before TIME.
+        #[arg(long, value_name = "TIME", value_parser = options::parse_time)]
+        until: Option<u64>,
+        /// Only records about paths starting with PREFIX.
+        #[arg(long, value_name = "PREFIX", default_value = "")]
+        path: String,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
     },
     /// List objects: size, time, ETag, key.
     Ls {
@@ -175,6 +206,57 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             src,
             file,
             transfer,
+            as_of: Some(t),
+        } => {
+            let (coffer, path) = split_path(&src, true)?;
+            let bar = commands::progress_bar(0, "get", progress);
+            let r = history::get_as_of(
+                store(&cli.target, &coffer)?.as_ref(),
+                &path,
+                t,
+                &file,
+                transfer.part_size,
+                transfer.concurrency,
+                &|n| bar.inc(n),
+            )?;
+            bar.finish_and_clear();
+            log::info!(
+                "got {} bytes of {path} as of {}",
+                r.bytes,
+                history::format_micros(t)
+            );
+        }
+        Command::Versions { path, json } => {
+            let (coffer, path) = split_path(&path, true)?;
+            let v = history::versions(store(&cli.target, &coffer)?.as_ref(), &path)?;
+            if v.is_empty() {
+                return Err(CommandError::Usage(format!(
+                    "{path:?}: no version in the coffer's journal or objects"
+                )));
+            }
+            history::versions::print(&path, &v, json, &mut out)?;
+        }
+        Command::Log {
+            coffer,
+            since,
+            until,
+            path,
+            json,
+        } => {
+            let filter = history::LogFilter {
+                since,
+                until,
+                prefix: path,
+            };
+            history::log(store(&cli.target, &coffer)?.as_ref(), &filter, &mut |e| {
+                history::log::print(e, json, &mut out)
+            })?;
+        }
+        Command::Get {
+            src,
+            file,
+            transfer,
+            as_of: None,
         } => {
             let (coffer, key) = split_path(&src, true)?;
             let r = commands::get(

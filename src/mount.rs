@@ -54,7 +54,8 @@ impl MountConfig {
             file_mode: m.file_mode,
             dir_mode: m.dir_mode,
             metadata_ttl: m.metadata_ttl,
-            read_only: m.read_only,
+            read_only: m.read_only || m.as_of.is_some(),
+            as_of: m.as_of,
             allow_delete: !m.no_delete,
             cache_dir: m.cache_dir.unwrap_or_else(private_dir::default_base),
             staging_limit: m.staging_limit,
@@ -206,6 +207,7 @@ fn run_foreground(cfg: MountConfig) -> Result<(), CommandError> {
     // back to the kernel when freed.
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
+    crate::fs::memory::bound_arenas();
     let started = start(&cfg);
     let (session, fs, server) = match started {
         Ok(s) => s,
@@ -262,6 +264,15 @@ type Started = (fuser::Session<FuseFs>, Arc<Fs>, Option<ServerHandle>);
 /// Everything up to a live mount: checks, the embedded server, the coffer probe.
 fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
     check_mountpoint(&cfg.mountpoint)?;
+    if let Some(t) = cfg.fs.as_of {
+        let when = crate::history::format_micros(t);
+        if t > crate::protocol::time::now_micros() {
+            return Err(CommandError::Usage(format!(
+                "--as-of {when} is in the future"
+            )));
+        }
+        log::info!("showing the coffer as of {when}, read-only");
+    }
     let (client_cfg, server) = match &cfg.local {
         Some(dir) => {
             if cfg.target.endpoint.is_some() || cfg.target.region.is_some() {
@@ -312,7 +323,8 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
     let probe = CdcsClient::new(probe_cfg, &cfg.coffer)?;
     check_coffer(&probe, &cfg.coffer)?;
     let store: Arc<dyn ObjectStore> = Arc::new(CdcsClient::new(client_cfg, &cfg.coffer)?);
-    if let Some(age) = cfg.abort_uploads_older_than {
+    // A mount as of a past time changes nothing in the coffer.
+    if let (Some(age), None) = (cfg.abort_uploads_older_than, cfg.fs.as_of) {
         abort_orphans(store.as_ref(), age);
     }
     let fs = Fs::new(store, fs_cfg).map_err(|e| {

@@ -62,6 +62,10 @@ pub struct MountOptions {
     /// Mount read-only.
     #[arg(long, alias = "ro")]
     pub read_only: bool,
+    /// Show the coffer as it stood at TIME, read-only: RFC 3339
+    /// (2026-11-29T10:00:00Z) or an age (90m, 2d).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub as_of: Option<u64>,
     /// rm of a file that holds coffer bytes fails with EPERM, instead of hiding
     /// the path (the default; the bytes stay in the coffer either way). Empty
     /// files, symlinks and empty directories can always be removed.
@@ -203,6 +207,23 @@ fn fstab_item(item: &str) -> Option<String> {
     })
 }
 
+/// A point in time (`--as-of`, `--since`, `--until`), in microseconds since
+/// the Unix epoch: RFC 3339 with an offset or `Z` (fractions of a second
+/// kept), or an age back from now (`90m`, `2d`, `1h 30m`).
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if let Ok(age) = humantime::parse_duration(t) {
+        let now = crate::protocol::time::now_micros();
+        return Ok(now.saturating_sub(u64::try_from(age.as_micros()).unwrap_or(u64::MAX)));
+    }
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(d) => u64::try_from(d.timestamp_micros()).map_err(|_| format!("{s:?} is before 1970")),
+        Err(_) => Err(format!(
+            "{s:?}: expected RFC 3339 (2026-11-29T10:00:00Z) or an age (90m, 2d)"
+        )),
+    }
+}
+
 /// The default of `--abort-uploads-older-than`: one day.
 pub const ABORT_UPLOADS_DEFAULT: Duration = Duration::from_secs(86400);
 
@@ -322,6 +343,28 @@ mod tests {
         let t = parse(&["--part-size", "2MiB", "--ro"]).expect("flags");
         assert_eq!(t.mount.part_size, 2 << 20);
         assert!(t.mount.read_only);
+    }
+
+    #[test]
+    fn times_are_rfc_3339_or_ages_back_from_now() {
+        assert_eq!(
+            parse_time("2026-11-29T10:00:00.123456Z"),
+            Ok(1_795_946_400_123_456)
+        );
+        assert_eq!(
+            parse_time("2026-11-29T18:00:00+08:00"),
+            parse_time("2026-11-29T10:00:00Z")
+        );
+        let t = parse_time("90m").expect("age");
+        let now = crate::protocol::time::now_micros();
+        let back = now - t;
+        assert!((5_400_000_000..5_460_000_000).contains(&back), "{back}");
+        assert!(parse_time("2d").is_ok_and(|t| t < now - 172_000_000_000));
+        for bad in ["yesterday", "2026-11-29", "1969-12-31T23:59:59Z", ""] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+        let t = parse(&["-o", "ro,as_of=2026-11-29T10:00:00Z"]).expect("options");
+        assert_eq!(t.mount.as_of, Some(1_795_946_400_000_000));
     }
 
     #[test]

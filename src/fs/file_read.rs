@@ -15,9 +15,9 @@ impl Fs {
     /// Opens `n` for reading; the flag says whether the kernel may keep pages
     /// it cached from an earlier open (the same object version).
     pub(super) fn open_read(&self, n: &Node) -> (u64, bool) {
-        let object = n.data.as_ref().map(|d| ObjectId {
-            key: d.key.as_str().into(),
-            etag: d.etag.as_str().into(),
+        let object = n.data().map(|d| ObjectId {
+            key: (*d.key).into(),
+            etag: d.etag.to_string().into(),
             size: n.size,
         });
         let keep = match &object {

@@ -67,6 +67,17 @@ impl FuseFs {
         }
     }
 
+    /// Replies with an entry; the kernel holds it from now on (until `forget`).
+    fn entry(&self, reply: ReplyEntry, op: &str, result: Result<Attr, FsError>) {
+        match result {
+            Ok(a) => {
+                self.fs.remember(a.ino);
+                reply.entry(&ttl(&a), &file_attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(fail(op, &e)),
+        }
+    }
+
     /// Runs `job` on a finisher thread and replies with its result.
     fn finish<F>(&self, op: &'static str, reply: ReplyEmpty, job: F)
     where
@@ -229,10 +240,13 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail("lookup", &e)),
-        }
+        self.entry(reply, "lookup", self.fs.lookup(parent.0, name))
+    }
+
+    // BATCH_FORGET comes here too: fuser's default `batch_forget` calls this
+    // for each inode (its `ForgetOne` cannot be named outside the crate).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(&[(ino.0, nlookup)]);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -283,10 +297,11 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(parent.0, name, mode & !umask, owner(req)) {
-            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail("mkdir", &e)),
-        }
+        self.entry(
+            reply,
+            "mkdir",
+            self.fs.mkdir(parent.0, name, mode & !umask, owner(req)),
+        )
     }
 
     fn mknod(
@@ -300,10 +315,11 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let mode = mode & !(umask & 0o7777);
-        match self.fs.mknod(parent.0, name, mode, rdev, owner(req)) {
-            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail("mknod", &e)),
-        }
+        self.entry(
+            reply,
+            "mknod",
+            self.fs.mknod(parent.0, name, mode, rdev, owner(req)),
+        )
     }
 
     fn symlink(
@@ -314,10 +330,11 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.fs.symlink(parent.0, link_name, target, owner(req)) {
-            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail("symlink", &e)),
-        }
+        self.entry(
+            reply,
+            "symlink",
+            self.fs.symlink(parent.0, link_name, target, owner(req)),
+        )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -335,10 +352,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.fs.link(ino.0, newparent.0, newname) {
-            Ok(a) => reply.entry(&ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(fail("link", &e)),
-        }
+        self.entry(reply, "link", self.fs.link(ino.0, newparent.0, newname))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -413,13 +427,20 @@ impl Filesystem for FuseFs {
             .fs
             .create(parent.0, name, mode & !umask, flags, req.pid(), owner(req))
         {
-            Ok((a, fh)) => reply.created(
-                &ttl(&a),
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                write_only_flags(flags),
-            ),
+            // A new file is empty and only this mount writes it: the kernel
+            // may keep these attributes (its writes invalidate size and
+            // times), which spares the GETATTRs of `fstat` and of the first
+            // write's privilege check — two of eight requests per small file.
+            Ok((a, fh)) => {
+                self.fs.remember(a.ino);
+                reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    write_only_flags(flags),
+                )
+            }
             Err(e) => reply.error(fail("create", &e)),
         }
     }

@@ -118,7 +118,7 @@ impl Fs {
         if n.kind == Kind::Dir {
             return Err(FsError::new(
                 libc::EISDIR,
-                format!("{:?}: a directory", n.path),
+                format!("{:?}: a directory", n.path()),
             ));
         }
         if !is_write(flags) && flags & libc::O_TRUNC == 0 {
@@ -131,7 +131,7 @@ impl Fs {
                 format!(
                     "open {:?} for writing: another handle is writing it; it can be opened \
                      once that one is closed",
-                    n.path
+                    n.path()
                 ),
             ));
         }

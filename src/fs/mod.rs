@@ -9,11 +9,14 @@
 //! - `privs`: setuid/setgid bits a write takes away;
 //! - `handles`: the handle table, open and release;
 //! - `file_write/`, `file_read`, `dir`: what open files and directories do;
-//! - `journal/`: the metadata journal's format, commit and replay.
+//! - `journal/`: the metadata journal's format, commit and replay;
+//! - `memory`: what the kernel holds, what it forgot, memory given back;
+//! - `as_of`: mounts of the coffer as it stood at a past time (`--as-of`).
 //!
 //! Talks to the network only through `ObjectStore` (and the journal through
 //! `journal::Committer`); knows no FUSE (`fuse` adapts it).
 
+mod as_of;
 pub mod cache;
 mod dir;
 pub mod disk_cache;
@@ -23,6 +26,7 @@ mod file_write;
 pub mod fuse;
 mod handles;
 pub mod journal;
+pub mod memory;
 mod namespace;
 pub mod private_dir;
 mod privs;
@@ -70,6 +74,9 @@ pub struct FsConfig {
     pub cache: CacheConfig,
     /// Bytes of file blocks kept under `cache_dir` across mounts; 0 for none.
     pub cache_dir_size: u64,
+    /// Show the coffer as it stood at this time (microseconds since the
+    /// epoch), read-only: `--as-of`.
+    pub as_of: Option<u64>,
 }
 
 impl Default for FsConfig {
@@ -91,6 +98,7 @@ impl Default for FsConfig {
             staging_limit: 16 << 30,
             cache: CacheConfig::default(),
             cache_dir_size: 0,
+            as_of: None,
         }
     }
 }
@@ -194,10 +202,14 @@ pub struct Fs {
     table: Mutex<Table>,
     handles: Handles,
     stopping: AtomicBool,
+    /// Entries evicted from the table since memory was last given back.
+    evicted: std::sync::atomic::AtomicUsize,
     /// Held while the namespace changes shape: a rename's records, and the
     /// creation or settling of a file, are made under it, so a file made in a
     /// directory that is being renamed lands at one path or the other, whole.
     ns: Mutex<()>,
+    /// As-of mounts: whether each bound object checked is still there.
+    versions_there: Mutex<HashMap<String, bool>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -269,7 +281,17 @@ pub(crate) fn touched_now() -> Attrs {
 impl Fs {
     /// Replays the coffer's journal and prepares the staging directory.
     pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> FsResult<Arc<Fs>> {
-        let journal = Committer::open(Arc::clone(&store))?;
+        let (store, journal) = match cfg.as_of {
+            Some(t) => {
+                let store: Arc<dyn ObjectStore> = Arc::new(as_of::AsOfStore::new(store, t));
+                let journal = Committer::open_as_of(Arc::clone(&store), t)?;
+                (store, journal)
+            }
+            None => {
+                let journal = Committer::open(Arc::clone(&store))?;
+                (store, journal)
+            }
+        };
         let cache_dir_err = |e: std::io::Error| {
             FsError::new(
                 libc::EIO,
@@ -301,7 +323,9 @@ impl Fs {
             table: Mutex::new(Table::new()),
             handles: Handles::new(),
             stopping: AtomicBool::new(false),
+            evicted: std::sync::atomic::AtomicUsize::new(0),
             ns: Mutex::new(()),
+            versions_there: Mutex::new(HashMap::new()),
         });
         fs.load_root();
         let weak = Arc::downgrade(&fs);
@@ -315,14 +339,16 @@ impl Fs {
                     return;
                 }
                 fs.reload_journal();
+                fs.settle_memory();
             })
             .map_err(|e| FsError::new(libc::EIO, format!("cannot start a thread: {e}")))?;
         Ok(fs)
     }
 
-    /// Mounted read-only, or turned read-only by a journal of a later format.
+    /// Mounted read-only (or as of a past time), or turned read-only by a
+    /// journal of a later format.
     pub fn read_only(&self) -> bool {
-        self.cfg.read_only || self.journal.read_only()
+        self.cfg.read_only || self.cfg.as_of.is_some() || self.journal.read_only()
     }
 
     fn writable(&self, op: &str, path: &str) -> FsResult<()> {

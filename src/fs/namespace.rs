@@ -94,8 +94,8 @@ impl Fs {
             let Some(n) = t.get_mut(*d).filter(|n| n.kind == Kind::Dir) else {
                 continue;
             };
-            n.attrs = n.attrs.merged(times);
-            self.journal.record_times(&n.path, times);
+            n.attrs = n.attrs.merged(times).into();
+            self.journal.record_times(&n.path(), times);
         }
     }
 
@@ -319,7 +319,7 @@ impl Fs {
         if n.kind == Kind::Dir {
             return Err(FsError::new(
                 libc::EISDIR,
-                format!("unlink {:?}: a directory", n.path),
+                format!("unlink {:?}: a directory", n.path()),
             ));
         }
         self.may_delete(&n, "unlink")?;
@@ -334,7 +334,7 @@ impl Fs {
         if n.kind != Kind::Dir {
             return Err(FsError::new(
                 libc::ENOTDIR,
-                format!("rmdir {:?}: not a directory", n.path),
+                format!("rmdir {:?}: not a directory", n.path()),
             ));
         }
         // Refused before "not empty": without --allow-delete nothing is removed.
@@ -350,7 +350,7 @@ impl Fs {
         if !lock(&self.table).children(dir.ino).is_empty() {
             return Err(FsError::new(
                 libc::ENOTEMPTY,
-                format!("{op} {:?}: not empty", dir.path),
+                format!("{op} {:?}: not empty", dir.path()),
             ));
         }
         Ok(())
@@ -362,15 +362,15 @@ impl Fs {
     /// a symlink, a directory) can always go. A file being written may go too:
     /// its handles keep it, unlinked (`Table::remove`).
     fn may_delete(&self, n: &Node, op: &str) -> FsResult<()> {
-        self.writable(op, &n.path)?;
-        if !self.cfg.allow_delete && n.kind == Kind::File && n.data.is_some() {
+        self.writable(op, &n.path())?;
+        if !self.cfg.allow_delete && n.kind == Kind::File && n.has_data() {
             return Err(FsError::new(
                 libc::EPERM,
                 format!(
                     "{op} {:?}: this mount was started with --no-delete and the file holds \
                      bytes of the write-once coffer (without --no-delete, rm hides the path; \
                      the bytes stay in the coffer)",
-                    n.path
+                    n.path()
                 ),
             ));
         }
@@ -405,10 +405,10 @@ impl Fs {
             return None;
         }
         let explicit = self.journal.with_overlay(|o| {
-            o.get(&dir.path)
+            o.get(&dir.path())
                 .is_some_and(|e| e.shape == journal::Shape::Dir)
         });
-        (!explicit).then(|| dir.view().record_at(&dir.path))
+        (!explicit).then(|| dir.view().record_at(&dir.path()))
     }
 
     /// A hard-linked file lost a name and keeps others: its ctime changes
@@ -423,7 +423,7 @@ impl Fs {
         let ctime = touched_now().ctime;
         n.attrs.ctime = ctime;
         self.journal.record(vec![Record::Attr {
-            path: n.path.clone(),
+            path: n.path(),
             attrs: Attrs {
                 ctime,
                 ..Attrs::default()
@@ -442,7 +442,7 @@ impl Fs {
         if n.kind == Kind::Dir {
             return Err(FsError::new(
                 libc::EPERM,
-                format!("link {:?}: a directory", n.path),
+                format!("link {:?}: a directory", n.path()),
             ));
         }
         if n.unlinked {
@@ -453,7 +453,7 @@ impl Fs {
                 libc::EBUSY,
                 format!(
                     "link {:?}: being written; link it once it is closed",
-                    n.path
+                    n.path()
                 ),
             ));
         }
@@ -473,12 +473,12 @@ impl Fs {
         let mut records = Vec::new();
         if n.attrs.link.is_none() {
             // The first link: the existing name joins the identity too.
-            records.push(v.record_at(&n.path));
+            records.push(v.record_at(&n.path()));
         }
         records.push(v.record_at(&to));
         self.journal.record(records);
         if let Some(m) = t.get_mut(ino) {
-            m.attrs = v.attrs;
+            m.attrs = v.attrs.into();
         }
         t.add_alias(ino, newparent, newname);
         self.entries_changed(&mut t, &[newparent]);
@@ -541,6 +541,9 @@ impl Fs {
                 (false, false) => {}
             }
         }
+        // Every entry beneath a directory is recorded at its new path: none
+        // may leave the table between the listing and the records.
+        let _hold = self.hold_table();
         if src.kind == Kind::Dir {
             self.list_subtree(&src)?;
         }
@@ -619,7 +622,7 @@ impl Fs {
             Origin::Writing => t.mark_stored(newparent, Instant::now()),
         }
         if let Some(n) = t.get_mut(src.ino) {
-            n.attrs = moved.attrs;
+            n.attrs = moved.attrs.into();
         }
         self.entries_changed(&mut t, &[parent, newparent]);
         Ok(())
@@ -660,7 +663,7 @@ impl Fs {
             return Ok(());
         }
         let node = self.node(ino)?;
-        self.writable("fallocate", &node.path)?;
+        self.writable("fallocate", &node.path())?;
         self.truncate(&node, Some(fh), end)
     }
 
@@ -680,7 +683,7 @@ impl Fs {
                 _ => return Err(e),
             },
         };
-        self.writable("setattr", &node.path)?;
+        self.writable("setattr", &node.path())?;
         if let Some(size) = set.size {
             self.truncate(&node, fh, size)?;
         }
@@ -705,8 +708,8 @@ impl Fs {
                 let Some(n) = t.get_mut(ino) else {
                     return Err(FsError::not_found());
                 };
-                n.attrs = n.attrs.merged(attrs);
-                n.path.clone()
+                n.attrs = n.attrs.merged(attrs).into();
+                n.path()
             };
             if !self.being_written(ino) && !node.unlinked {
                 self.journal.record(vec![Record::Attr { path, attrs }]);

@@ -130,7 +130,7 @@ impl Fs {
     /// The value of `name`; ENODATA when it has none.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         let name = xattr_name(name)?;
-        let path = self.node(ino)?.path;
+        let path = self.node(ino)?.path();
         let value = self
             .journal
             .with_overlay(|o| o.xattrs(&path).and_then(|x| x.get(name)).cloned());
@@ -147,7 +147,7 @@ impl Fs {
 
     /// Every name, each followed by a NUL, as `listxattr(2)` answers.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
-        let path = self.node(ino)?.path;
+        let path = self.node(ino)?.path();
         Ok(self.journal.with_overlay(|o| {
             let mut out = Vec::new();
             for name in o.xattrs(&path).into_iter().flat_map(|x| x.keys()) {
@@ -188,7 +188,7 @@ impl Fs {
         // Under `ns`, the check and the record are one step, and a rename
         // cannot move the path in between.
         let _ns = lock(&self.ns);
-        let path = self.node(ino)?.path;
+        let path = self.node(ino)?.path();
         self.writable("setxattr", &path)?;
         let (exists, listed) = self.journal.with_overlay(|o| {
             let x = o.xattrs(&path);
@@ -232,7 +232,7 @@ impl Fs {
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         let name = xattr_name(name)?;
         let _ns = lock(&self.ns);
-        let path = self.node(ino)?.path;
+        let path = self.node(ino)?.path();
         self.writable("removexattr", &path)?;
         let exists = self
             .journal
@@ -265,8 +265,8 @@ impl Fs {
         let (path, unlinked) = {
             let mut t = lock(&self.table);
             let n = t.get_mut(ino)?;
-            n.attrs = n.attrs.merged(attrs);
-            (n.path.clone(), n.unlinked)
+            n.attrs = n.attrs.merged(attrs).into();
+            (n.path(), n.unlinked)
         };
         (!unlinked && !self.being_written(ino)).then_some(Record::Attr { path, attrs })
     }

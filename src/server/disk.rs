@@ -2,27 +2,33 @@
 //! metadata in redb, so every commit is one transaction. Keys are data, never paths.
 //! Must not know HTTP or operations: it answers with `DiskError` codes, never responses.
 
+use super::small::{Pending, SmallPuts};
+use super::wal;
 use crate::protocol::ErrorCode;
 use crate::protocol::{hex, multipart_etag, rules, unhex};
 use md5::{Digest, Md5};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::{Arc, MutexGuard};
 
 const COFFERS: TableDefinition<&str, &[u8]> = TableDefinition::new("coffers");
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+pub(super) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("parts");
 const COMPLETED: TableDefinition<&str, &str> = TableDefinition::new("completed");
 /// The bytes of small PutObjects, by the id in their record's `file`.
 const INLINE: TableDefinition<&str, &[u8]> = TableDefinition::new("inline");
+/// The server's own state: `wal`, the small-put log's `Mark`.
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// A PutObject this small is kept in the database, not in a file of its own:
-/// then storing it takes one fsync (the commit) instead of three (its file,
-/// the directory it is renamed into, the commit), and no inode.
+/// then storing it takes one sync of the small-put log (`wal.rs`) instead of
+/// three fsyncs (its file, the directory it is renamed into, the commit), and
+/// no inode.
 pub const INLINE_MAX: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,14 +122,16 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, DiskError> {
     io!(serde_json::to_vec(v))
 }
 
-fn from_json<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, DiskError> {
+pub(super) fn from_json<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, DiskError> {
     io!(serde_json::from_slice(b))
 }
 
 /// The server's whole state on disk.
 pub struct Disk {
     root: PathBuf,
-    db: Database,
+    db: Arc<Database>,
+    /// Small puts: durable by their log record, in the database by batches.
+    small: Arc<SmallPuts>,
     /// Keys with a PutObject streaming in (one writer per key).
     putting: Mutex<HashSet<String>>,
     /// Uploads with a Complete in progress.
@@ -198,6 +206,12 @@ impl Drop for Incoming {
     }
 }
 
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.small.stop();
+    }
+}
+
 impl Disk {
     /// Opens (or creates) the store at `root`, clearing what a crash left behind.
     pub fn open(root: &Path) -> Result<Disk, DiskError> {
@@ -218,11 +232,15 @@ impl Disk {
             io!(tx.open_table(PARTS))?;
             io!(tx.open_table(COMPLETED))?;
             io!(tx.open_table(INLINE))?;
+            io!(tx.open_table(META))?;
             io!(tx.commit())?;
         }
+        let db = Arc::new(db);
+        let small = SmallPuts::open(Arc::clone(&db), &root.join("wal"))?;
         let disk = Disk {
             root: root.to_path_buf(),
             db,
+            small,
             putting: Mutex::new(HashSet::new()),
             completing: Mutex::new(HashSet::new()),
         };
@@ -273,6 +291,9 @@ impl Disk {
     pub fn inline_bytes(&self, rec: &ObjectRec) -> Result<Option<Vec<u8>>, DiskError> {
         if !rec.inline {
             return Ok(None);
+        }
+        if let Some(b) = self.small.bytes(&rec.file) {
+            return Ok(Some(b));
         }
         let tx = io!(self.db.begin_read())?;
         let t = io!(tx.open_table(INLINE))?;
@@ -385,6 +406,15 @@ impl Disk {
     // ---- objects ----
 
     pub fn object(&self, coffer: &str, key: &str) -> Result<Option<ObjectRec>, DiskError> {
+        if let Some(rec) = self.small.object(&obj_key(coffer, key)) {
+            return Ok(Some(rec));
+        }
+        // A put moves from waiting to the database in one commit before it
+        // stops waiting: looked for after, it is found in one of the two.
+        self.object_in_db(coffer, key)
+    }
+
+    fn object_in_db(&self, coffer: &str, key: &str) -> Result<Option<ObjectRec>, DiskError> {
         let tx = io!(self.db.begin_read())?;
         let t = io!(tx.open_table(OBJECTS))?;
         match io!(t.get(obj_key(coffer, key).as_str()))? {
@@ -401,15 +431,24 @@ impl Disk {
         marker: &str,
         max: usize,
     ) -> Result<(Vec<(String, ObjectRec)>, bool), DiskError> {
+        let base = format!("{coffer}/");
+        let after_marker = !marker.is_empty() && marker >= prefix;
+        let start = if after_marker {
+            format!("{base}{marker}")
+        } else {
+            format!("{base}{prefix}")
+        };
+        // Waiting puts first, then the database: a put leaves the first only
+        // once committed to the second, so it is seen in one of them.
+        let waiting = self.small.range(
+            &start,
+            after_marker,
+            &format!("{base}{prefix}"),
+            max.saturating_add(1),
+        );
         let tx = io!(self.db.begin_read())?;
         let t = io!(tx.open_table(OBJECTS))?;
-        let base = format!("{coffer}/");
-        let start = if marker.is_empty() || marker < prefix {
-            format!("{base}{prefix}")
-        } else {
-            format!("{base}{marker}")
-        };
-        let mut out = Vec::new();
+        let mut stored = Vec::new();
         for item in io!(t.range(start.as_str()..))? {
             let (k, v) = io!(item)?;
             let Some(key) = k.value().strip_prefix(&base) else {
@@ -418,28 +457,42 @@ impl Disk {
             if !key.starts_with(prefix) {
                 break;
             }
-            if !marker.is_empty() && key <= marker {
+            if after_marker && key <= marker {
                 continue;
             }
-            if out.len() == max {
-                return Ok((out, true));
+            if stored.len() > max {
+                break;
             }
-            out.push((key.to_string(), from_json(v.value())?));
+            stored.push((key.to_string(), from_json(v.value())?));
         }
-        Ok((out, false))
+        // Each source gave up to max + 1 keys: the first `max` of both, in
+        // order, are the page, and a key beyond them means more follow.
+        let mut all: BTreeMap<String, ObjectRec> = stored.into_iter().collect();
+        for (k, rec) in waiting {
+            if let Some(key) = k.strip_prefix(&base) {
+                all.entry(key.to_string()).or_insert(rec);
+            }
+        }
+        let more = all.len() > max;
+        Ok((all.into_iter().take(max).collect(), more))
     }
 
+    /// `ObjectAlreadyExists` when `key` is taken, in `tx` or by a small put
+    /// waiting for the database. Hold the guard until `tx` commits: no small
+    /// put takes the key meanwhile.
     fn check_free(
         &self,
         coffer: &str,
         key: &str,
         tx: &redb::WriteTransaction,
-    ) -> Result<(), DiskError> {
+    ) -> Result<MutexGuard<'_, Pending>, DiskError> {
+        let okey = obj_key(coffer, key);
         let objects = io!(tx.open_table(OBJECTS))?;
-        if io!(objects.get(obj_key(coffer, key).as_str()))?.is_some() {
+        let held = self.small.hold();
+        if held.has(&okey) || io!(objects.get(okey.as_str()))?.is_some() {
             return Err(DiskError::code(ErrorCode::ObjectAlreadyExists, key));
         }
-        Ok(())
+        Ok(held)
     }
 
     fn upload_of(&self, coffer: &str, key: &str) -> Result<Option<String>, DiskError> {
@@ -508,7 +561,7 @@ impl Disk {
         };
         let result = (|| {
             let tx = io!(self.db.begin_write())?;
-            self.check_free(coffer, key, &tx)?;
+            let _held = self.check_free(coffer, key, &tx)?;
             {
                 let mut t = io!(tx.open_table(OBJECTS))?;
                 io!(t.insert(obj_key(coffer, key).as_str(), to_json(&rec)?.as_slice()))?;
@@ -545,15 +598,16 @@ impl Disk {
             inline: true,
             parts: Vec::new(),
         };
-        let tx = io!(self.db.begin_write())?;
-        self.check_free(coffer, key, &tx)?;
-        {
-            let mut t = io!(tx.open_table(OBJECTS))?;
-            io!(t.insert(obj_key(coffer, key).as_str(), to_json(&rec)?.as_slice()))?;
-            let mut t = io!(tx.open_table(INLINE))?;
-            io!(t.insert(rec.file.as_str(), bytes.as_slice()))?;
-        }
-        io!(tx.commit())?;
+        let entry = wal::Entry {
+            coffer: coffer.to_string(),
+            key: key.to_string(),
+            rec: to_json(&rec)?,
+            bytes,
+            md5: digest,
+        };
+        self.small.put(entry, rec.clone(), || {
+            self.object_in_db(coffer, key).map(|o| o.is_some())
+        })?;
         Ok(rec)
     }
 
@@ -567,7 +621,7 @@ impl Disk {
     ) -> Result<String, DiskError> {
         let id = random_id();
         let tx = io!(self.db.begin_write())?;
-        self.check_free(coffer, key, &tx)?;
+        let _held = self.check_free(coffer, key, &tx)?;
         {
             let mut t = io!(tx.open_table(UPLOADS))?;
             for item in io!(t.iter())? {
@@ -755,12 +809,14 @@ impl Disk {
         listed: &[(u32, String)],
     ) -> Result<ObjectRec, DiskError> {
         let tx = io!(self.db.begin_write())?;
+        // Held to the commit: no small put takes the key meanwhile.
+        let held = self.small.hold();
         let (rec, unused) = {
             let mut uploads = io!(tx.open_table(UPLOADS))?;
             let up = take_upload(&mut uploads, coffer, key, id)?;
             let mut objects = io!(tx.open_table(OBJECTS))?;
             let okey = obj_key(coffer, key);
-            if io!(objects.get(okey.as_str()))?.is_some() {
+            if io!(objects.get(okey.as_str()))?.is_some() || held.has(&okey) {
                 return Err(DiskError::code(ErrorCode::ObjectAlreadyExists, key));
             }
             let mut parts = io!(tx.open_table(PARTS))?;
@@ -791,6 +847,7 @@ impl Disk {
             (rec, unused)
         };
         io!(tx.commit())?;
+        drop(held);
         // Parts uploaded but not listed belong to nothing now.
         for p in unused {
             let _ = std::fs::remove_file(self.root.join("parts").join(p.file));
@@ -883,6 +940,16 @@ impl Disk {
 /// The stored parts of upload `id`, in part-number order.
 /// Removes upload `id` of `coffer/key` from the table (inside the caller's
 /// transaction), or says NoSuchUpload.
+/// Adds a small put's object and bytes to `tx`.
+pub(super) fn insert_small(tx: &redb::WriteTransaction, e: &wal::Entry) -> Result<(), DiskError> {
+    let rec: ObjectRec = from_json(&e.rec)?;
+    let mut t = io!(tx.open_table(OBJECTS))?;
+    io!(t.insert(obj_key(&e.coffer, &e.key).as_str(), e.rec.as_slice()))?;
+    let mut t = io!(tx.open_table(INLINE))?;
+    io!(t.insert(rec.file.as_str(), e.bytes.as_slice()))?;
+    Ok(())
+}
+
 fn take_upload(
     uploads: &mut redb::Table<&str, &[u8]>,
     coffer: &str,
@@ -1042,6 +1109,55 @@ mod tests {
             .iter()
             .flat_map(|p| std::fs::read(&p.0).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn listings_and_reads_see_small_puts_waiting_for_the_database_as_stored_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = Disk::open(tmp.path()).unwrap();
+        disk.create_coffer(C, "ap-local").unwrap();
+        // Even keys committed to the database, odd ones still waiting (the
+        // flusher commits every 50 ms: stop it to keep them waiting).
+        disk.small.stop();
+        for i in (0..20).step_by(2) {
+            put(&disk, &format!("d/k{i:02}"), format!("v{i}").as_bytes());
+        }
+        disk.small.flush().unwrap();
+        for i in (1..20).step_by(2) {
+            put(&disk, &format!("d/k{i:02}"), format!("v{i}").as_bytes());
+        }
+        put(&disk, "e", b"outside");
+        assert!(disk.small.object(&obj_key(C, "d/k01")).is_some());
+        assert!(disk.small.object(&obj_key(C, "d/k00")).is_none());
+        let mut seen = Vec::new();
+        let mut marker = String::new();
+        loop {
+            let (page, more) = disk.list(C, "d/", &marker, 3).unwrap();
+            assert!(page.len() <= 3);
+            for (k, rec) in &page {
+                let i: usize = k[3..].parse().unwrap();
+                assert_eq!(bytes_of(&disk, rec), format!("v{i}").as_bytes());
+                seen.push(i);
+            }
+            if !more {
+                break;
+            }
+            marker = page.last().unwrap().0.clone();
+        }
+        assert_eq!(seen, (0..20).collect::<Vec<_>>());
+        // Taken whichever side it is on: a put, a multipart upload.
+        for key in ["d/k00", "d/k01"] {
+            assert!(matches!(
+                disk.initiate(C, key, ""),
+                Err(DiskError::Code(ErrorCode::ObjectAlreadyExists, _))
+            ));
+            disk.begin_put(C, key).unwrap_err();
+        }
+        drop(disk);
+        // What waited is redone from the log at the next open.
+        let disk = Disk::open(tmp.path()).unwrap();
+        let (page, more) = disk.list(C, "", "", 100).unwrap();
+        assert_eq!((page.len(), more), (21, false));
     }
 
     #[test]

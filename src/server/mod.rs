@@ -15,7 +15,9 @@ mod listen;
 mod multipart;
 mod objects;
 mod op;
+mod small;
 mod test_api;
+mod wal;
 
 pub use conn::{parse_conn_idle_timeout, parse_header_timeout, parse_max_connections, ConnLimits};
 

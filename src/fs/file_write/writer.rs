@@ -48,12 +48,11 @@ pub(in crate::fs) struct Writer {
     /// stands: a rename of a directory above moves it. A leaf lock: taken
     /// alone or last, never while taking another.
     pub(in crate::fs) journal_version: Mutex<Option<Attrs>>,
-    /// The process that opened it (0: unknown). Only its closes store the
-    /// file: a child that inherited the descriptor (`{ cat a; cat b; } > f`)
-    /// closes its copy while the opener goes on writing.
-    pub(in crate::fs) opener: u32,
-    /// The thread that opened it (0: unknown): its own close needs no look
-    /// into /proc (a tenth of the mount's CPU for many small files).
+    /// The thread that opened it (0: unknown). Only closes by its process
+    /// store the file: a child that inherited the descriptor (`{ cat a; cat
+    /// b; } > f`) closes its copy while the opener goes on writing. The
+    /// process is looked up in /proc only when another thread closes: the
+    /// look costs a tenth of the mount's CPU for many small files.
     pub(in crate::fs) opener_thread: u32,
     /// Its failure was handled: the path shows its old version again, and
     /// may since be another handle's to write.
@@ -82,7 +81,6 @@ impl Writer {
             empty_recorded: Mutex::new(None),
             empty_synced: Mutex::new(None),
             journal_version: Mutex::new(None),
-            opener: process_of(pid),
             opener_thread: pid,
             abandoned: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
@@ -107,9 +105,9 @@ fn process_of(pid: u32) -> u32 {
 
 /// The stored version a file's edit starts from.
 fn source(n: &Node) -> Option<Source> {
-    n.data.as_ref().map(|d| Source {
-        key: d.key.clone(),
-        etag: d.etag.clone(),
+    n.data().map(|d| Source {
+        key: d.key.to_string(),
+        etag: d.etag.to_string(),
         size: n.size,
     })
 }
@@ -119,7 +117,7 @@ impl Fs {
     /// handle is writing).
     pub(in crate::fs) fn open_write(&self, n: Node, flags: i32, pid: u32) -> FsResult<(u64, bool)> {
         let ino = n.ino;
-        self.writable("open for writing", &n.path)?;
+        self.writable("open for writing", &n.path())?;
         // New bytes for an existing path go to a fresh key; the old version stays.
         let key = crate::fs::data_key();
         let truncating = flags & libc::O_TRUNC != 0;
@@ -136,13 +134,13 @@ impl Fs {
         if node.origin == Origin::Writing {
             return Err(FsError::new(
                 libc::EBUSY,
-                format!("open {:?}: being written", n.path),
+                format!("open {:?}: being written", n.path()),
             ));
         }
         node.origin = Origin::Writing;
         node.size = size;
         if truncating {
-            node.attrs = node.attrs.merged(touched_now());
+            node.attrs = node.attrs.merged(touched_now()).into();
         }
         drop(t);
         lock(&self.kernel_cached).remove(&ino);
@@ -174,7 +172,7 @@ impl Fs {
             Ok(()) => {
                 if let Some(n) = lock(&self.table).get_mut(w.ino) {
                     n.size = size;
-                    n.attrs = n.attrs.merged(touched_now());
+                    n.attrs = n.attrs.merged(touched_now()).into();
                 }
                 Ok(data.len() as u32)
             }
@@ -202,7 +200,7 @@ impl Fs {
             if n.origin == Origin::Writing && !n.unlinked {
                 return Err(FsError::new(
                     libc::EBUSY,
-                    format!("write {:?}: another handle is writing it", n.path),
+                    format!("write {:?}: another handle is writing it", n.path()),
                 ));
             }
             // A close that stored the file empty (a shell's or dd's dup'd
@@ -289,7 +287,7 @@ impl Fs {
     /// goes). Returns the path and the record that says so in the journal.
     fn fall_back(&self, t: &mut crate::fs::view::Table, w: &Writer) -> Option<(String, Record)> {
         let n = t.get_mut(w.ino)?;
-        let path = n.path.clone();
+        let path = n.path();
         if n.unlinked {
             // Nothing of it is in the view or to be recorded any more.
             return None;
@@ -303,8 +301,8 @@ impl Fs {
             (Some(attrs), _) => {
                 n.origin = Origin::Stored;
                 n.size = 0;
-                n.data = None;
-                n.attrs = attrs;
+                n.set_data(None);
+                n.attrs = attrs.into();
                 Record::File {
                     path: path.clone(),
                     attrs,
@@ -317,8 +315,8 @@ impl Fs {
             (None, Some(v)) => {
                 n.origin = Origin::Stored;
                 n.size = v.size;
-                n.data = v.data.clone();
-                n.attrs = v.attrs;
+                n.set_data(v.data.clone());
+                n.attrs = v.attrs.into();
                 n.mtime = v.mtime;
                 v.record_at(&path)
             }
@@ -390,11 +388,11 @@ impl Fs {
         let Handle::Write(w) = &*h else {
             return Ok(());
         };
-        // The opening thread, or a thread whose id is the opener's process id
-        // (its main thread), closes as the opener.
-        if w.opener != 0 && pid != 0 && pid != w.opener_thread && pid != w.opener {
-            let closer = process_of(pid);
-            if closer != 0 && closer != w.opener {
+        // The opening thread, or another thread of its process, closes as the
+        // opener; when either process is unknown (a thread gone), so does it.
+        if pid != 0 && w.opener_thread != 0 && pid != w.opener_thread {
+            let (opener, closer) = (process_of(w.opener_thread), process_of(pid));
+            if opener != 0 && closer != 0 && closer != opener {
                 return Ok(());
             }
         }
@@ -473,17 +471,17 @@ impl Fs {
         // The mode given at create stands unless one was set since.
         let attrs = Attrs {
             mode: node.attrs.mode.or(Some(u32::from(w.mode))),
-            ..node.attrs
+            ..*node.attrs
         };
         let record = match result {
             Finished::Unchanged => {
                 // Opened for writing, closed without a change: the old bytes stand.
                 let before = lock(&w.before).clone();
                 let v = before.as_ref().map(|v| v.attrs);
-                if v.is_some_and(|v| v != node.attrs) {
+                if v.is_some_and(|v| v != *node.attrs) {
                     self.journal.record(vec![Record::Attr {
-                        path: node.path.clone(),
-                        attrs: node.attrs,
+                        path: node.path(),
+                        attrs: *node.attrs,
                     }]);
                 }
                 let mut t = lock(&self.table);
@@ -493,7 +491,7 @@ impl Fs {
                         n.origin = Origin::Stored;
                         if let Some(v) = &before {
                             n.size = v.size;
-                            n.data = v.data.clone();
+                            n.set_data(v.data.clone());
                         }
                     }
                 }
@@ -515,9 +513,9 @@ impl Fs {
                     *recorded = Some(attrs);
                     *lock(&w.journal_version) = Some(attrs);
                     if let Some(n) = lock(&self.table).get_mut(w.ino) {
-                        n.attrs = attrs;
+                        n.attrs = attrs.into();
                         n.size = 0;
-                        n.data = None;
+                        n.set_data(None);
                     }
                 }
                 if end == End::Fsync {
@@ -531,7 +529,7 @@ impl Fs {
                 return Ok(());
             }
             Finished::Stored { key, etag, size } => {
-                log::debug!("stored {:?}: {size} bytes, ETag {etag}", node.path);
+                log::debug!("stored {:?}: {size} bytes, ETag {etag}", node.path());
                 (key, etag, size)
             }
         };
@@ -564,9 +562,12 @@ impl Fs {
         }
         let mut t = lock(&self.table);
         if let Some(n) = t.get_mut(w.ino) {
-            n.attrs = attrs;
+            n.attrs = attrs.into();
             n.size = size;
-            n.data = Some(Data { key, etag });
+            n.set_data(Some(Data {
+                key: key.into(),
+                etag: etag.into(),
+            }));
         }
         t.mark_stored(w.ino, Instant::now());
         Ok(())
@@ -576,7 +577,7 @@ impl Fs {
     fn live_path(&self, ino: u64) -> FsResult<Option<String>> {
         lock(&self.table)
             .get(ino)
-            .map(|n| (!n.unlinked).then(|| n.path.clone()))
+            .map(|n| (!n.unlinked).then(|| n.path()))
             .ok_or_else(|| FsError::new(libc::EIO, "the file's entry vanished"))
     }
 
@@ -589,7 +590,7 @@ impl Fs {
         if node.kind == Kind::Dir {
             return Err(FsError::new(
                 libc::EISDIR,
-                format!("{:?}: a directory", node.path),
+                format!("{:?}: a directory", node.path()),
             ));
         }
         if size > crate::protocol::rules::MAX_OBJECT_SIZE {
@@ -597,7 +598,7 @@ impl Fs {
                 libc::EFBIG,
                 format!(
                     "truncate {:?} to {size}: objects cannot exceed {} bytes",
-                    node.path,
+                    node.path(),
                     crate::protocol::rules::MAX_OBJECT_SIZE
                 ),
             ));
@@ -628,7 +629,7 @@ impl Fs {
                     n.size = size;
                     // As POSIX says: the times change when the size does.
                     if changes {
-                        n.attrs = n.attrs.merged(touched_now());
+                        n.attrs = n.attrs.merged(touched_now()).into();
                     }
                 }
                 return Ok(());
@@ -642,7 +643,7 @@ impl Fs {
             // No path to record a version at; only its handles see it.
             if let Some(n) = lock(&self.table).get_mut(node.ino) {
                 n.size = size;
-                n.attrs = attrs;
+                n.attrs = attrs.into();
             }
             return Ok(());
         }
@@ -650,7 +651,7 @@ impl Fs {
             // An empty file needs no object: the journal holds it. The old bytes
             // stay in the coffer.
             let record = Record::File {
-                path: node.path.clone(),
+                path: node.path(),
                 attrs,
             };
             return self.settle(node.ino, attrs, record, None, 0);
@@ -662,13 +663,16 @@ impl Fs {
         match w.finish()? {
             Finished::Stored { key, etag, size } => {
                 let record = Record::Bind {
-                    path: node.path.clone(),
+                    path: node.path(),
                     key: key.clone(),
                     size,
                     etag: etag.clone(),
                     attrs,
                 };
-                let data = Data { key, etag };
+                let data = Data {
+                    key: key.into(),
+                    etag: etag.into(),
+                };
                 self.settle(node.ino, attrs, record, Some(data), size)
             }
             Finished::Empty | Finished::Unchanged => Ok(()),
@@ -693,9 +697,9 @@ impl Fs {
         };
         self.journal.store_or_withdraw(ticket)?;
         if let Some(n) = lock(&self.table).get_mut(ino) {
-            n.attrs = attrs;
+            n.attrs = attrs.into();
             n.size = size;
-            n.data = data;
+            n.set_data(data);
         }
         Ok(())
     }

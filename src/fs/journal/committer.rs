@@ -24,9 +24,10 @@ pub const CHECKPOINT_AT_UNMOUNT: u64 = 100;
 
 #[derive(Default)]
 pub(super) struct State {
-    /// The newest checkpoint read or written: its overlay and the last batch
-    /// key it covers (batches up to it are not read again).
-    pub(super) checkpoint: Overlay,
+    /// The newest checkpoint read or written (its key; a replay from it reads
+    /// it again) and the last batch key it covers (batches up to it are not
+    /// read again).
+    pub(super) checkpoint: Option<String>,
     pub(super) floor: String,
     /// Batches applied since that checkpoint.
     pub(super) since_checkpoint: u64,
@@ -259,9 +260,13 @@ impl Committer {
     fn wait_stored(&self, ticket: Ticket, withdraw: bool) -> FsResult<()> {
         let mut s = self.lock();
         let started = s.attempts;
-        s.flush = true;
-        self.changed.notify_all();
         let mine = |n: &u64| (ticket.first..=ticket.last).contains(n);
+        // Only records still waiting need a batch now; those in flight are on
+        // their way, and other records wait for the group commit.
+        if s.pending.iter().any(|(n, _)| mine(n)) {
+            s.flush = true;
+            self.changed.notify_all();
+        }
         while s.committed < ticket.last {
             // A batch holding some of these records is on its way: its outcome decides.
             let sending = withdraw && s.in_flight.iter().any(|(n, _)| mine(n));
@@ -325,7 +330,9 @@ impl Committer {
                 s.attempts += 1;
                 let key = batch_key(now_micros().max(s.last_micros() + 1), &self.mount_id, s.seq);
                 let records = s.in_flight.iter().map(|(_, r)| r.clone()).collect();
-                (Batch::new(&self.mount_id, s.seq, records), key)
+                let mut batch = Batch::new(&self.mount_id, s.seq, records);
+                batch.writer = Some(super::writer::this_process().clone());
+                (batch, key)
             };
             let n = batch.records.len() as u64;
             let body = Bytes::from(batch.encode());

@@ -174,6 +174,26 @@ pub struct Batch {
     pub mount: String,
     pub seq: u64,
     pub records: Vec<Record>,
+    /// Who stored the batch (`cofferfs log`). Optional in every version:
+    /// batches before it have none, and mounts before it ignore it as they
+    /// ignore any field they do not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<Writer>,
+}
+
+/// The writer of a batch: the machine, the user the mount runs as, and the
+/// cofferfs release (the mount's id is the batch's `mount`). Fields a reader
+/// does not know are ignored; absent ones read as empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub version: String,
 }
 
 /// Why a batch or checkpoint cannot be used.
@@ -230,6 +250,7 @@ impl Batch {
             mount: mount.into(),
             seq,
             records,
+            writer: None,
         }
     }
 
@@ -270,7 +291,30 @@ impl Checkpoint {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        Checkpoint::encode_of(&self.upto, &self.overlay)
+    }
+
+    /// `Checkpoint::new(upto, overlay).encode()` without copying `overlay`.
+    pub fn encode_of(upto: &str, overlay: &Overlay) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            format: &'a str,
+            version: u32,
+            upto: &'a str,
+            overlay: &'a Overlay,
+        }
+        let version = if overlay.needs_version_2() {
+            VERSION
+        } else {
+            BASE_VERSION
+        };
+        serde_json::to_vec(&Borrowed {
+            format: CHECKPOINT_FORMAT,
+            version,
+            upto,
+            overlay,
+        })
+        .unwrap_or_default()
     }
 
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Checkpoint, JournalError> {
@@ -334,8 +378,8 @@ pub struct Entry {
 }
 
 /// Paths the journal speaks of, and which object-derived paths it hides.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(from = "OverlayData", into = "OverlayData")]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "OverlayData")]
 pub struct Overlay {
     entries: BTreeMap<String, Entry>,
     hidden: std::collections::BTreeSet<String>,
@@ -366,12 +410,20 @@ impl From<OverlayData> for Overlay {
     }
 }
 
-impl From<Overlay> for OverlayData {
-    fn from(o: Overlay) -> OverlayData {
-        OverlayData {
-            entries: o.entries,
-            hidden: o.hidden,
+/// `OverlayData` by reference: a checkpoint is encoded without a copy.
+#[derive(Serialize)]
+struct OverlayRef<'a> {
+    entries: &'a BTreeMap<String, Entry>,
+    hidden: &'a BTreeSet<String>,
+}
+
+impl Serialize for Overlay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        OverlayRef {
+            entries: &self.entries,
+            hidden: &self.hidden,
         }
+        .serialize(s)
     }
 }
 
@@ -598,6 +650,21 @@ impl Overlay {
             .filter(|(_, e)| e.shape != Shape::AttrsOnly)
     }
 
+    /// `entries` whose path starts with `prefix` (a directory's listing
+    /// prefix, `dir/`, or "" for all): a range of the ordered map, not a scan.
+    pub fn entries_under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
+        self.entries
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| e.shape != Shape::AttrsOnly)
+    }
+
     /// Whether the overlay shows anything beneath `path/`.
     pub fn has_entries_under(&self, path: &str) -> bool {
         let prefix = format!("{path}/");
@@ -718,6 +785,36 @@ mod tests {
     }
 
     #[test]
+    fn a_batchs_writer_is_optional_and_unknown_batch_fields_are_ignored() {
+        let mut b = Batch::new("m", 1, vec![Record::Hide { path: "x".into() }]);
+        b.writer = Some(Writer {
+            host: "h".into(),
+            user: "u".into(),
+            uid: Some(7),
+            version: "0.1.0".into(),
+        });
+        assert_eq!(b.version, BASE_VERSION, "a writer needs no later version");
+        let text = String::from_utf8(b.encode()).expect("utf-8");
+        assert!(
+            text.contains(r#""writer":{"host":"h","user":"u","uid":7,"version":"0.1.0"}"#),
+            "{text}"
+        );
+        assert_eq!(Batch::decode("k", text.as_bytes()), Ok(b));
+        // Written before the writer existed: none.
+        let old = br#"{"format":"cofferfs-journal","version":1,"mount":"m","seq":1,"records":[]}"#;
+        assert_eq!(Batch::decode("k", old).expect("decode").writer, None);
+        // A batch field a mount does not know (as `writer` is to mounts before
+        // it) is skipped, as are a writer's unknown fields.
+        let later = br#"{"format":"cofferfs-journal","version":1,"mount":"m","seq":1,"records":[],
+          "someday":{"a":1},"writer":{"host":"h","pid":3}}"#;
+        let b = Batch::decode("k", later).expect("decode");
+        assert_eq!(
+            b.writer.map(|w| (w.host, w.user, w.uid)),
+            Some(("h".into(), String::new(), None))
+        );
+    }
+
+    #[test]
     fn a_later_version_is_refused_not_misread() {
         let doc = br#"{"format":"cofferfs-journal","version":3,"mount":"m","seq":1,"records":[]}"#;
         assert!(matches!(
@@ -785,6 +882,30 @@ mod tests {
         let e = o.get("f").expect("f");
         assert_eq!(e.attrs.mode, Some(0o600));
         assert!(matches!(&e.shape, Shape::Object { key, .. } if key == ".f.tmp"));
+    }
+
+    #[test]
+    fn entries_under_a_prefix_are_a_range_of_the_ordered_map() {
+        let mut o = Overlay::default();
+        for p in ["a", "a-b", "a/x", "a/y/z", "ab", "b"] {
+            o.apply(&Record::Mkdir {
+                path: p.into(),
+                attrs: Attrs::default(),
+            });
+        }
+        o.apply(&Record::Attr {
+            path: "a/only-attrs".into(),
+            attrs: attrs(0o600),
+        });
+        let under: Vec<&str> = o.entries_under("a/").map(|(p, _)| p.as_str()).collect();
+        assert_eq!(under, ["a/x", "a/y/z"]);
+        assert_eq!(o.entries_under("").count(), o.entries().count());
+        assert_eq!(o.entries_under("c/").count(), 0);
+        // A checkpoint encoded from a borrowed overlay is the one `new` makes.
+        let by_ref = Checkpoint::encode_of("k", &o);
+        assert_eq!(by_ref, Checkpoint::new("k", o.clone()).encode());
+        let back = Checkpoint::decode("k", &by_ref).expect("decode");
+        assert_eq!(back.overlay, o);
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! attributes the coffer's objects cannot hold are recorded in the coffer.
 //! `format`: the records, batches and checkpoints as stored, and the overlay
 //! their replay builds (pure). `committer`: appending and group commit in a
-//! mount; `replay`: reading checkpoints and other mounts' batches. Knows
-//! nothing of inodes, handles or FUSE.
+//! mount; `replay`: reading checkpoints and other mounts' batches; `history`:
+//! the journal as of a past time (as-of mounts, `cofferfs versions`/`log`);
+//! `writer`: who stores a batch. Knows nothing of inodes, handles or FUSE.
 
 mod committer;
 mod format;
+pub mod history;
 mod replay;
+pub mod writer;
 
 pub(crate) use committer::now_micros;
 pub use committer::{Committer, Ticket, CHECKPOINT_AT_UNMOUNT, CHECKPOINT_EVERY, COMMIT_INTERVAL};

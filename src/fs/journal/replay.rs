@@ -5,7 +5,8 @@
 
 use super::committer::{Committer, State};
 use super::format::{
-    checkpoint_key, Batch, Checkpoint, JournalError, Record, CHECKPOINT_PREFIX, JOURNAL_PREFIX,
+    checkpoint_key, Batch, Checkpoint, JournalError, Overlay, Record, CHECKPOINT_PREFIX,
+    JOURNAL_PREFIX,
 };
 use crate::fs::error::{FsError, FsResult};
 use crate::store::ListAll;
@@ -64,9 +65,9 @@ impl Committer {
             match Checkpoint::decode(key, &got.data) {
                 Ok(c) => {
                     let mut s = self.lock();
-                    s.base = c.overlay.clone();
                     s.overlay = c.overlay.clone();
-                    s.checkpoint = c.overlay;
+                    s.base = c.overlay;
+                    s.checkpoint = Some(key.clone());
                     s.floor = c.upto;
                     return Ok(());
                 }
@@ -79,6 +80,21 @@ impl Committer {
             }
         }
         Ok(())
+    }
+
+    /// The overlay of checkpoint `key` (none: the empty one), read again from
+    /// the coffer for a replay from it: a mount keeps no copy in memory.
+    fn checkpoint_overlay(&self, key: Option<&str>) -> FsResult<Overlay> {
+        let Some(key) = key else {
+            return Ok(Overlay::default());
+        };
+        let got = self
+            .store
+            .get(key, None)
+            .map_err(|e| FsError::io(&format!("reading checkpoint {key:?}"), &e))?;
+        Checkpoint::decode(key, &got.data)
+            .map(|c| c.overlay)
+            .map_err(|e| FsError::new(libc::EIO, e.to_string()))
     }
 
     /// Keys under `prefix` (journal batches or checkpoints) after `after`.
@@ -124,7 +140,7 @@ impl Committer {
 
     /// `reload`, saying which paths the new records name.
     pub fn reload_touched(&self) -> FsResult<Touched> {
-        let (floor, window) = {
+        let (floor, window, checkpoint) = {
             let s = self.lock();
             if s.halted {
                 return Ok(Touched::Nothing);
@@ -133,7 +149,11 @@ impl Committer {
                 .last_micros()
                 .saturating_sub(LATE_WINDOW.as_micros() as u64);
             let window = format!("{JOURNAL_PREFIX}{from:020}");
-            (s.floor.clone(), window.max(s.floor.clone()))
+            (
+                s.floor.clone(),
+                window.max(s.floor.clone()),
+                s.checkpoint.clone(),
+            )
         };
         let keys = self.list_keys(JOURNAL_PREFIX, &window)?;
         let (new, rebuild) = {
@@ -154,10 +174,13 @@ impl Committer {
         if new.is_empty() && !rebuild {
             return Ok(Touched::Nothing);
         }
-        let wanted = if rebuild {
-            self.list_keys(JOURNAL_PREFIX, &floor)?
+        let (wanted, start) = if rebuild {
+            (
+                self.list_keys(JOURNAL_PREFIX, &floor)?,
+                Some(self.checkpoint_overlay(checkpoint.as_deref())?),
+            )
         } else {
-            new
+            (new, None)
         };
         let skipped = self.lock().skipped.clone();
         let mut batches = Vec::with_capacity(wanted.len());
@@ -195,10 +218,10 @@ impl Committer {
             self.note_newer(&mut s, e);
             s.halted = true;
         }
-        if rebuild {
+        if let Some(start) = start {
             // Another mount's batch sorts before one already applied: replay all
             // since the checkpoint, so every mount ends with the same overlay.
-            s.base = s.checkpoint.clone();
+            s.base = start;
             s.applied.clear();
             s.since_checkpoint = 0;
             s.out_of_order = false;
@@ -211,11 +234,17 @@ impl Committer {
                 attrs: BTreeSet::new(),
             }
         };
+        // With nothing of this mount's waiting, the overlay is the base: the
+        // batches go into both, and nothing is copied.
+        let same = !rebuild && s.in_flight.is_empty() && s.pending.is_empty();
         let mut changed = rebuild;
         for (key, b) in &batches {
             if s.applied.insert(key.clone()) {
                 for r in &b.records {
                     s.base.apply(r);
+                    if same {
+                        s.overlay.apply(r);
+                    }
                     touched.note(r);
                 }
                 s.since_checkpoint += 1;
@@ -225,14 +254,17 @@ impl Committer {
         if !changed {
             return Ok(Touched::Nothing);
         }
-        s.rebuild_overlay();
+        if !same {
+            s.rebuild_overlay();
+        }
         Ok(touched)
     }
 
     /// Stores the replayed overlay as a checkpoint, so later mounts read it
     /// instead of every batch before it.
     pub(super) fn write_checkpoint(&self) {
-        let (upto, overlay) = {
+        // Encoded under the lock, not copied: the base may be large.
+        let (upto, body) = {
             let s = self.lock();
             if s.newer.is_some() {
                 // It would claim to cover batches of the later format that it
@@ -240,18 +272,15 @@ impl Committer {
                 return;
             }
             match s.applied.iter().next_back() {
-                Some(k) => (k.clone(), s.base.clone()),
+                Some(k) => (k.clone(), Checkpoint::encode_of(k, &s.base)),
                 None => return,
             }
         };
         let key = checkpoint_key(&upto, &self.mount_id);
-        match self.store.put(
-            &key,
-            Bytes::from(Checkpoint::new(&upto, overlay.clone()).encode()),
-        ) {
+        match self.store.put(&key, Bytes::from(body)) {
             Ok(_) => {
                 let mut s = self.lock();
-                s.checkpoint = overlay;
+                s.checkpoint = Some(key.clone());
                 s.floor = upto;
                 s.since_checkpoint = 0;
                 log::info!("journal checkpoint {key:?} written");
@@ -380,6 +409,40 @@ mod tests {
         // One checkpoint and the one batch after it, not all seven batches.
         assert_eq!(store.calls("GetObject") - gets_before, 2);
         again.shutdown(true);
+    }
+
+    #[test]
+    fn a_replay_from_the_checkpoint_reads_it_again_and_keeps_no_copy() {
+        let store = Arc::new(MemoryStore::new());
+        let j = Committer::open_with(store.clone(), 2).expect("open");
+        let mut times = Vec::new();
+        for i in 0..3 {
+            let t = j.record(vec![mkdir(&format!("d{i}"))]);
+            j.sync(t).expect("sync");
+            times.push(j.lock().last_micros());
+            // Batch keys apart by more than a microsecond: one fits between.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let floor = j.lock().floor.clone();
+        assert!(!floor.is_empty(), "a checkpoint was written");
+        // Another mount's batch that sorts between the checkpoint's last batch
+        // and a later one: the view is replayed from the checkpoint.
+        let between = times[1] + (times[2] - times[1]) / 2;
+        assert!(between > times[1] && between < times[2], "{times:?}");
+        put_raw(&store, between, &batch_of(vec![mkdir("other")]));
+        let gets = store.calls("GetObject");
+        assert!(j.reload().expect("reload"));
+        for p in ["d0", "d1", "d2", "other"] {
+            assert!(j.with_overlay(|o| o.get(p).is_some()), "{p}");
+        }
+        assert!(
+            store.calls("GetObject") > gets + 1,
+            "the checkpoint was read again"
+        );
+        let fresh = Committer::open(store.clone()).expect("open");
+        assert_eq!(fresh.lock().overlay, j.lock().overlay);
+        j.shutdown(false);
+        fresh.shutdown(false);
     }
 
     fn put_raw(store: &MemoryStore, micros: u64, body: &str) -> String {

@@ -79,11 +79,7 @@ impl Fs {
             a.nlink = u32::try_from(names.max(n.aliases.len() + 1)).unwrap_or(u32::MAX);
         }
         if n.kind == Kind::Dir && n.listed.is_some() {
-            let subdirs = t
-                .children(n.ino)
-                .iter()
-                .filter(|c| c.kind == Kind::Dir)
-                .count();
+            let subdirs = t.subdirs(n.ino);
             a.nlink = u32::try_from(subdirs.saturating_add(2)).unwrap_or(u32::MAX);
         }
         a
@@ -101,13 +97,20 @@ impl Fs {
         if n.kind != Kind::Dir {
             return Err(FsError::new(
                 libc::ENOTDIR,
-                format!("{:?}: not a directory", n.path),
+                format!("{:?}: not a directory", n.path()),
             ));
         }
         Ok(n)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let a = self.lookup_view(parent, name)?;
+        // As of a past time, a version since expired is not there.
+        self.check_version(a.ino)?;
+        Ok(a)
+    }
+
+    fn lookup_view(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let name = name_str(name)?;
         let dir = self.dir(parent)?;
         if parent == ROOT && name == RESERVED {
@@ -251,8 +254,13 @@ impl Fs {
 
     pub fn readlink(&self, ino: u64) -> FsResult<String> {
         let n = self.node(ino)?;
-        n.target
-            .ok_or_else(|| FsError::new(libc::EINVAL, format!("{:?}: not a symlink", n.path)))
+        match n.target {
+            Some(t) => Ok(t.into()),
+            None => Err(FsError::new(
+                libc::EINVAL,
+                format!("{:?}: not a symlink", n.path()),
+            )),
+        }
     }
 
     /// `parent/name` if it exists (asking the coffer when the table cannot tell);
@@ -354,6 +362,6 @@ fn hides_beneath(o: &Overlay, path: &str) -> bool {
 
 fn root_from_journal(t: &mut Table, o: &Overlay) {
     if let (Some(root), Some(attrs)) = (t.get_mut(ROOT), o.attrs("")) {
-        root.attrs = attrs;
+        root.attrs = attrs.into();
     }
 }

@@ -9,5 +9,7 @@ mod node;
 mod table;
 
 pub use negative::NegativeCache;
-pub use node::{join, usable_name, Data, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+pub use node::{
+    join, usable_name, Aliases, Data, Etag, Kind, Node, Origin, ViewEntry, RESERVED, ROOT,
+};
 pub use table::Table;

@@ -1,11 +1,12 @@
-//! One entry of the view: its inode number and place (parent, name, path), kind,
-//! size, where its bytes are, attributes, and when the coffer last confirmed it;
-//! and `ViewEntry`, what the coffer or the journal says a path is. Pure data: no
-//! locks, no network, no FUSE.
+//! One entry of the view: its inode number and place (parent, name, and the
+//! parent's path, shared with its siblings), kind, size, where its bytes are,
+//! attributes, and when the coffer last confirmed it; and `ViewEntry`, what the
+//! coffer or the journal says a path is. Pure data: no locks, no network, no FUSE.
 
 use crate::fs::journal::{Attrs, Record, Shape, SpecialKind};
 use crate::fs::to_timestamp;
 use crate::store::ObjectMeta;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub const ROOT: u64 = 1;
@@ -34,29 +35,181 @@ pub enum Origin {
     Writing,
 }
 
-/// Where a file's bytes are.
+/// Where a file's bytes are. Compact: a table holds one per file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Data {
-    pub key: String,
-    pub etag: String,
+    pub key: Box<str>,
+    pub etag: Etag,
+}
+
+/// An object's ETag as the service sent it; an MD5 in lowercase hex (most
+/// ETags) is kept as its 16 bytes. `to_string` gives the text back.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Etag {
+    Md5([u8; 16]),
+    Text(Box<str>),
+}
+
+impl From<&str> for Etag {
+    fn from(s: &str) -> Etag {
+        let hex = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let b = s.as_bytes();
+        if b.len() == 32 {
+            let mut out = [0u8; 16];
+            let all =
+                out.iter_mut()
+                    .enumerate()
+                    .all(|(i, o)| match (hex(b[2 * i]), hex(b[2 * i + 1])) {
+                        (Some(h), Some(l)) => {
+                            *o = h << 4 | l;
+                            true
+                        }
+                        _ => false,
+                    });
+            if all {
+                return Etag::Md5(out);
+            }
+        }
+        Etag::Text(s.into())
+    }
+}
+
+impl From<String> for Etag {
+    fn from(s: String) -> Etag {
+        Etag::from(s.as_str())
+    }
+}
+
+impl std::fmt::Display for Etag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Etag::Md5(d) => d.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            Etag::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl std::fmt::Debug for Etag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+/// A hard-linked file's other names, as (parent, name); no allocation for
+/// the files that have none (nearly all).
+#[derive(Debug, Clone, Default)]
+// Boxed: 8 bytes in every node, not a Vec's 24, for what few files have.
+#[allow(clippy::box_collection)]
+pub struct Aliases(Option<Box<Vec<Alias>>>);
+
+/// One name of a hard-linked file: (parent, name).
+pub type Alias = (u64, Arc<str>);
+
+impl Aliases {
+    pub fn push(&mut self, a: Alias) {
+        self.0.get_or_insert_with(Box::default).push(a);
+    }
+
+    pub fn remove(&mut self, i: usize) -> Alias {
+        let v = self.0.get_or_insert_with(Box::default);
+        let a = v.remove(i);
+        if v.is_empty() {
+            self.0 = None;
+        }
+        a
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&Alias) -> bool) {
+        if let Some(v) = &mut self.0 {
+            v.retain(keep);
+            if v.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Aliases {
+    type Target = [Alias];
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl std::ops::DerefMut for Aliases {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match &mut self.0 {
+            Some(v) => v.as_mut_slice(),
+            None => &mut [],
+        }
+    }
+}
+
+impl IntoIterator for Aliases {
+    type Item = Alias;
+    type IntoIter = std::vec::IntoIter<Alias>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.map(|v| *v).unwrap_or_default().into_iter()
+    }
+}
+
+/// A node's recorded attributes: most entries (objects other tools wrote)
+/// have none, and hold no allocation for them. Reads as an `Attrs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAttrs(Option<Box<Attrs>>);
+
+static NO_ATTRS: Attrs = Attrs {
+    mode: None,
+    uid: None,
+    gid: None,
+    mtime: None,
+    ctime: None,
+    atime: None,
+    link: None,
+};
+
+impl From<Attrs> for NodeAttrs {
+    fn from(a: Attrs) -> NodeAttrs {
+        NodeAttrs((a != Attrs::default()).then(|| Box::new(a)))
+    }
+}
+
+impl std::ops::Deref for NodeAttrs {
+    type Target = Attrs;
+    fn deref(&self) -> &Attrs {
+        self.0.as_deref().unwrap_or(&NO_ATTRS)
+    }
+}
+
+impl std::ops::DerefMut for NodeAttrs {
+    fn deref_mut(&mut self) -> &mut Attrs {
+        self.0.get_or_insert_with(Box::default)
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Node {
     pub ino: u64,
     pub parent: u64,
-    pub name: String,
-    /// The path in the mount, without a leading `/`; empty for the root.
-    pub path: String,
+    /// The parent's path (see `path`), shared by every entry of the directory.
+    pub dir: Arc<str>,
+    /// Shared with the parent's map of names.
+    pub name: Arc<str>,
     pub kind: Kind,
     pub origin: Origin,
     pub size: u64,
-    /// Files: the object holding the bytes (`None`: empty file, or being written).
-    pub data: Option<Data>,
+    /// Files: the object holding the bytes (`None`: empty file, or being
+    /// written), read with `data()`. An empty key: the object at the path
+    /// the node has now (most files), which is not stored twice.
+    pub(super) data: Option<Data>,
     /// Symlinks: the target.
-    pub target: Option<String>,
+    pub target: Option<Box<str>>,
     /// Recorded attributes; unset fields show the mount's defaults.
-    pub attrs: Attrs,
+    pub attrs: NodeAttrs,
     /// Shown when no mtime is recorded: the object's time, or creation here.
     pub mtime: SystemTime,
     /// When the coffer last confirmed this entry (listing or HEAD).
@@ -69,37 +222,89 @@ pub struct Node {
     /// Hard links: the file's other names, as (parent, name). `parent`,
     /// `name` and `path` are one of its names; the journal applies what is
     /// recorded at any of them to all.
-    pub aliases: Vec<(u64, String)>,
+    pub aliases: Aliases,
 }
 
 impl Node {
+    /// The path in the mount, without a leading `/`; empty for the root.
+    pub fn path(&self) -> String {
+        if self.name.is_empty() {
+            String::new()
+        } else {
+            join(&self.dir, &self.name)
+        }
+    }
+
+    /// Files: the object holding the bytes (`None`: empty file, or being written).
+    pub fn data(&self) -> Option<Data> {
+        let d = self.data.as_ref()?;
+        Some(Data {
+            key: if d.key.is_empty() {
+                self.path().into()
+            } else {
+                d.key.clone()
+            },
+            etag: d.etag.clone(),
+        })
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.data.is_some()
+    }
+
+    pub fn set_data(&mut self, data: Option<Data>) {
+        self.data = data;
+    }
+
+    /// `set_data`, leaving out a key that is the node's own path.
+    pub(super) fn set_data_here(&mut self, data: Option<Data>) {
+        let path = self.path();
+        self.data = data;
+        if let Some(d) = &mut self.data {
+            if *d.key == *path {
+                d.key = "".into();
+            }
+        }
+    }
+
+    /// The node's path is about to change: a key left out becomes explicit.
+    pub(super) fn keep_key(&mut self) {
+        let path = self.path();
+        if let Some(d) = &mut self.data {
+            if d.key.is_empty() {
+                d.key = path.into();
+            }
+        }
+    }
+
     /// What the view says this entry is, without its place in the table.
     pub fn view(&self) -> ViewEntry {
         ViewEntry {
             kind: self.kind,
             size: self.size,
-            data: self.data.clone(),
-            target: self.target.clone(),
-            attrs: self.attrs,
+            data: self.data(),
+            target: self.target.as_deref().map(String::from),
+            attrs: *self.attrs,
             mtime: self.mtime,
         }
     }
 
     /// The path of a child called `name`.
     pub fn child_path(&self, name: &str) -> String {
-        join(&self.path, name)
+        join(&self.path(), name)
     }
 
     /// The listing prefix of this directory's subtree.
     pub fn prefix(&self) -> String {
-        if self.path.is_empty() {
+        if self.name.is_empty() {
             String::new()
         } else {
-            format!("{}/", self.path)
+            format!("{}/", self.path())
         }
     }
 }
 
+/// `dir/name`, or `name` at the root (`dir` empty).
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()
@@ -137,9 +342,9 @@ impl ViewEntry {
             },
             (Kind::File, Some(d), _) => Record::Bind {
                 path,
-                key: d.key.clone(),
+                key: d.key.to_string(),
                 size: self.size,
-                etag: d.etag.clone(),
+                etag: d.etag.to_string(),
                 attrs,
             },
             (Kind::File, None, _) => Record::File { path, attrs },
@@ -169,8 +374,8 @@ impl ViewEntry {
             kind: Kind::File,
             size: meta.size,
             data: Some(Data {
-                key: meta.key.clone(),
-                etag: meta.etag.clone(),
+                key: meta.key.as_str().into(),
+                etag: meta.etag.as_str().into(),
             }),
             target: None,
             attrs,
@@ -203,8 +408,8 @@ impl ViewEntry {
                 kind: Kind::File,
                 size: *size,
                 data: Some(Data {
-                    key: key.clone(),
-                    etag: etag.clone(),
+                    key: key.as_str().into(),
+                    etag: etag.as_str().into(),
                 }),
                 target: None,
                 attrs,
@@ -229,4 +434,22 @@ impl ViewEntry {
 /// A key segment that can be a file name here.
 pub fn usable_name(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && s.len() <= 255 && !s.contains('\0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Etag;
+
+    #[test]
+    fn an_etag_reads_back_as_the_service_sent_it() {
+        let md5 = "0123456789abcdef0123456789abcdef";
+        assert!(matches!(Etag::from(md5), Etag::Md5(_)));
+        for e in [md5, "0123456789ABCDEF0123456789ABCDEF", "abc-2", "", "e"] {
+            assert_eq!(Etag::from(e).to_string(), e);
+        }
+        assert_ne!(
+            Etag::from(md5),
+            Etag::from("0123456789abcdef0123456789abcdee")
+        );
+    }
 }

@@ -1,16 +1,47 @@
-//! The inode table: inode numbers ↔ (parent, name, path), and how listings and
-//! the journal's overlay fill it. Pure bookkeeping: no network, no FUSE, no
-//! locks (the caller holds it under `Fs::table`).
+//! The inode table: inode numbers ↔ (parent, name), and how listings and the
+//! journal's overlay fill it; what the kernel holds is `forget`'s. Pure
+//! bookkeeping: no network, no FUSE, no locks (the caller holds it under
+//! `Fs::table`).
 
 use super::node::{join, usable_name, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
-use crate::fs::journal::{Attrs, Entry, Overlay, Shape};
+use crate::fs::journal::{Overlay, Shape};
 use crate::store::{Child, ObjectMeta};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+mod forget;
+
+/// A directory's entries by name, and its path, which every entry shares as
+/// its `Node::dir`.
+#[derive(Debug, Default)]
+struct Entries {
+    path: Arc<str>,
+    names: BTreeMap<Arc<str>, u64>,
+}
+
+impl Entries {
+    fn get(&self, name: &str) -> Option<&u64> {
+        self.names.get(name)
+    }
+
+    fn remove(&mut self, name: &str) -> Option<u64> {
+        self.names.remove(name)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &u64)> {
+        self.names.iter()
+    }
+}
+
 pub struct Table {
-    nodes: HashMap<u64, Node>,
-    children: HashMap<u64, BTreeMap<String, u64>>,
+    /// Boxed: the map's slots stay small however large a node is.
+    nodes: HashMap<u64, Box<Node>>,
+    children: HashMap<u64, Entries>,
+    /// How many of each directory's children are directories (its link
+    /// count): kept as directories come and go, since every stat of a
+    /// directory asks and a count would walk all its entries.
+    subdirs: HashMap<u64, usize>,
     /// Open handles per file: a file removed while open stays, unlinked,
     /// until its last handle goes (POSIX: an open file outlives its name).
     open: HashMap<u64, u32>,
@@ -19,6 +50,15 @@ pub struct Table {
     /// Names the listing being applied placed: a hard-linked file seen under
     /// one name keeps only the names the listing showed.
     placed: HashSet<(u64, String)>,
+    /// The kernel's references to each inode (FUSE's lookup count): every
+    /// entry it was given adds one, `forget` takes them back. Kept apart from
+    /// `nodes`: the kernel may hold a number whose entry is gone.
+    kernel: HashMap<u64, u64>,
+    /// `hold`s in force, the inodes forgotten meanwhile, and how many
+    /// entries left the table since `take_evicted`.
+    holds: u32,
+    deferred: Vec<u64>,
+    evicted: usize,
 }
 
 impl Default for Table {
@@ -32,48 +72,72 @@ impl Table {
         let root = Node {
             ino: ROOT,
             parent: ROOT,
-            name: String::new(),
-            path: String::new(),
+            dir: Arc::from(""),
+            name: Arc::from(""),
             kind: Kind::Dir,
             origin: Origin::Stored,
             size: 0,
             data: None,
             target: None,
-            attrs: Attrs::default(),
+            attrs: Default::default(),
             mtime: SystemTime::now(),
             seen: Instant::now(),
             listed: None,
             unlinked: false,
-            aliases: Vec::new(),
+            aliases: Default::default(),
         };
         Table {
-            nodes: HashMap::from([(ROOT, root)]),
-            children: HashMap::from([(ROOT, BTreeMap::new())]),
+            nodes: HashMap::from([(ROOT, Box::new(root))]),
+            children: HashMap::from([(ROOT, Entries::default())]),
+            subdirs: HashMap::new(),
             open: HashMap::new(),
             groups: HashMap::new(),
             placed: HashSet::new(),
+            kernel: HashMap::new(),
+            holds: 0,
+            deferred: Vec::new(),
+            evicted: 0,
         }
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(&ino)
+        self.nodes.get(&ino).map(|n| &**n)
     }
 
     pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
-        self.nodes.get_mut(&ino)
+        self.nodes.get_mut(&ino).map(|n| &mut **n)
+    }
+
+    /// How many entries the table holds, the root included.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     pub fn child(&self, parent: u64, name: &str) -> Option<&Node> {
         let ino = self.children.get(&parent)?.get(name)?;
-        self.nodes.get(ino)
+        self.get(*ino)
     }
 
     /// Direct children, in name order.
     pub fn children(&self, parent: u64) -> Vec<&Node> {
         self.children
             .get(&parent)
-            .map(|c| c.values().filter_map(|i| self.nodes.get(i)).collect())
+            .map(|c| c.iter().filter_map(|(_, i)| self.get(*i)).collect())
             .unwrap_or_default()
+    }
+
+    /// How many direct children are directories.
+    pub fn subdirs(&self, parent: u64) -> usize {
+        self.subdirs.get(&parent).copied().unwrap_or(0)
+    }
+
+    fn count_subdir(&mut self, parent: u64, added: bool) {
+        let n = self.subdirs.entry(parent).or_default();
+        *n = if added { *n + 1 } else { n.saturating_sub(1) };
     }
 
     /// Direct children with the names they have here (a hard-linked file's
@@ -83,7 +147,7 @@ impl Table {
             .get(&parent)
             .map(|c| {
                 c.iter()
-                    .filter_map(|(k, i)| Some((k.as_str(), self.nodes.get(i)?)))
+                    .filter_map(|(k, i)| Some((&**k, self.get(*i)?)))
                     .collect()
             })
             .unwrap_or_default()
@@ -93,10 +157,10 @@ impl Table {
     /// parents before children.
     pub fn subtree(&self, dir: u64) -> Vec<(String, &Node)> {
         let mut out = Vec::new();
-        let Some(top) = self.nodes.get(&dir) else {
+        let Some(top) = self.get(dir) else {
             return out;
         };
-        let mut stack = vec![(dir, top.path.clone())];
+        let mut stack = vec![(dir, top.path())];
         while let Some((d, path)) = stack.pop() {
             for (name, c) in self.entries(d) {
                 let p = join(&path, name);
@@ -109,15 +173,36 @@ impl Table {
         out
     }
 
-    /// The path of `parent/name`.
-    fn path_at(&self, parent: u64, name: &str) -> Option<String> {
-        Some(self.nodes.get(&parent)?.child_path(name))
+    /// Directory `ino`'s path, shared by its entries; its map of names made
+    /// on first use.
+    fn dir_path(&mut self, ino: u64) -> Arc<str> {
+        if let Some(c) = self.children.get(&ino) {
+            return Arc::clone(&c.path);
+        }
+        let path: Arc<str> = self.get(ino).map(Node::path).unwrap_or_default().into();
+        self.children.insert(
+            ino,
+            Entries {
+                path: Arc::clone(&path),
+                names: BTreeMap::new(),
+            },
+        );
+        path
+    }
+
+    /// Enters `name` → `ino` in directory `parent`, the name shared with the
+    /// node when it is the node's own.
+    fn enter(&mut self, parent: u64, name: Arc<str>, ino: u64) {
+        self.dir_path(parent);
+        if let Some(c) = self.children.get_mut(&parent) {
+            c.names.insert(name, ino);
+        }
     }
 
     /// The node of hard-linked file `g`, if it is in the table.
     fn group(&self, g: u64) -> Option<u64> {
         let ino = *self.groups.get(&g)?;
-        let n = self.nodes.get(&ino)?;
+        let n = self.get(ino)?;
         (n.attrs.link == Some(g) && !n.unlinked).then_some(ino)
     }
 
@@ -130,26 +215,24 @@ impl Table {
             }
             self.unlink_name(parent, name);
         }
-        let Some(n) = self.nodes.get_mut(&ino) else {
+        let name: Arc<str> = name.into();
+        let Some(n) = self.get_mut(ino) else {
             return;
         };
-        n.aliases.push((parent, name.to_string()));
+        n.aliases.push((parent, Arc::clone(&name)));
         if let Some(g) = n.attrs.link {
             self.groups.insert(g, ino);
         }
-        self.children
-            .entry(parent)
-            .or_default()
-            .insert(name.to_string(), ino);
+        self.enter(parent, name, ino);
     }
 
     /// Removes the name `parent/name`: a file with other names keeps them
-    /// (one of them becomes its `path`); else the entry goes (`remove`).
+    /// (one of them becomes its own); else the entry goes (`remove`).
     pub fn unlink_name(&mut self, parent: u64, name: &str) {
         let Some(&ino) = self.children.get(&parent).and_then(|c| c.get(name)) else {
             return;
         };
-        let has_others = self.nodes.get(&ino).is_some_and(|n| !n.aliases.is_empty());
+        let has_others = self.get(ino).is_some_and(|n| !n.aliases.is_empty());
         if !has_others {
             self.remove(ino);
             return;
@@ -158,22 +241,22 @@ impl Table {
             c.remove(name);
         }
         let primary = self
-            .nodes
-            .get(&ino)
-            .is_some_and(|n| n.parent == parent && n.name == name);
+            .get(ino)
+            .is_some_and(|n| n.parent == parent && &*n.name == name);
         if primary {
-            let (p, k) = match self.nodes.get_mut(&ino) {
+            let (p, k) = match self.get_mut(ino) {
                 Some(n) => n.aliases.remove(0),
                 None => return,
             };
-            let path = self.path_at(p, &k).unwrap_or_default();
-            if let Some(n) = self.nodes.get_mut(&ino) {
+            let dir = self.dir_path(p);
+            if let Some(n) = self.get_mut(ino) {
+                n.keep_key();
                 n.parent = p;
                 n.name = k;
-                n.path = path;
+                n.dir = dir;
             }
-        } else if let Some(n) = self.nodes.get_mut(&ino) {
-            n.aliases.retain(|(p, k)| !(*p == parent && k == name));
+        } else if let Some(n) = self.get_mut(ino) {
+            n.aliases.retain(|(p, k)| !(*p == parent && &**k == name));
         }
     }
 
@@ -188,9 +271,8 @@ impl Table {
             return;
         };
         let primary = self
-            .nodes
-            .get(&ino)
-            .is_some_and(|n| n.parent == from_parent && n.name == from_name);
+            .get(ino)
+            .is_some_and(|n| n.parent == from_parent && &*n.name == from_name);
         if primary {
             self.rename(ino, parent, name);
             return;
@@ -203,17 +285,15 @@ impl Table {
         if let Some(c) = self.children.get_mut(&from_parent) {
             c.remove(from_name);
         }
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            for a in &mut n.aliases {
-                if a.0 == from_parent && a.1 == from_name {
-                    *a = (parent, name.to_string());
+        let name: Arc<str> = name.into();
+        if let Some(n) = self.get_mut(ino) {
+            for a in n.aliases.iter_mut() {
+                if a.0 == from_parent && &*a.1 == from_name {
+                    *a = (parent, Arc::clone(&name));
                 }
             }
         }
-        self.children
-            .entry(parent)
-            .or_default()
-            .insert(name.to_string(), ino);
+        self.enter(parent, name, ino);
     }
 
     /// Adds `parent/name`, or refreshes it when present. A file this mount is
@@ -227,7 +307,7 @@ impl Table {
         origin: Origin,
         now: Instant,
     ) -> Option<u64> {
-        let path = self.path_at(parent, name)?;
+        self.get(parent)?;
         let link = new.attrs.link.filter(|_| new.kind != Kind::Dir);
         let here = self
             .children
@@ -238,12 +318,12 @@ impl Table {
             if here != Some(ino) {
                 // Another name of a hard-linked file already in the table.
                 self.add_alias(ino, parent, name);
-                let node = self.nodes.get_mut(&ino)?;
+                let node = self.get_mut(ino)?;
                 node.seen = now;
                 if !(node.origin == Origin::Writing && origin == Origin::Stored) {
                     node.size = new.size;
-                    node.data = new.data;
-                    node.attrs = new.attrs;
+                    node.set_data(new.data);
+                    node.attrs = new.attrs.into();
                 }
                 return Some(ino);
             }
@@ -251,8 +331,7 @@ impl Table {
         if let Some(ino) = here {
             // A name that leaves its hard-linked file names a file of its own.
             let leaves = self
-                .nodes
-                .get(&ino)
+                .get(ino)
                 .is_some_and(|n| !n.aliases.is_empty() && n.attrs.link != link);
             if leaves {
                 self.unlink_name(parent, name);
@@ -260,7 +339,7 @@ impl Table {
             }
         }
         if let Some(ino) = here {
-            let node = self.nodes.get_mut(&ino)?;
+            let node = self.get_mut(ino)?;
             node.seen = now;
             if node.origin == Origin::Writing && origin == Origin::Stored {
                 return Some(ino);
@@ -268,7 +347,7 @@ impl Table {
             if node.kind == Kind::Dir && new.kind != Kind::Dir {
                 log::warn!(
                     "{:?} is hidden by the directory of the same name",
-                    node.path
+                    node.path()
                 );
                 return Some(ino);
             }
@@ -278,58 +357,67 @@ impl Table {
                 }
                 log::warn!(
                     "{:?} is hidden by the directory of the same name",
-                    node.path
+                    node.path()
                 );
-                self.children.entry(ino).or_default();
+                self.count_subdir(parent, true);
             }
-            let node = self.nodes.get_mut(&ino)?;
+            let node = self.get_mut(ino)?;
             node.kind = new.kind;
             node.size = new.size;
-            node.data = new.data;
-            node.target = new.target;
-            node.attrs = new.attrs;
+            node.set_data_here(new.data);
+            node.target = new.target.map(Into::into);
+            node.attrs = new.attrs.into();
             node.mtime = new.mtime;
             node.origin = origin;
+            if new.kind == Kind::Dir {
+                self.dir_path(ino);
+            }
             if let Some(g) = link {
                 self.groups.insert(g, ino);
             }
             return Some(ino);
         }
+        let dir = self.dir_path(parent);
         // A hard-linked file's number follows its identity, not a name.
         let ino = self.free_ino(match link {
             Some(g) => path_ino(&format!("\0link {g}")),
-            None => path_ino(&path),
+            None => path_ino(&join(&dir, name)),
         });
         if let Some(g) = link {
             self.groups.insert(g, ino);
         }
-        if new.kind == Kind::Dir {
-            self.children.insert(ino, BTreeMap::new());
+        let name: Arc<str> = name.into();
+        let kind = new.kind;
+        if kind == Kind::Dir {
+            self.count_subdir(parent, true);
         }
         self.nodes.insert(
             ino,
-            Node {
+            Box::new(Node {
                 ino,
                 parent,
-                name: name.to_string(),
-                path,
-                kind: new.kind,
+                dir,
+                name: Arc::clone(&name),
+                kind,
                 origin,
                 size: new.size,
-                data: new.data,
-                target: new.target,
-                attrs: new.attrs,
+                data: None,
+                target: new.target.map(Into::into),
+                attrs: new.attrs.into(),
                 mtime: new.mtime,
                 seen: now,
                 listed: None,
                 unlinked: false,
-                aliases: Vec::new(),
-            },
+                aliases: Default::default(),
+            }),
         );
-        self.children
-            .entry(parent)
-            .or_default()
-            .insert(name.to_string(), ino);
+        if let Some(n) = self.get_mut(ino) {
+            n.set_data_here(new.data);
+        }
+        if kind == Kind::Dir {
+            self.dir_path(ino);
+        }
+        self.enter(parent, name, ino);
         Some(ino)
     }
 
@@ -357,7 +445,7 @@ impl Table {
         *n -= 1;
         if *n == 0 {
             self.open.remove(&ino);
-            if self.nodes.get(&ino).is_some_and(|n| n.unlinked) {
+            if self.get(ino).is_some_and(|n| n.unlinked) {
                 self.nodes.remove(&ino);
             }
         }
@@ -367,16 +455,29 @@ impl Table {
     /// only loses its name: it stays, unlinked, for them.
     pub fn remove(&mut self, ino: u64) {
         let pinned = self.open.contains_key(&ino);
+        if let Some(n) = self.nodes.get(&ino).filter(|n| n.kind == Kind::Dir) {
+            if self.children.get(&n.parent).and_then(|c| c.get(&n.name)) == Some(&ino) {
+                let parent = n.parent;
+                self.count_subdir(parent, false);
+            }
+            self.subdirs.remove(&ino);
+        }
         // Every name it has goes.
         let names = match self.nodes.get_mut(&ino) {
             Some(n) if pinned && n.kind != Kind::Dir => {
                 n.unlinked = true;
                 let mut v = std::mem::take(&mut n.aliases);
-                v.push((n.parent, n.name.clone()));
+                v.push((n.parent, Arc::clone(&n.name)));
                 v
             }
             _ => match self.nodes.remove(&ino) {
                 Some(n) => {
+                    if let Some(g) = n.attrs.link {
+                        if self.groups.get(&g) == Some(&ino) {
+                            self.groups.remove(&g);
+                        }
+                    }
+                    let n = *n;
                     let mut v = n.aliases;
                     v.push((n.parent, n.name));
                     v
@@ -392,7 +493,7 @@ impl Table {
             }
         }
         if let Some(kids) = self.children.remove(&ino) {
-            for k in kids.into_values() {
+            for k in kids.names.into_values() {
                 self.remove(k);
             }
         }
@@ -406,44 +507,60 @@ impl Table {
                 self.unlink_name(parent, name);
             }
         }
-        let Some(node) = self.nodes.get(&ino) else {
+        let Some(node) = self.get(ino) else {
             return;
         };
-        let (old_parent, old_name) = (node.parent, node.name.clone());
+        let (old_parent, old_name, is_dir) =
+            (node.parent, Arc::clone(&node.name), node.kind == Kind::Dir);
         if let Some(c) = self.children.get_mut(&old_parent) {
-            c.remove(&old_name);
+            if c.remove(&old_name).is_some() && is_dir {
+                self.count_subdir(old_parent, false);
+            }
         }
-        let Some(parent_path) = self.nodes.get(&parent).map(|p| p.path.clone()) else {
+        if self.get(parent).is_none() {
             return;
-        };
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            n.parent = parent;
-            n.name = name.to_string();
         }
-        self.children
-            .entry(parent)
-            .or_default()
-            .insert(name.to_string(), ino);
-        self.repath(ino, &join(&parent_path, name));
+        let dir = self.dir_path(parent);
+        let name: Arc<str> = name.into();
+        if let Some(n) = self.get_mut(ino) {
+            n.keep_key();
+            n.parent = parent;
+            n.name = Arc::clone(&name);
+            n.dir = Arc::clone(&dir);
+        }
+        self.enter(parent, Arc::clone(&name), ino);
+        if is_dir {
+            self.count_subdir(parent, true);
+        }
+        self.repath(ino, join(&dir, &name).into());
     }
 
-    fn repath(&mut self, ino: u64, path: &str) {
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            n.path = path.to_string();
-        }
-        let kids: Vec<(String, u64)> = self
-            .children
-            .get(&ino)
-            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default();
-        for (name, k) in kids {
-            self.repath(k, &join(path, &name));
+    /// Directory `ino` is at `path` now: its entries' shared path follows,
+    /// down the subtree.
+    fn repath(&mut self, ino: u64, path: Arc<str>) {
+        let kids: Vec<u64> = match self.children.get_mut(&ino) {
+            Some(c) => {
+                c.path = Arc::clone(&path);
+                c.names.values().copied().collect()
+            }
+            None => return,
+        };
+        for k in kids {
+            let Some(n) = self.get_mut(k) else { continue };
+            // A hard-linked file's own name may be in another directory.
+            if n.parent != ino {
+                continue;
+            }
+            n.keep_key();
+            n.dir = Arc::clone(&path);
+            let sub: Arc<str> = join(&path, &n.name).into();
+            self.repath(k, sub);
         }
     }
 
     /// Marks `ino` as in the view, with its ancestors.
     pub fn mark_stored(&mut self, mut ino: u64, now: Instant) {
-        while let Some(n) = self.nodes.get_mut(&ino) {
+        while let Some(n) = self.get_mut(ino) {
             n.origin = Origin::Stored;
             n.seen = now;
             if ino == ROOT {
@@ -455,8 +572,7 @@ impl Table {
 
     /// True when a listing filled this directory less than `ttl` ago.
     pub fn listed_within(&self, ino: u64, ttl: std::time::Duration) -> bool {
-        self.nodes
-            .get(&ino)
+        self.get(ino)
             .and_then(|n| n.listed)
             .is_some_and(|t| t.elapsed() < ttl)
     }
@@ -508,7 +624,7 @@ impl Table {
                     n.seen = stale(n.seen);
                 }
                 if let Some(c) = self.children.get(&i) {
-                    stack.extend(c.values().copied().filter(|c| *c != i));
+                    stack.extend(c.names.values().copied().filter(|c| *c != i));
                 }
             }
         }
@@ -528,7 +644,7 @@ impl Table {
         let (leaf, dirs) = parts.split_last()?;
         let mut at = dir;
         for d in dirs {
-            let path = self.nodes.get(&at)?.child_path(d);
+            let path = self.get(at)?.child_path(d);
             let attrs = overlay.attrs(&path).unwrap_or_default();
             at = self.upsert(
                 at,
@@ -552,7 +668,7 @@ impl Table {
 
     /// The node at `rel` below `dir`.
     fn find(&self, dir: u64, rel: &str) -> Option<&Node> {
-        let mut at = self.nodes.get(&dir)?;
+        let mut at = self.get(dir)?;
         for part in rel.split('/') {
             at = self.child(at.ino, part)?;
         }
@@ -573,7 +689,7 @@ impl Table {
         overlay: &Overlay,
         now: Instant,
     ) {
-        let Some(prefix) = self.nodes.get(&dir).map(Node::prefix) else {
+        let Some(prefix) = self.get(dir).map(Node::prefix) else {
             return;
         };
         let usable = |name: &str| usable_name(name) && !(dir == ROOT && name == RESERVED);
@@ -609,7 +725,7 @@ impl Table {
                 }
             }
         }
-        for (path, e) in entries_under(overlay, &prefix) {
+        for (path, e) in overlay.entries_under(&prefix) {
             let rest = &path[prefix.len()..];
             let (name, below) = match rest.split_once('/') {
                 Some((n, _)) => (n, true),
@@ -653,21 +769,21 @@ impl Table {
         }
         for (name, (entry, keys)) in dirs {
             let ino = self.upsert(dir, &name, entry, Origin::Stored, now);
-            let filled = ino.filter(|i| self.nodes.get(i).is_some_and(|n| n.kind == Kind::Dir));
+            let filled = ino.filter(|i| self.get(*i).is_some_and(|n| n.kind == Kind::Dir));
             if let (Some(ino), Some(keys)) = (filled, keys) {
                 self.apply_listing(ino, keys, overlay, now);
             }
         }
-        let kids: Vec<(String, u64)> = self
+        let kids: Vec<(Arc<str>, u64)> = self
             .children
             .get(&dir)
-            .map(|c| c.iter().map(|(n, i)| (n.clone(), *i)).collect())
+            .map(|c| c.iter().map(|(n, i)| (Arc::clone(n), *i)).collect())
             .unwrap_or_default();
         for (name, k) in kids {
-            let Some(node) = self.nodes.get(&k) else {
+            let Some(node) = self.get(k) else {
                 continue;
             };
-            if shown.contains(&name) {
+            if shown.contains(&*name) {
                 continue;
             }
             let keep = match node.kind {
@@ -680,7 +796,7 @@ impl Table {
                 self.unlink_name(dir, &name);
             }
         }
-        if let Some(n) = self.nodes.get_mut(&dir) {
+        if let Some(n) = self.get_mut(dir) {
             n.listed = Some(now);
         }
     }
@@ -703,7 +819,7 @@ impl Table {
         overlay: &Overlay,
         now: Instant,
     ) {
-        let Some(prefix) = self.nodes.get(&dir).map(Node::prefix) else {
+        let Some(prefix) = self.get(dir).map(Node::prefix) else {
             return;
         };
         self.placed.clear();
@@ -745,7 +861,7 @@ impl Table {
                 self.mark_seen(i, dir, &mut seen);
             }
         }
-        for (path, e) in entries_under(overlay, &prefix) {
+        for (path, e) in overlay.entries_under(&prefix) {
             let Some(rest) = path.strip_prefix(&prefix) else {
                 continue;
             };
@@ -766,7 +882,10 @@ impl Table {
             };
             let ino = old.ino;
             if seen.contains(&ino) {
-                log::warn!("{:?} is hidden by the directory of the same name", old.path);
+                log::warn!(
+                    "{:?} is hidden by the directory of the same name",
+                    old.path()
+                );
                 continue;
             }
             self.remove(ino);
@@ -775,7 +894,8 @@ impl Table {
             }
         }
         self.prune(dir, &seen, now);
-        self.placed.clear();
+        // Its memory too: it held a name per entry of the listing.
+        self.placed = HashSet::new();
     }
 
     /// Records `ino` and its ancestors up to `top` as shown by a listing.
@@ -792,10 +912,10 @@ impl Table {
     /// mount is writing; marks directories as listed. Returns whether `dir`
     /// itself must stay.
     fn prune(&mut self, dir: u64, seen: &HashSet<u64>, now: Instant) -> bool {
-        let kids: Vec<(String, u64)> = self
+        let kids: Vec<(Arc<str>, u64)> = self
             .children
             .get(&dir)
-            .map(|c| c.iter().map(|(n, i)| (n.clone(), *i)).collect())
+            .map(|c| c.iter().map(|(n, i)| (Arc::clone(n), *i)).collect())
             .unwrap_or_default();
         let mut keep_any = false;
         for (name, k) in kids {
@@ -808,7 +928,7 @@ impl Table {
                 Kind::Dir => self.prune(k, seen, now) || seen.contains(&k),
                 // A hard-linked file's other names do not keep this one.
                 _ if linked && origin == Origin::Stored => {
-                    self.placed.contains(&(dir, name.clone()))
+                    self.placed.contains(&(dir, name.to_string()))
                 }
                 _ => origin == Origin::Writing || seen.contains(&k),
             };
@@ -831,18 +951,6 @@ fn stale(t: Instant) -> Instant {
         .unwrap_or(t)
 }
 
-/// The overlay's visible entries under directory prefix `prefix` (`""`: all),
-/// in path order.
-fn entries_under<'a>(
-    overlay: &'a Overlay,
-    prefix: &'a str,
-) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
-    overlay
-        .entries()
-        .skip_while(move |(p, _)| p.as_str() < prefix)
-        .take_while(move |(p, _)| p.starts_with(prefix))
-}
-
 /// The inode number a path asks for: the first 8 bytes of its MD5, so a
 /// path has the same number in every mount of the coffer and after a
 /// remount (tar --listed-incremental, rsync and find compare them). Two live
@@ -855,7 +963,7 @@ fn path_ino(path: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::journal::Record;
+    use crate::fs::journal::{Attrs, Record};
 
     fn obj(key: &str, size: u64) -> ObjectMeta {
         ObjectMeta {
@@ -891,10 +999,10 @@ mod tests {
         assert_eq!(names(&t, a), ["b", "d"]);
         let b = t.child(a, "b").expect("b");
         assert_eq!(b.kind, Kind::Dir);
-        assert_eq!(b.path, "a/b");
+        assert_eq!(b.path(), "a/b");
         assert!(t.listed_within(b.ino, std::time::Duration::from_secs(5)));
         let c = t.child(b.ino, "c.txt").expect("c");
-        assert_eq!((c.size, c.path.as_str()), (3, "a/b/c.txt"));
+        assert_eq!((c.size, c.path().as_str()), (3, "a/b/c.txt"));
     }
 
     #[test]
@@ -958,7 +1066,7 @@ mod tests {
         t.apply_listing(ROOT, &[obj("kept", 2), obj("old", 1)], &o, Instant::now());
         assert_eq!(names(&t, ROOT), ["empty", "kept", "link", "new"]);
         let new = t.child(ROOT, "new").expect("new");
-        assert_eq!(new.data.as_ref().map(|d| d.key.as_str()), Some("old"));
+        assert_eq!(new.data.as_ref().map(|d| &*d.key), Some("old"));
         assert_eq!(new.attrs.mode, Some(0o600));
         assert_eq!(
             t.child(ROOT, "kept").and_then(|n| n.attrs.mode),
@@ -1016,6 +1124,60 @@ mod tests {
         assert_eq!(t.free_ino(u64::from(u32::MAX)), u64::from(u32::MAX) + 1);
     }
 
+    /// Every directory's kept count of subdirectories, against a count.
+    fn assert_subdirs_counted(t: &Table) {
+        for (ino, n) in &t.nodes {
+            if n.kind == Kind::Dir {
+                let counted = t
+                    .children(*ino)
+                    .iter()
+                    .filter(|c| c.kind == Kind::Dir)
+                    .count();
+                assert_eq!(t.subdirs(*ino), counted, "{:?}", n.path());
+            }
+        }
+    }
+
+    #[test]
+    fn directories_keep_their_count_of_subdirectories_through_every_change() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let now = Instant::now();
+        t.apply_listing(
+            ROOT,
+            &[obj("a/b/c", 1), obj("a/d/e", 1), obj("x", 1), obj("y/z", 1)],
+            &none,
+            now,
+        );
+        assert_eq!(t.subdirs(ROOT), 2);
+        assert_subdirs_counted(&t);
+        let a = t.child(ROOT, "a").expect("a").ino;
+        let b = t.child(a, "b").expect("b").ino;
+        let y = t.child(ROOT, "y").expect("y").ino;
+        // Moved under another directory, renamed over a directory, removed.
+        t.rename(b, y, "b");
+        assert_eq!((t.subdirs(a), t.subdirs(y)), (1, 1));
+        let d = t.child(a, "d").expect("d").ino;
+        t.rename(d, y, "b");
+        assert_eq!((t.subdirs(a), t.subdirs(y)), (0, 1));
+        assert_subdirs_counted(&t);
+        t.upsert(
+            a,
+            "new",
+            ViewEntry::dir(Attrs::default(), SystemTime::now()),
+            Origin::Stored,
+            now,
+        );
+        assert_eq!(t.subdirs(a), 1);
+        t.remove(y);
+        assert_eq!(t.subdirs(ROOT), 1);
+        assert_subdirs_counted(&t);
+        // A listing that no longer shows them drops them, and their counts.
+        t.apply_listing(ROOT, &[obj("x", 1)], &none, now);
+        assert_subdirs_counted(&t);
+        assert_eq!(t.subdirs(ROOT), 0);
+    }
+
     #[test]
     fn rename_moves_a_subtree_and_its_paths() {
         let mut t = Table::new();
@@ -1025,7 +1187,12 @@ mod tests {
         t.rename(a, ROOT, "z");
         let z = t.child(ROOT, "z").expect("z").ino;
         let b = t.child(z, "b").expect("b").ino;
-        assert_eq!(t.child(b, "c").map(|n| n.path.as_str()), Some("z/b/c"));
+        assert_eq!(t.child(b, "c").map(Node::path).as_deref(), Some("z/b/c"));
+        // Its bytes are still the object at its old path.
+        let data = t.child(b, "c").and_then(Node::data).expect("data");
+        assert_eq!(&*data.key, "a/b/c");
+        let x = t.child(ROOT, "x").and_then(Node::data).expect("x");
+        assert_eq!((&*x.key, x.etag.to_string().as_str()), ("x", "e"));
         assert!(t.child(ROOT, "a").is_none());
     }
 
@@ -1179,7 +1346,7 @@ mod tests {
         assert_eq!(names(&t, d), ["a"]);
         // Removing one name keeps the node under the other.
         t.unlink_name(ROOT, "b");
-        assert_eq!(t.get(b).map(|n| n.path.as_str()), Some("d/a"));
+        assert_eq!(t.get(b).map(Node::path).as_deref(), Some("d/a"));
         assert!(t.child(ROOT, "b").is_none());
         // A rename moves only that name.
         t.add_alias(b, ROOT, "c");
