@@ -15,6 +15,7 @@ pub mod writer;
 pub(crate) use committer::now_micros;
 pub use committer::{Committer, Ticket, CHECKPOINT_AT_UNMOUNT, CHECKPOINT_EVERY, COMMIT_INTERVAL};
 pub use format::*;
+pub use replay::Touched;
 
 /// Records for the journal's tests.
 #[cfg(test)]

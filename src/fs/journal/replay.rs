@@ -5,12 +5,46 @@
 
 use super::committer::{Committer, State};
 use super::format::{
-    checkpoint_key, Batch, Checkpoint, JournalError, Overlay, CHECKPOINT_PREFIX, JOURNAL_PREFIX,
+    checkpoint_key, Batch, Checkpoint, JournalError, Overlay, Record, CHECKPOINT_PREFIX,
+    JOURNAL_PREFIX,
 };
 use crate::fs::error::{FsError, FsResult};
 use crate::store::ListAll;
 use bytes::Bytes;
+use std::collections::BTreeSet;
 use std::time::Duration;
+
+/// What a reload changed in the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Nothing,
+    /// The paths other mounts' new records name.
+    Paths {
+        /// What these paths are changed (made, bound, hidden…).
+        entries: BTreeSet<String>,
+        /// Only attributes or extended attributes of these changed.
+        attrs: BTreeSet<String>,
+    },
+    /// Anything may have changed: batches were replayed from the checkpoint.
+    All,
+}
+
+impl Touched {
+    fn note(&mut self, r: &Record) {
+        let Touched::Paths { entries, attrs } = self else {
+            return;
+        };
+        match r {
+            Record::Unknown => {}
+            Record::Attr { path, .. } | Record::Xattr { path, .. } => {
+                attrs.insert(path.clone());
+            }
+            _ => {
+                entries.insert(r.path().to_string());
+            }
+        }
+    }
+}
 
 /// Batches stored up to this long after a later one are still found by an
 /// incremental reload (clock skew between mounts, slow commits).
@@ -101,10 +135,15 @@ impl Committer {
     /// the overlay changed. A damaged batch is logged once and skipped; a batch
     /// of a later format ends replay for good (`newer_format`).
     pub fn reload(&self) -> FsResult<bool> {
+        Ok(self.reload_touched()? != Touched::Nothing)
+    }
+
+    /// `reload`, saying which paths the new records name.
+    pub fn reload_touched(&self) -> FsResult<Touched> {
         let (floor, window, checkpoint) = {
             let s = self.lock();
             if s.halted {
-                return Ok(false);
+                return Ok(Touched::Nothing);
             }
             let from = s
                 .last_micros()
@@ -133,7 +172,7 @@ impl Committer {
             (new, rebuild)
         };
         if new.is_empty() && !rebuild {
-            return Ok(false);
+            return Ok(Touched::Nothing);
         }
         let (wanted, start) = if rebuild {
             (
@@ -187,6 +226,14 @@ impl Committer {
             s.since_checkpoint = 0;
             s.out_of_order = false;
         }
+        let mut touched = if rebuild {
+            Touched::All
+        } else {
+            Touched::Paths {
+                entries: BTreeSet::new(),
+                attrs: BTreeSet::new(),
+            }
+        };
         // With nothing of this mount's waiting, the overlay is the base: the
         // batches go into both, and nothing is copied.
         let same = !rebuild && s.in_flight.is_empty() && s.pending.is_empty();
@@ -198,18 +245,19 @@ impl Committer {
                     if same {
                         s.overlay.apply(r);
                     }
+                    touched.note(r);
                 }
                 s.since_checkpoint += 1;
                 changed = true;
             }
         }
         if !changed {
-            return Ok(false);
+            return Ok(Touched::Nothing);
         }
         if !same {
             s.rebuild_overlay();
         }
-        Ok(true)
+        Ok(touched)
     }
 
     /// Stores the replayed overlay as a checkpoint, so later mounts read it
@@ -308,6 +356,35 @@ mod tests {
         assert!(b.reload().expect("reload"));
         assert!(b.with_overlay(|o| o.get("from-a").is_some()));
         assert!(!b.reload().expect("reload"), "nothing new the second time");
+        a.shutdown(true);
+        b.shutdown(true);
+    }
+
+    #[test]
+    fn a_reload_says_which_paths_the_new_records_name() {
+        let store = Arc::new(MemoryStore::new());
+        let a = Committer::open(store.clone()).expect("open");
+        let b = Committer::open(store.clone()).expect("open");
+        let t = a.record(vec![
+            mkdir("d/made"),
+            Record::Hide {
+                path: "gone".into(),
+            },
+            Record::Attr {
+                path: "d".into(),
+                attrs: crate::fs::journal::Attrs::default(),
+            },
+        ]);
+        a.sync(t).expect("sync");
+        let set = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            b.reload_touched().expect("reload"),
+            Touched::Paths {
+                entries: set(&["d/made", "gone"]),
+                attrs: set(&["d"]),
+            }
+        );
+        assert_eq!(b.reload_touched().expect("reload"), Touched::Nothing);
         a.shutdown(true);
         b.shutdown(true);
     }
