@@ -2,26 +2,28 @@
 //! metadata in redb, so every commit is one transaction. Keys are data, never paths.
 //! Must not know HTTP or operations: it answers with `DiskError` codes, never responses.
 
-use super::wal::{self, Mark, Placed, Wal};
+use super::small::{Pending, SmallPuts};
+use super::wal;
 use crate::protocol::ErrorCode;
 use crate::protocol::{hex, multipart_etag, rules, unhex};
 use md5::{Digest, Md5};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::{Arc, MutexGuard};
 
 const COFFERS: TableDefinition<&str, &[u8]> = TableDefinition::new("coffers");
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+pub(super) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("parts");
 const COMPLETED: TableDefinition<&str, &str> = TableDefinition::new("completed");
 /// The bytes of small PutObjects, by the id in their record's `file`.
 const INLINE: TableDefinition<&str, &[u8]> = TableDefinition::new("inline");
 /// The server's own state: `wal`, the small-put log's `Mark`.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// A PutObject this small is kept in the database, not in a file of its own:
 /// then storing it takes one sync of the small-put log (`wal.rs`) instead of
@@ -120,16 +122,16 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, DiskError> {
     io!(serde_json::to_vec(v))
 }
 
-fn from_json<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, DiskError> {
+pub(super) fn from_json<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, DiskError> {
     io!(serde_json::from_slice(b))
 }
 
 /// The server's whole state on disk.
 pub struct Disk {
     root: PathBuf,
-    db: Database,
-    /// Makes small puts durable without a synced commit each.
-    wal: Wal,
+    db: Arc<Database>,
+    /// Small puts: durable by their log record, in the database by batches.
+    small: Arc<SmallPuts>,
     /// Keys with a PutObject streaming in (one writer per key).
     putting: Mutex<HashSet<String>>,
     /// Uploads with a Complete in progress.
@@ -204,6 +206,12 @@ impl Drop for Incoming {
     }
 }
 
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.small.stop();
+    }
+}
+
 impl Disk {
     /// Opens (or creates) the store at `root`, clearing what a crash left behind.
     pub fn open(root: &Path) -> Result<Disk, DiskError> {
@@ -227,11 +235,12 @@ impl Disk {
             io!(tx.open_table(META))?;
             io!(tx.commit())?;
         }
-        let wal = replay_wal(&db, &root.join("wal"))?;
+        let db = Arc::new(db);
+        let small = SmallPuts::open(Arc::clone(&db), &root.join("wal"))?;
         let disk = Disk {
             root: root.to_path_buf(),
             db,
-            wal,
+            small,
             putting: Mutex::new(HashSet::new()),
             completing: Mutex::new(HashSet::new()),
         };
@@ -282,6 +291,9 @@ impl Disk {
     pub fn inline_bytes(&self, rec: &ObjectRec) -> Result<Option<Vec<u8>>, DiskError> {
         if !rec.inline {
             return Ok(None);
+        }
+        if let Some(b) = self.small.bytes(&rec.file) {
+            return Ok(Some(b));
         }
         let tx = io!(self.db.begin_read())?;
         let t = io!(tx.open_table(INLINE))?;
@@ -394,6 +406,15 @@ impl Disk {
     // ---- objects ----
 
     pub fn object(&self, coffer: &str, key: &str) -> Result<Option<ObjectRec>, DiskError> {
+        if let Some(rec) = self.small.object(&obj_key(coffer, key)) {
+            return Ok(Some(rec));
+        }
+        // A put moves from waiting to the database in one commit before it
+        // stops waiting: looked for after, it is found in one of the two.
+        self.object_in_db(coffer, key)
+    }
+
+    fn object_in_db(&self, coffer: &str, key: &str) -> Result<Option<ObjectRec>, DiskError> {
         let tx = io!(self.db.begin_read())?;
         let t = io!(tx.open_table(OBJECTS))?;
         match io!(t.get(obj_key(coffer, key).as_str()))? {
@@ -410,15 +431,24 @@ impl Disk {
         marker: &str,
         max: usize,
     ) -> Result<(Vec<(String, ObjectRec)>, bool), DiskError> {
+        let base = format!("{coffer}/");
+        let after_marker = !marker.is_empty() && marker >= prefix;
+        let start = if after_marker {
+            format!("{base}{marker}")
+        } else {
+            format!("{base}{prefix}")
+        };
+        // Waiting puts first, then the database: a put leaves the first only
+        // once committed to the second, so it is seen in one of them.
+        let waiting = self.small.range(
+            &start,
+            after_marker,
+            &format!("{base}{prefix}"),
+            max.saturating_add(1),
+        );
         let tx = io!(self.db.begin_read())?;
         let t = io!(tx.open_table(OBJECTS))?;
-        let base = format!("{coffer}/");
-        let start = if marker.is_empty() || marker < prefix {
-            format!("{base}{prefix}")
-        } else {
-            format!("{base}{marker}")
-        };
-        let mut out = Vec::new();
+        let mut stored = Vec::new();
         for item in io!(t.range(start.as_str()..))? {
             let (k, v) = io!(item)?;
             let Some(key) = k.value().strip_prefix(&base) else {
@@ -427,28 +457,42 @@ impl Disk {
             if !key.starts_with(prefix) {
                 break;
             }
-            if !marker.is_empty() && key <= marker {
+            if after_marker && key <= marker {
                 continue;
             }
-            if out.len() == max {
-                return Ok((out, true));
+            if stored.len() > max {
+                break;
             }
-            out.push((key.to_string(), from_json(v.value())?));
+            stored.push((key.to_string(), from_json(v.value())?));
         }
-        Ok((out, false))
+        // Each source gave up to max + 1 keys: the first `max` of both, in
+        // order, are the page, and a key beyond them means more follow.
+        let mut all: BTreeMap<String, ObjectRec> = stored.into_iter().collect();
+        for (k, rec) in waiting {
+            if let Some(key) = k.strip_prefix(&base) {
+                all.entry(key.to_string()).or_insert(rec);
+            }
+        }
+        let more = all.len() > max;
+        Ok((all.into_iter().take(max).collect(), more))
     }
 
+    /// `ObjectAlreadyExists` when `key` is taken, in `tx` or by a small put
+    /// waiting for the database. Hold the guard until `tx` commits: no small
+    /// put takes the key meanwhile.
     fn check_free(
         &self,
         coffer: &str,
         key: &str,
         tx: &redb::WriteTransaction,
-    ) -> Result<(), DiskError> {
+    ) -> Result<MutexGuard<'_, Pending>, DiskError> {
+        let okey = obj_key(coffer, key);
         let objects = io!(tx.open_table(OBJECTS))?;
-        if io!(objects.get(obj_key(coffer, key).as_str()))?.is_some() {
+        let held = self.small.hold();
+        if held.has(&okey) || io!(objects.get(okey.as_str()))?.is_some() {
             return Err(DiskError::code(ErrorCode::ObjectAlreadyExists, key));
         }
-        Ok(())
+        Ok(held)
     }
 
     fn upload_of(&self, coffer: &str, key: &str) -> Result<Option<String>, DiskError> {
@@ -517,7 +561,7 @@ impl Disk {
         };
         let result = (|| {
             let tx = io!(self.db.begin_write())?;
-            self.check_free(coffer, key, &tx)?;
+            let _held = self.check_free(coffer, key, &tx)?;
             {
                 let mut t = io!(tx.open_table(OBJECTS))?;
                 io!(t.insert(obj_key(coffer, key).as_str(), to_json(&rec)?.as_slice()))?;
@@ -554,8 +598,6 @@ impl Disk {
             inline: true,
             parts: Vec::new(),
         };
-        let mut tx = io!(self.db.begin_write())?;
-        self.check_free(coffer, key, &tx)?;
         let entry = wal::Entry {
             coffer: coffer.to_string(),
             key: key.to_string(),
@@ -563,289 +605,10 @@ impl Disk {
             bytes,
             md5: digest,
         };
-        insert_small(&tx, &entry)?;
-        let placed = io!(self.wal.append(&entry))?;
-        let mark = match placed {
-            Placed::Logged { mark, .. } | Placed::Durable { mark } => mark,
-        };
-        let committed = (|| {
-            io!(io!(tx.open_table(META))?.insert("wal", mark.to_bytes().as_slice()))?;
-            if let Placed::Logged { .. } = placed {
-                tx.set_durability(redb::Durability::None);
-            }
-            io!(tx.commit())
-        })();
-        if let Err(e) = committed {
-            self.wal.undo(placed);
-            return Err(e);
-        }
-        match placed {
-            Placed::Logged { mark, .. } => io!(self.wal.sync(mark.seq))?,
-            Placed::Durable { mark } => self.wal.restart(mark),
-        }
+        self.small.put(entry, rec.clone(), || {
+            self.object_in_db(coffer, key).map(|o| o.is_some())
+        })?;
         Ok(rec)
-    }
-
-    // ---- multipart ----
-
-    pub fn initiate(
-        &self,
-        coffer: &str,
-        key: &str,
-        content_type: &str,
-    ) -> Result<String, DiskError> {
-        let id = random_id();
-        let tx = io!(self.db.begin_write())?;
-        self.check_free(coffer, key, &tx)?;
-        {
-            let mut t = io!(tx.open_table(UPLOADS))?;
-            for item in io!(t.iter())? {
-                let (_, v) = io!(item)?;
-                let u: UploadRec = from_json(v.value())?;
-                if u.coffer == coffer && u.key == key {
-                    return Err(DiskError::code(ErrorCode::ObjectAlreadyUploading, key));
-                }
-            }
-            if self
-                .putting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&obj_key(coffer, key))
-            {
-                return Err(DiskError::code(ErrorCode::ObjectAlreadyUploading, key));
-            }
-            let rec = UploadRec {
-                coffer: coffer.to_string(),
-                key: key.to_string(),
-                initiated: now(),
-                content_type: content_type.to_string(),
-            };
-            io!(t.insert(id.as_str(), to_json(&rec)?.as_slice()))?;
-        }
-        io!(tx.commit())?;
-        Ok(id)
-    }
-
-    /// The open upload `id` of `coffer/key`, or NoSuchUpload.
-    pub fn upload(&self, coffer: &str, key: &str, id: &str) -> Result<UploadRec, DiskError> {
-        let tx = io!(self.db.begin_read())?;
-        let t = io!(tx.open_table(UPLOADS))?;
-        match io!(t.get(id))? {
-            Some(v) => {
-                let u: UploadRec = from_json(v.value())?;
-                if u.coffer == coffer && u.key == key {
-                    return Ok(u);
-                }
-                Err(DiskError::code(ErrorCode::NoSuchUpload, id))
-            }
-            None => Err(DiskError::code(ErrorCode::NoSuchUpload, id)),
-        }
-    }
-
-    /// Whether `id` completed into an object that still exists.
-    pub fn completed(&self, coffer: &str, key: &str, id: &str) -> Result<bool, DiskError> {
-        let done = {
-            let tx = io!(self.db.begin_read())?;
-            let t = io!(tx.open_table(COMPLETED))?;
-            let r = io!(t.get(id))?.map(|v| v.value().to_string());
-            r
-        };
-        Ok(done.as_deref() == Some(obj_key(coffer, key).as_str())
-            && self.object(coffer, key)?.is_some())
-    }
-
-    pub fn uploads(&self, coffer: &str) -> Result<Vec<(String, UploadRec)>, DiskError> {
-        let tx = io!(self.db.begin_read())?;
-        let t = io!(tx.open_table(UPLOADS))?;
-        let mut out = Vec::new();
-        for item in io!(t.iter())? {
-            let (k, v) = io!(item)?;
-            let u: UploadRec = from_json(v.value())?;
-            if u.coffer == coffer {
-                out.push((k.value().to_string(), u));
-            }
-        }
-        out.sort_by(|a, b| a.1.key.cmp(&b.1.key));
-        Ok(out)
-    }
-
-    pub fn commit_part(
-        &self,
-        coffer: &str,
-        key: &str,
-        id: &str,
-        n: u32,
-        inc: Incoming,
-        expect_md5: Option<[u8; 16]>,
-    ) -> Result<PartRec, DiskError> {
-        let size = inc.size;
-        let (file, digest) = inc.finish(&self.root.join("parts"))?;
-        let remove = |f: &str| {
-            let _ = std::fs::remove_file(self.root.join("parts").join(f));
-        };
-        if expect_md5.is_some_and(|m| m != digest) {
-            remove(&file);
-            return Err(DiskError::code(
-                ErrorCode::BadDigest,
-                "Content-MD5 mismatch",
-            ));
-        }
-        let rec = PartRec {
-            size,
-            md5: hex(&digest),
-            file: file.clone(),
-            mtime: now(),
-        };
-        let old = (|| {
-            self.upload(coffer, key, id)?;
-            let tx = io!(self.db.begin_write())?;
-            let old = {
-                let mut t = io!(tx.open_table(PARTS))?;
-                let old = io!(t.insert(part_key(id, n).as_str(), to_json(&rec)?.as_slice()))?
-                    .map(|v| from_json::<PartRec>(v.value()));
-                old
-            };
-            // Re-check inside the transaction: an Abort may have raced this part.
-            {
-                let t = io!(tx.open_table(UPLOADS))?;
-                if io!(t.get(id))?.is_none() {
-                    return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
-                }
-            }
-            io!(tx.commit())?;
-            old.transpose()
-        })();
-        match old {
-            Ok(Some(prev)) => remove(&prev.file),
-            Ok(None) => {}
-            Err(e) => {
-                remove(&file);
-                return Err(e);
-            }
-        }
-        Ok(rec)
-    }
-
-    pub fn parts(&self, id: &str) -> Result<Vec<(u32, PartRec)>, DiskError> {
-        let tx = io!(self.db.begin_read())?;
-        let t = io!(tx.open_table(PARTS))?;
-        parts_in(&t, id)
-    }
-
-    /// Validates a Complete request against the parts stored now (before the
-    /// `200`, so rule violations get their own status codes).
-    pub fn check_complete(
-        &self,
-        coffer: &str,
-        key: &str,
-        id: &str,
-        listed: &[(u32, String)],
-    ) -> Result<(), DiskError> {
-        if self.upload(coffer, key, id).is_err() {
-            if self.completed(coffer, key, id)? {
-                return Err(DiskError::code(ErrorCode::MultipartAlreadyCompleted, id));
-            }
-            return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
-        }
-        select_parts(listed, self.parts(id)?).map(|_| ())
-    }
-
-    /// Marks `id` completing; AlreadyLock when another Complete holds it.
-    pub fn lock_complete(&self, id: &str) -> Result<(), DiskError> {
-        if !self
-            .completing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string())
-        {
-            return Err(DiskError::code(ErrorCode::AlreadyLock, id));
-        }
-        Ok(())
-    }
-
-    pub fn unlock_complete(&self, id: &str) {
-        self.completing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
-
-    /// Makes the listed parts the object, in one transaction and without copying
-    /// a byte: the object record takes over the part files, which UploadPart
-    /// fsync'd before answering. The upload and the parts are re-read inside the
-    /// transaction, so a racing UploadPart or Abort either lands before (and is
-    /// seen) or fails after. A crash before the commit leaves the upload as it
-    /// was; after it, the object whole.
-    pub fn complete(
-        &self,
-        coffer: &str,
-        key: &str,
-        id: &str,
-        listed: &[(u32, String)],
-    ) -> Result<ObjectRec, DiskError> {
-        let tx = io!(self.db.begin_write())?;
-        let (rec, unused) = {
-            let mut uploads = io!(tx.open_table(UPLOADS))?;
-            let up = take_upload(&mut uploads, coffer, key, id)?;
-            let mut objects = io!(tx.open_table(OBJECTS))?;
-            let okey = obj_key(coffer, key);
-            if io!(objects.get(okey.as_str()))?.is_some() {
-                return Err(DiskError::code(ErrorCode::ObjectAlreadyExists, key));
-            }
-            let mut parts = io!(tx.open_table(PARTS))?;
-            let stored = parts_in(&parts, id)?;
-            for (n, _) in &stored {
-                io!(parts.remove(part_key(id, *n).as_str()))?;
-            }
-            let (chosen, unused) = select_parts(listed, stored)?;
-            let digests: Vec<[u8; 16]> = chosen.iter().map(|p| unhex16(&p.md5)).collect();
-            let rec = ObjectRec {
-                size: chosen.iter().map(|p| p.size).sum(),
-                etag: multipart_etag(&digests),
-                mtime: now(),
-                content_type: up.content_type,
-                file: String::new(),
-                inline: false,
-                parts: chosen
-                    .into_iter()
-                    .map(|p| Piece {
-                        file: p.file,
-                        size: p.size,
-                    })
-                    .collect(),
-            };
-            io!(objects.insert(okey.as_str(), to_json(&rec)?.as_slice()))?;
-            let mut c = io!(tx.open_table(COMPLETED))?;
-            io!(c.insert(id, okey.as_str()))?;
-            (rec, unused)
-        };
-        io!(tx.commit())?;
-        // Parts uploaded but not listed belong to nothing now.
-        for p in unused {
-            let _ = std::fs::remove_file(self.root.join("parts").join(p.file));
-        }
-        Ok(rec)
-    }
-
-    pub fn abort(&self, coffer: &str, key: &str, id: &str) -> Result<(), DiskError> {
-        // One transaction: a Complete that committed first owns the part files,
-        // and then this finds no upload and removes nothing.
-        let tx = io!(self.db.begin_write())?;
-        let stored = {
-            let mut uploads = io!(tx.open_table(UPLOADS))?;
-            take_upload(&mut uploads, coffer, key, id)?;
-            let mut parts = io!(tx.open_table(PARTS))?;
-            let stored = parts_in(&parts, id)?;
-            for (n, _) in &stored {
-                io!(parts.remove(part_key(id, *n).as_str()))?;
-            }
-            stored
-        };
-        io!(tx.commit())?;
-        for (_, p) in stored {
-            let _ = std::fs::remove_file(self.root.join("parts").join(p.file));
-        }
-        Ok(())
     }
 
     /// Removes objects older than their coffer's lifecycle allows.
@@ -913,7 +676,7 @@ impl Disk {
 /// Removes upload `id` of `coffer/key` from the table (inside the caller's
 /// transaction), or says NoSuchUpload.
 /// Adds a small put's object and bytes to `tx`.
-fn insert_small(tx: &redb::WriteTransaction, e: &wal::Entry) -> Result<(), DiskError> {
+pub(super) fn insert_small(tx: &redb::WriteTransaction, e: &wal::Entry) -> Result<(), DiskError> {
     let rec: ObjectRec = from_json(&e.rec)?;
     let mut t = io!(tx.open_table(OBJECTS))?;
     io!(t.insert(obj_key(&e.coffer, &e.key).as_str(), e.rec.as_slice()))?;
@@ -922,275 +685,11 @@ fn insert_small(tx: &redb::WriteTransaction, e: &wal::Entry) -> Result<(), DiskE
     Ok(())
 }
 
-/// Opens the small-put log and redoes, in one durable commit, the puts it
-/// holds after the database's last durable commit (a crash lost their
-/// unsynced commits, never their answers' promise).
-fn replay_wal(db: &Database, path: &Path) -> Result<Wal, DiskError> {
-    let mark = {
-        let tx = io!(db.begin_read())?;
-        let meta = io!(tx.open_table(META))?;
-        let got = io!(meta.get("wal"))?;
-        got.and_then(|v| Mark::from_bytes(v.value()))
-            .unwrap_or_default()
-    };
-    let (wal, pending) = io!(Wal::open(path, mark))?;
-    let Some(&(last, _)) = pending.last() else {
-        return Ok(wal);
-    };
-    let tx = io!(db.begin_write())?;
-    for (_, e) in &pending {
-        let taken =
-            io!(io!(tx.open_table(OBJECTS))?.get(obj_key(&e.coffer, &e.key).as_str()))?.is_some();
-        if taken {
-            log::warn!("small-put log: {}/{} is already stored", e.coffer, e.key);
-            continue;
-        }
-        insert_small(&tx, e)?;
-    }
-    let mark = Mark { seq: last, next: 0 };
-    io!(io!(tx.open_table(META))?.insert("wal", mark.to_bytes().as_slice()))?;
-    io!(tx.commit())?;
-    wal.restart(mark);
-    log::info!("small-put log: {} puts redone", pending.len());
-    Ok(wal)
-}
-
-fn take_upload(
-    uploads: &mut redb::Table<&str, &[u8]>,
-    coffer: &str,
-    key: &str,
-    id: &str,
-) -> Result<UploadRec, DiskError> {
-    let up: UploadRec = match io!(uploads.get(id))? {
-        Some(v) => from_json(v.value())?,
-        None => return Err(DiskError::code(ErrorCode::NoSuchUpload, id)),
-    };
-    if up.coffer != coffer || up.key != key {
-        return Err(DiskError::code(ErrorCode::NoSuchUpload, id));
-    }
-    io!(uploads.remove(id))?;
-    Ok(up)
-}
-
-fn parts_in(
-    t: &impl ReadableTable<&'static str, &'static [u8]>,
-    id: &str,
-) -> Result<Vec<(u32, PartRec)>, DiskError> {
-    let start = format!("{id}/");
-    let mut out = Vec::new();
-    for item in io!(t.range(start.as_str()..))? {
-        let (k, v) = io!(item)?;
-        let Some(n) = k.value().strip_prefix(&start) else {
-            break;
-        };
-        let n = n
-            .parse()
-            .map_err(|_| DiskError::Io(format!("bad part key {:?}", k.value())))?;
-        out.push((n, from_json(v.value())?));
-    }
-    Ok(out)
-}
-
-/// Checks a Complete's list against the stored parts (each listed part stored
-/// with that MD5, plus the numbering and size rules); returns the listed parts
-/// in order, and the stored ones the list leaves out.
-fn select_parts(
-    listed: &[(u32, String)],
-    stored: Vec<(u32, PartRec)>,
-) -> Result<(Vec<PartRec>, Vec<PartRec>), DiskError> {
-    let mut stored: std::collections::HashMap<u32, PartRec> = stored.into_iter().collect();
-    let sizes: Vec<(u32, Option<u64>)> = listed
-        .iter()
-        .map(|(n, etag)| {
-            let p = stored.get(n).filter(|p| p.md5.eq_ignore_ascii_case(etag));
-            (*n, p.map(|p| p.size))
-        })
-        .collect();
-    rules::check_complete(&sizes).map_err(|c| DiskError::code(c, "parts do not form an object"))?;
-    let chosen = listed
-        .iter()
-        .filter_map(|(n, _)| stored.remove(n))
-        .collect();
-    Ok((chosen, stored.into_values().collect()))
-}
-
 /// The 16 bytes of a 32-digit hex MD5 this store wrote itself.
 fn unhex16(s: &str) -> [u8; 16] {
     unhex(s).and_then(|d| d.try_into().ok()).unwrap_or([0; 16])
 }
 
+mod multipart;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use redb::ReadableTableMetadata;
-
-    const C: &str = "t-1";
-
-    fn part(disk: &Disk, id: &str, n: u32, data: &[u8]) -> PartRec {
-        let mut inc = disk.incoming().unwrap();
-        inc.write(data).unwrap();
-        disk.commit_part(C, "k", id, n, inc, None).unwrap()
-    }
-
-    fn files(root: &Path, dir: &str) -> usize {
-        std::fs::read_dir(root.join(dir)).unwrap().count()
-    }
-
-    #[test]
-    fn complete_hands_the_part_files_to_the_object_and_a_restart_keeps_them() {
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = Disk::open(tmp.path()).unwrap();
-        disk.create_coffer(C, "ap-local").unwrap();
-        let id = disk.initiate(C, "k", "text/plain").unwrap();
-        let big = vec![1u8; 1 << 20];
-        let p1 = part(&disk, &id, 1, &big);
-        let p2 = part(&disk, &id, 2, b"tail");
-        part(&disk, &id, 3, b"not listed");
-        assert_eq!(files(tmp.path(), "parts"), 3);
-        let listed = vec![(1, p1.md5.clone()), (2, p2.md5.clone())];
-        disk.check_complete(C, "k", &id, &listed).unwrap();
-        let rec = disk.complete(C, "k", &id, &listed).unwrap();
-        assert_eq!(rec.size, (1 << 20) + 4);
-        assert!(rec.file.is_empty());
-        assert_eq!(rec.parts.len(), 2);
-        assert_eq!(files(tmp.path(), "parts"), 2, "the unlisted part is gone");
-        assert!(matches!(
-            disk.abort(C, "k", &id),
-            Err(DiskError::Code(ErrorCode::NoSuchUpload, _))
-        ));
-        assert!(matches!(
-            disk.check_complete(C, "k", &id, &listed),
-            Err(DiskError::Code(ErrorCode::MultipartAlreadyCompleted, _))
-        ));
-        drop(disk);
-        let disk = Disk::open(tmp.path()).unwrap();
-        assert_eq!(files(tmp.path(), "parts"), 2, "the sweep keeps live parts");
-        let rec = disk.object(C, "k").unwrap().unwrap();
-        let pieces = disk.pieces(&rec);
-        assert_eq!(pieces.len(), 2);
-        assert_eq!(std::fs::read(&pieces[1].0).unwrap(), b"tail");
-        assert_eq!(pieces.iter().map(|p| p.1).sum::<u64>(), rec.size);
-    }
-
-    #[test]
-    fn a_part_replaced_after_the_check_fails_the_complete_and_keeps_the_upload() {
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = Disk::open(tmp.path()).unwrap();
-        disk.create_coffer(C, "ap-local").unwrap();
-        let id = disk.initiate(C, "k", "").unwrap();
-        let p1 = part(&disk, &id, 1, b"first");
-        let listed = vec![(1, p1.md5.clone())];
-        disk.check_complete(C, "k", &id, &listed).unwrap();
-        part(&disk, &id, 1, b"other bytes");
-        assert!(matches!(
-            disk.complete(C, "k", &id, &listed),
-            Err(DiskError::Code(ErrorCode::InvalidPart, _))
-        ));
-        assert!(disk.object(C, "k").unwrap().is_none());
-        assert_eq!(disk.parts(&id).unwrap().len(), 1);
-        assert_eq!(files(tmp.path(), "parts"), 1);
-        disk.abort(C, "k", &id).unwrap();
-        assert_eq!(files(tmp.path(), "parts"), 0);
-    }
-
-    fn put(disk: &Disk, key: &str, data: &[u8]) -> ObjectRec {
-        disk.begin_put(C, key).unwrap();
-        let mut inc = disk.incoming().unwrap();
-        for chunk in data.chunks(10_000) {
-            inc.write(chunk).unwrap();
-        }
-        let rec = disk.commit_put(C, key, inc, "", None).unwrap();
-        disk.end_put(C, key);
-        rec
-    }
-
-    /// The bytes of an object, as GetObject reads them.
-    fn bytes_of(disk: &Disk, rec: &ObjectRec) -> Vec<u8> {
-        if let Some(b) = disk.inline_bytes(rec).unwrap() {
-            return b;
-        }
-        let pieces = disk.pieces(rec);
-        pieces
-            .iter()
-            .flat_map(|p| std::fs::read(&p.0).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn a_small_put_lives_in_the_database_and_a_large_one_in_a_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = Disk::open(tmp.path()).unwrap();
-        disk.create_coffer(C, "ap-local").unwrap();
-        disk.update_coffer(C, |c| {
-            c.lifecycle = Some(r#"{"Rule":[{"Expiration":{"Days":1}}]}"#.into())
-        })
-        .unwrap();
-        let small = vec![7u8; INLINE_MAX as usize];
-        let large = vec![9u8; INLINE_MAX as usize + 1];
-        let s = put(&disk, "small", &small);
-        let l = put(&disk, "large", &large);
-        assert!(s.inline && !l.inline);
-        assert_eq!(
-            s.etag,
-            format!("\"{}\"", hex(&crate::protocol::md5(&small)))
-        );
-        assert_eq!(
-            (files(tmp.path(), "data"), files(tmp.path(), "tmp")),
-            (1, 0)
-        );
-        drop(disk);
-        let disk = Disk::open(tmp.path()).unwrap();
-        let s = disk.object(C, "small").unwrap().unwrap();
-        let l = disk.object(C, "large").unwrap().unwrap();
-        assert!(
-            bytes_of(&disk, &s) == small,
-            "the small object after a restart"
-        );
-        assert!(
-            bytes_of(&disk, &l) == large,
-            "the large object after a restart"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        assert_eq!(disk.expire(1).unwrap(), 2);
-        assert_eq!(files(tmp.path(), "data"), 0);
-        let tx = disk.db.begin_read().unwrap();
-        assert_eq!(
-            tx.open_table(INLINE).unwrap().len().unwrap(),
-            0,
-            "inline bytes expired too"
-        );
-    }
-
-    #[test]
-    fn a_small_put_with_a_wrong_md5_stores_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = Disk::open(tmp.path()).unwrap();
-        disk.create_coffer(C, "ap-local").unwrap();
-        let mut inc = disk.incoming().unwrap();
-        inc.write(b"abc").unwrap();
-        assert!(matches!(
-            disk.commit_put(C, "k", inc, "", Some([0u8; 16])),
-            Err(DiskError::Code(ErrorCode::BadDigest, _))
-        ));
-        assert!(disk.object(C, "k").unwrap().is_none());
-    }
-
-    #[test]
-    fn expiry_removes_a_multipart_objects_part_files() {
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = Disk::open(tmp.path()).unwrap();
-        disk.create_coffer(C, "ap-local").unwrap();
-        disk.update_coffer(C, |c| {
-            c.lifecycle = Some(r#"{"Rule":[{"Expiration":{"Days":1}}]}"#.into())
-        })
-        .unwrap();
-        let id = disk.initiate(C, "k", "").unwrap();
-        let p1 = part(&disk, &id, 1, b"only part");
-        disk.complete(C, "k", &id, &[(1, p1.md5)]).unwrap();
-        assert_eq!(files(tmp.path(), "parts"), 1);
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        assert_eq!(disk.expire(1).unwrap(), 1);
-        assert!(disk.object(C, "k").unwrap().is_none());
-        assert_eq!(files(tmp.path(), "parts"), 0);
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ mod listen;
 mod multipart;
 mod objects;
 mod op;
+mod small;
 mod test_api;
 mod wal;
 

@@ -1,18 +1,16 @@
 //! The small-put log: a PutObject small enough for the database is made
 //! durable by one record in a preallocated log file and one `fdatasync` of
-//! it, and its database commit is not synced. A database commit syncs many
-//! scattered pages (its fsync costs 3–4 times the log's); the log writes one
-//! run of bytes into blocks that already exist, so syncing it writes no
-//! metadata. Concurrent puts share a sync (group commit).
+//! it (shared by concurrent puts), not by a database commit of its own; the
+//! database takes small puts in batches (`small.rs`). A database commit
+//! syncs many scattered pages and costs far more CPU than the put itself;
+//! the log writes one run of bytes into blocks that already exist, so its
+//! sync writes no metadata.
 //!
-//! Every small-put transaction records in the database the sequence number
-//! of its log record and where the next record goes (`Mark`). A durable
-//! commit, of any transaction, therefore covers every record appended before
-//! it; after a crash the database is as of its last durable commit, and
-//! `Wal::open` hands back the records after that commit's mark, which the
-//! caller applies. The log is a ring: when a record does not fit, or after
-//! `DURABLE_EVERY` records, the put commits durably instead (that frees the
-//! pages unsynced commits leave, and lets the log start again at 0).
+//! Each batch commit records in the database the log's `Mark`: the last
+//! sequence number it covers and where the next record goes. After a crash
+//! `Wal::open` hands back the records after the mark, which the caller
+//! applies. The log is a ring: it starts again at 0 once a batch commit
+//! covered every record; until then a record that does not fit waits.
 //!
 //! Owns the log file's format and its syncs; must not know tables or HTTP.
 
@@ -26,9 +24,6 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 /// The log's size, written with zeros once so that later writes and syncs
 /// never change its metadata.
 const LOG_SIZE: u64 = 8 << 20;
-/// A durable commit at least this often keeps the database file from growing
-/// (redb frees pages only in synced commits) and bounds replay.
-const DURABLE_EVERY: u64 = 1024;
 const MAGIC: &[u8; 4] = b"CWL1";
 /// magic, payload length (u32), length of the payload before the bytes
 /// (u32), sequence number (u64), MD5 of sequence and that part of the payload.
@@ -88,8 +83,8 @@ impl Entry {
     }
 }
 
-/// What a small-put transaction records beside its object: its record's
-/// sequence number and where the next record goes.
+/// What a batch commit records: the last sequence number it covers and
+/// where the record after it was to go (or 0, where the log started again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Mark {
     pub seq: u64,
@@ -111,23 +106,13 @@ impl Mark {
     }
 }
 
-/// Where an append went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placed {
-    /// In the log: the transaction records `mark`, commits unsynced, then
-    /// waits for `sync(mark.seq)`.
-    Logged { mark: Mark, at: u64 },
-    /// Not in the log: the transaction records `mark` (next = 0) and commits
-    /// durably, then calls `restart(mark.seq)`.
-    Durable { mark: Mark },
-}
-
 struct State {
     /// The last sequence number given out and where the next record goes.
     seq: u64,
     head: u64,
-    /// Records since the last durable small put.
-    since_durable: u64,
+    /// A record did not fit: nothing more goes in until `restart`, so no
+    /// later record lands past one that waits.
+    full: bool,
     /// The highest sequence number known on disk, and whether a sync runs.
     synced: u64,
     syncing: bool,
@@ -154,9 +139,9 @@ fn digest(seq: u64, payload: &[u8]) -> [u8; 16] {
 impl Wal {
     /// Opens (or creates) the log at `path`. `mark` is the database's: the
     /// records after it, in order, are returned for the caller to apply and
-    /// commit durably with `Mark { seq: last, next: 0 }` (or with `mark`
-    /// when there are none) before any append.
-    pub fn open(path: &Path, mark: Mark) -> io::Result<(Wal, Vec<(u64, Entry)>)> {
+    /// commit durably with `Mark { seq: last, next: 0 }`, then `restart`,
+    /// before any append.
+    pub fn open(path: &Path, mark: Mark) -> io::Result<(Wal, Vec<(u64, Replayed)>)> {
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -170,13 +155,14 @@ impl Wal {
         let size = file.metadata()?.len();
         let pending = read_after(&file, size, mark)?;
         let seq = pending.last().map_or(mark.seq, |(s, _)| *s);
+        let next = pending.last().map_or(mark.next, |(_, e)| e.end);
         let wal = Wal {
             file,
             size,
             state: Mutex::new(State {
                 seq,
-                head: 0,
-                since_durable: 0,
+                head: next,
+                full: false,
                 synced: seq,
                 syncing: false,
             }),
@@ -185,19 +171,17 @@ impl Wal {
         Ok((wal, pending))
     }
 
-    /// Writes `entry` into the log (not yet synced), or says it must go by a
-    /// durable commit instead. Call only inside the database's write
-    /// transaction, which orders appends as it orders commits.
-    pub fn append(&self, entry: &Entry) -> io::Result<Placed> {
+    /// Writes `entry` into the log (not yet synced) and gives its sequence
+    /// number; `None` when the log is full until the next `restart`.
+    pub fn append(&self, entry: &Entry) -> io::Result<Option<u64>> {
         let (payload, head) = entry.encode();
         let len = (HEADER + payload.len()) as u64;
         let mut s = lock(&self.state);
-        let seq = s.seq + 1;
-        if s.head + len > self.size || s.since_durable >= DURABLE_EVERY {
-            return Ok(Placed::Durable {
-                mark: Mark { seq, next: 0 },
-            });
+        if s.full || s.head + len > self.size {
+            s.full = true;
+            return Ok(None);
         }
+        let seq = s.seq + 1;
         let mut rec = Vec::with_capacity(len as usize);
         rec.extend_from_slice(MAGIC);
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -205,46 +189,31 @@ impl Wal {
         rec.extend_from_slice(&seq.to_le_bytes());
         rec.extend_from_slice(&digest(seq, &payload[..head]));
         rec.extend_from_slice(&payload);
-        let at = s.head;
-        self.file.write_all_at(&rec, at)?;
+        self.file.write_all_at(&rec, s.head)?;
         s.seq = seq;
-        s.head = at + len;
-        s.since_durable += 1;
-        Ok(Placed::Logged {
-            mark: Mark {
-                seq,
-                next: at + len,
-            },
-            at,
-        })
+        s.head += len;
+        Ok(Some(seq))
     }
 
-    /// Takes back a logged record whose transaction did not commit: its
-    /// header is cleared, so replay stops before it, and the next record
-    /// takes its place.
-    pub fn undo(&self, placed: Placed) {
-        let Placed::Logged { mark, at } = placed else {
-            return;
-        };
-        let mut s = lock(&self.state);
-        if s.seq == mark.seq {
-            if let Err(e) = self.file.write_all_at(&[0u8; HEADER], at) {
-                log::error!("clearing an uncommitted small-put record: {e}");
-            }
-            s.seq -= 1;
-            s.head = at;
-            s.since_durable = s.since_durable.saturating_sub(1);
+    /// The last record's sequence number and where the next goes.
+    pub fn mark(&self) -> Mark {
+        let s = lock(&self.state);
+        Mark {
+            seq: s.seq,
+            next: s.head,
         }
     }
 
-    /// A durable commit recorded `mark` (from `Placed::Durable`): it covers
-    /// every record before it, so the log starts again at 0.
-    pub fn restart(&self, mark: Mark) {
+    /// A durable commit covers every record up to `seq`, the last one: the
+    /// log starts again at 0.
+    pub fn restart(&self, seq: u64) {
         let mut s = lock(&self.state);
-        s.seq = mark.seq;
+        if s.seq != seq {
+            return;
+        }
         s.head = 0;
-        s.since_durable = 0;
-        s.synced = s.synced.max(mark.seq);
+        s.full = false;
+        s.synced = s.synced.max(seq);
         self.synced.notify_all();
     }
 
@@ -287,40 +256,64 @@ fn write_zeros(file: &File, size: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-/// The records after `mark`: from `mark.next`, numbered `mark.seq + 1`, `+ 2`…,
-/// up to the first that is missing, torn or of an earlier lap.
-fn read_after(file: &File, size: u64, mark: Mark) -> io::Result<Vec<(u64, Entry)>> {
+/// A record read back, and where the next one goes.
+pub struct Replayed {
+    pub entry: Entry,
+    end: u64,
+}
+
+/// The records after `mark`: numbered `mark.seq + 1`, `+ 2`…, the first at
+/// `mark.next`, or at 0 where the log started again after the mark; up to
+/// the first that is missing, torn or of an earlier lap.
+fn read_after(file: &File, size: u64, mark: Mark) -> io::Result<Vec<(u64, Replayed)>> {
+    let first = match read_at(file, size, mark.next, mark.seq + 1)? {
+        Some(r) => Some(r),
+        None if mark.next != 0 => read_at(file, size, 0, mark.seq + 1)?,
+        None => None,
+    };
     let mut out = Vec::new();
-    let mut at = mark.next;
     let mut want = mark.seq + 1;
-    let mut header = [0u8; HEADER];
-    while at + HEADER as u64 <= size {
-        if file.read_exact_at(&mut header, at).is_err() || &header[..4] != MAGIC {
-            break;
-        }
-        let u32_at =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let (len, head) = (u64::from(u32_at(4)), u32_at(8) as usize);
-        let seq = u64::from_le_bytes(header[12..20].try_into().unwrap_or_default());
-        if seq != want || at + HEADER as u64 + len > size || head as u64 > len {
-            break;
-        }
-        let mut payload = vec![0u8; len as usize];
-        file.read_exact_at(&mut payload, at + HEADER as u64)?;
-        if digest(seq, &payload[..head])[..] != header[20..] {
-            break;
-        }
-        match Entry::decode(&payload) {
-            Some(e) => out.push((seq, e)),
-            None => {
-                log::error!("small-put log record {seq} does not parse");
-                break;
-            }
-        }
-        at += HEADER as u64 + len;
+    let mut next = first;
+    while let Some(r) = next {
+        let end = r.end;
+        out.push((want, r));
         want += 1;
+        next = read_at(file, size, end, want)?;
     }
     Ok(out)
+}
+
+/// Record `want` at `at`, if that is what is there, whole.
+fn read_at(file: &File, size: u64, at: u64, want: u64) -> io::Result<Option<Replayed>> {
+    let mut header = [0u8; HEADER];
+    if at + HEADER as u64 > size
+        || file.read_exact_at(&mut header, at).is_err()
+        || &header[..4] != MAGIC
+    {
+        return Ok(None);
+    }
+    let u32_at =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (len, head) = (u64::from(u32_at(4)), u32_at(8) as usize);
+    let seq = u64::from_le_bytes(header[12..20].try_into().unwrap_or_default());
+    if seq != want || at + HEADER as u64 + len > size || head as u64 > len {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; len as usize];
+    file.read_exact_at(&mut payload, at + HEADER as u64)?;
+    if digest(seq, &payload[..head])[..] != header[20..] {
+        return Ok(None);
+    }
+    match Entry::decode(&payload) {
+        Some(entry) => Ok(Some(Replayed {
+            entry,
+            end: at + HEADER as u64 + len,
+        })),
+        None => {
+            log::error!("small-put log record {seq} is damaged: its bytes do not match their MD5");
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -337,11 +330,11 @@ mod tests {
         }
     }
 
-    fn logged(p: Placed) -> Mark {
-        match p {
-            Placed::Logged { mark, .. } => mark,
-            Placed::Durable { .. } => panic!("expected a logged record"),
-        }
+    fn keys(pending: &[(u64, Replayed)]) -> Vec<(u64, &str)> {
+        pending
+            .iter()
+            .map(|(s, r)| (*s, r.entry.key.as_str()))
+            .collect()
     }
 
     #[test]
@@ -350,70 +343,60 @@ mod tests {
         let path = dir.path().join("wal");
         let (wal, pending) = Wal::open(&path, Mark::default()).unwrap();
         assert!(pending.is_empty());
-        let m1 = logged(wal.append(&entry("a")).unwrap());
-        let m2 = logged(wal.append(&entry("b")).unwrap());
-        let m3 = logged(wal.append(&entry("c")).unwrap());
-        wal.sync(m3.seq).unwrap();
-        assert_eq!((m1.seq, m2.seq, m3.seq), (1, 2, 3));
+        assert_eq!(wal.append(&entry("a")).unwrap(), Some(1));
+        let m1 = wal.mark();
+        wal.append(&entry("b")).unwrap();
+        let s3 = wal.append(&entry("c")).unwrap().unwrap();
+        wal.sync(s3).unwrap();
+        let m3 = wal.mark();
         drop(wal);
         // The database durably holds up to record 1.
-        let (_, pending) = Wal::open(&path, m1).unwrap();
-        let keys: Vec<_> = pending.iter().map(|(s, e)| (*s, e.key.as_str())).collect();
-        assert_eq!(keys, [(2, "b"), (3, "c")]);
+        let (wal, pending) = Wal::open(&path, m1).unwrap();
+        assert_eq!(keys(&pending), [(2, "b"), (3, "c")]);
+        // Appends go on after what was replayed.
+        assert_eq!(wal.mark(), m3);
+        drop(wal);
         let (_, pending) = Wal::open(&path, m3).unwrap();
         assert!(pending.is_empty());
     }
 
     #[test]
-    fn an_undone_or_torn_record_ends_the_replay() {
+    fn a_torn_record_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal");
         let (wal, _) = Wal::open(&path, Mark::default()).unwrap();
-        logged(wal.append(&entry("a")).unwrap());
-        let p = wal.append(&entry("b")).unwrap();
-        wal.undo(p);
-        let m = logged(wal.append(&entry("b2")).unwrap());
-        assert_eq!(m.seq, 2);
-        let Placed::Logged { at, .. } = wal.append(&entry("c")).unwrap() else {
-            panic!("expected a logged record");
-        };
-        // A torn third record: a byte of its payload lost.
-        wal.file
-            .write_all_at(&[0xff], at + HEADER as u64 + 3)
-            .unwrap();
+        wal.append(&entry("a")).unwrap();
+        wal.append(&entry("b")).unwrap();
+        wal.append(&entry("c")).unwrap();
+        // The third record's bytes lose a byte: their MD5 no longer matches.
+        wal.file.write_all_at(&[0xff], wal.mark().next - 1).unwrap();
         drop(wal);
         let (_, pending) = Wal::open(&path, Mark::default()).unwrap();
-        let keys: Vec<_> = pending.iter().map(|(_, e)| e.key.as_str()).collect();
-        assert_eq!(keys, ["a", "b2"]);
+        assert_eq!(keys(&pending), [(1, "a"), (2, "b")]);
     }
 
     #[test]
-    fn a_durable_commit_starts_the_log_again_and_old_laps_are_not_replayed() {
+    fn after_a_restart_records_are_found_at_0_and_old_laps_are_not_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal");
         let (wal, _) = Wal::open(&path, Mark::default()).unwrap();
-        for k in ["a", "b", "c"] {
-            logged(wal.append(&entry(k)).unwrap());
+        for k in ["a", "b", "c", "d"] {
+            wal.append(&entry(k)).unwrap();
         }
-        wal.restart(Mark { seq: 4, next: 0 });
-        let m5 = logged(wal.append(&entry("e")).unwrap());
-        assert_eq!(
-            m5,
-            Mark {
-                seq: 5,
-                next: m5.next
-            }
-        );
+        // A batch commit covered records 1-4 and recorded where 5 was to go.
+        let m4 = wal.mark();
+        wal.restart(4);
+        assert_eq!(wal.append(&entry("e")).unwrap(), Some(5));
         drop(wal);
-        // The database is as of the durable commit of record 4: record 5 is
-        // replayed, then the stale record 2 of the earlier lap stops it.
-        let (_, pending) = Wal::open(&path, Mark { seq: 4, next: 0 }).unwrap();
-        let keys: Vec<_> = pending.iter().map(|(_, e)| e.key.as_str()).collect();
-        assert_eq!(keys, ["e"]);
+        let (_, pending) = Wal::open(&path, m4).unwrap();
+        assert_eq!(keys(&pending), [(5, "e")]);
+        // Nothing after the mark: record 2 of the earlier lap is not taken.
+        let (_, pending) = Wal::open(&path, Mark { seq: 5, next: 0 }).unwrap();
+        assert!(pending.is_empty());
     }
 
     #[test]
-    fn a_full_log_asks_for_a_durable_commit() {
+    fn a_full_log_takes_nothing_more_until_it_starts_again() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(&dir.path().join("wal"), Mark::default()).unwrap();
         let big = Entry {
@@ -422,19 +405,17 @@ mod tests {
             ..entry("big")
         };
         let mut n = 0;
-        let mark = loop {
-            match wal.append(&big).unwrap() {
-                Placed::Logged { .. } => n += 1,
-                Placed::Durable { mark } => break mark,
-            }
-        };
+        while wal.append(&big).unwrap().is_some() {
+            n += 1;
+        }
         assert!(n > 10, "{n} records fit");
+        // Not even a small record slips in after one that waits.
+        assert_eq!(wal.append(&entry("small")).unwrap(), None);
+        wal.restart(n);
+        assert_eq!(wal.append(&entry("small")).unwrap(), Some(n + 1));
         assert_eq!(
-            mark,
-            Mark {
-                seq: n + 1,
-                next: 0
-            }
+            wal.mark().next,
+            (HEADER + entry("small").encode().0.len()) as u64
         );
     }
 
@@ -443,14 +424,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(&dir.path().join("wal"), Mark::default()).unwrap();
         let wal = std::sync::Arc::new(wal);
-        let marks: Vec<Mark> = (0..16)
-            .map(|i| logged(wal.append(&entry(&format!("k{i}"))).unwrap()))
+        let seqs: Vec<u64> = (0..16)
+            .map(|i| wal.append(&entry(&format!("k{i}"))).unwrap().unwrap())
             .collect();
-        let threads: Vec<_> = marks
+        let threads: Vec<_> = seqs
             .into_iter()
-            .map(|m| {
+            .map(|seq| {
                 let wal = wal.clone();
-                std::thread::spawn(move || wal.sync(m.seq))
+                std::thread::spawn(move || wal.sync(seq))
             })
             .collect();
         for t in threads {

@@ -6,10 +6,13 @@ use crate::protocol::ErrorCode;
 use bytes::Bytes;
 use std::time::SystemTime;
 
+mod children;
 #[cfg(any(test, feature = "test-stores"))]
 pub mod faulty;
 #[cfg(any(test, feature = "test-stores"))]
 pub mod memory;
+
+pub use children::{Child, KeyView, ListChildren, NAMED_PAGE, NAMED_REQUESTS, PAGE};
 
 /// What a listing or HEAD tells about an object.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,6 +20,7 @@ pub use committer::{
     CHECKPOINT_RECORDS_AT_UNMOUNT, COMMIT_INTERVAL,
 };
 pub use format::*;
+pub use replay::Touched;
 
 /// Records for the journal's tests.
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use super::committer::{Committer, State};
 use super::fetch::{fetch_in_order, Fetched};
 use super::format::{
-    checkpoint_key, Checkpoint, JournalError, Overlay, CHECKPOINT_PREFIX, JOURNAL_PREFIX,
+    checkpoint_key, Checkpoint, JournalError, Overlay, Record, CHECKPOINT_PREFIX, JOURNAL_PREFIX,
 };
 use crate::fs::error::{FsError, FsResult};
 use crate::store::ListAll;
@@ -15,6 +15,38 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// What a reload changed in the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    Nothing,
+    /// The paths other mounts' new records name.
+    Paths {
+        /// What these paths are changed (made, bound, hidden…).
+        entries: BTreeSet<String>,
+        /// Only attributes or extended attributes of these changed.
+        attrs: BTreeSet<String>,
+    },
+    /// Anything may have changed: batches were replayed from the checkpoint.
+    All,
+}
+
+impl Touched {
+    fn note(&mut self, r: &Record) {
+        let Touched::Paths { entries, attrs } = self else {
+            return;
+        };
+        match r {
+            Record::Unknown => {}
+            Record::Attr { path, .. } | Record::Xattr { path, .. } => {
+                attrs.insert(path.clone());
+            }
+            _ => {
+                entries.insert(r.path().to_string());
+            }
+        }
+    }
+}
 
 /// Batches stored up to this long after a later one are still found by an
 /// incremental reload (clock skew between mounts, slow commits).
@@ -176,10 +208,15 @@ impl Committer {
     /// the overlay changed. A damaged batch is logged once and skipped; a batch
     /// of a later format ends replay for good (`newer_format`).
     pub fn reload(&self) -> FsResult<bool> {
+        Ok(self.reload_touched()? != Touched::Nothing)
+    }
+
+    /// `reload`, saying which paths the new records name.
+    pub fn reload_touched(&self) -> FsResult<Touched> {
         let (floor, window, checkpoint) = {
             let s = self.lock();
             if s.halted {
-                return Ok(false);
+                return Ok(Touched::Nothing);
             }
             let from = s
                 .last_micros()
@@ -208,14 +245,14 @@ impl Committer {
             (new, rebuild)
         };
         if new.is_empty() && !rebuild {
-            return Ok(false);
+            return Ok(Touched::Nothing);
         }
         if rebuild {
             // Another mount's batch sorts before one already applied: replay all
             // since the checkpoint, so every mount ends with the same overlay.
             let start = self.checkpoint_overlay(checkpoint.as_deref())?;
             self.replay_after(start, &floor)?;
-            return Ok(true);
+            return Ok(Touched::All);
         }
         let mut batches = Vec::with_capacity(new.len());
         let (mut bad, mut newer) = (Vec::new(), None);
@@ -237,6 +274,10 @@ impl Committer {
             self.note_newer(s, e);
             s.halted = true;
         }
+        let mut touched = Touched::Paths {
+            entries: BTreeSet::new(),
+            attrs: BTreeSet::new(),
+        };
         // With nothing of this mount's waiting, the overlay is the base: the
         // batches go into both, and nothing is copied.
         let same = s.in_flight.is_empty() && s.pending.is_empty();
@@ -247,6 +288,7 @@ impl Committer {
                 s.since_checkpoint += 1;
                 s.records_since_checkpoint += b.records.len() as u64;
                 for r in b.records {
+                    touched.note(&r);
                     if same {
                         s.base.apply(&r);
                         s.overlay.apply_owned(r);
@@ -258,12 +300,12 @@ impl Committer {
             }
         }
         if !changed {
-            return Ok(false);
+            return Ok(Touched::Nothing);
         }
         if !same {
             s.rebuild_overlay();
         }
-        Ok(true)
+        Ok(touched)
     }
 
     /// Starts writing a checkpoint on a thread of its own, unless one is
@@ -412,6 +454,35 @@ mod tests {
         assert!(b.reload().expect("reload"));
         assert!(b.with_overlay(|o| o.get("from-a").is_some()));
         assert!(!b.reload().expect("reload"), "nothing new the second time");
+        a.shutdown(true);
+        b.shutdown(true);
+    }
+
+    #[test]
+    fn a_reload_says_which_paths_the_new_records_name() {
+        let store = Arc::new(MemoryStore::new());
+        let a = Committer::open(store.clone()).expect("open");
+        let b = Committer::open(store.clone()).expect("open");
+        let t = a.record(vec![
+            mkdir("d/made"),
+            Record::Hide {
+                path: "gone".into(),
+            },
+            Record::Attr {
+                path: "d".into(),
+                attrs: crate::fs::journal::Attrs::default(),
+            },
+        ]);
+        a.sync(t).expect("sync");
+        let set = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            b.reload_touched().expect("reload"),
+            Touched::Paths {
+                entries: set(&["d/made", "gone"]),
+                attrs: set(&["d"]),
+            }
+        );
+        assert_eq!(b.reload_touched().expect("reload"), Touched::Nothing);
         a.shutdown(true);
         b.shutdown(true);
     }

@@ -5,18 +5,34 @@
 use super::node::{Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
 use super::Table;
 use crate::fs::error::{FsError, FsResult};
+use crate::fs::journal::{Overlay, Shape, Touched};
 use crate::fs::{from_timestamp, lock, name_str, Attr, Fs, FsStats, BLOCK_SIZE};
 use crate::protocol::rules;
-use crate::store::{ListAll, ObjectMeta, StoreError};
+use crate::store::{Child, KeyView, ListAll, ListChildren, ObjectMeta};
 use std::ffi::OsStr;
 use std::time::{Instant, SystemTime};
 
 impl Fs {
-    /// Reads other mounts' journal batches; what changed is asked for again.
+    /// Reads other mounts' journal batches; what they changed is asked for
+    /// again: the directories holding the paths their records name.
     pub fn reload_journal(&self) {
-        match self.journal.reload() {
-            Ok(true) => lock(&self.table).invalidate(),
-            Ok(false) => {}
+        match self.journal.reload_touched() {
+            Ok(Touched::Nothing) => {}
+            Ok(Touched::Paths { entries, attrs }) => {
+                let mut t = lock(&self.table);
+                for p in &entries {
+                    t.invalidate_path(p, true);
+                }
+                for p in attrs.iter().filter(|p| !entries.contains(*p)) {
+                    t.invalidate_path(p, false);
+                }
+                self.journal.with_overlay(|o| root_from_journal(&mut t, o));
+            }
+            Ok(Touched::All) => {
+                let mut t = lock(&self.table);
+                t.invalidate();
+                self.journal.with_overlay(|o| root_from_journal(&mut t, o));
+            }
             Err(e) => log::warn!("reloading the journal: {}", e.message),
         }
     }
@@ -118,7 +134,7 @@ impl Fs {
         if rules::validate_key(&path).is_err() {
             return Err(FsError::not_found());
         }
-        let found = self.probe(&path)?;
+        let (found, keys) = self.probe(&dir, name)?;
         let now = Instant::now();
         let mut t = lock(&self.table);
         let Some(entry) = found else {
@@ -145,59 +161,59 @@ impl Fs {
         let ino = t
             .upsert(parent, name, entry, Origin::Stored, now)
             .ok_or_else(FsError::not_found)?;
+        if let Some(keys) = keys.filter(|_| t.get(ino).is_some_and(|n| n.kind == Kind::Dir)) {
+            // The page held the whole directory: it is listed too.
+            self.journal
+                .with_overlay(|o| t.apply_listing(ino, &keys, o, now));
+        }
         let n = t.get(ino).ok_or_else(FsError::not_found)?;
         Ok(self.shown(&t, n))
     }
 
-    /// What the view has at `path`: the journal first, else HEAD `path` and
-    /// LIST `path/` side by side.
-    pub(in crate::fs) fn probe(&self, path: &str) -> FsResult<Option<ViewEntry>> {
-        let (journal, attrs, hidden, dir_below) = self.journal.with_overlay(|o| {
+    /// What the view has at `dir/name`: the journal first, else one LIST
+    /// of prefix `dir/name` (`ListChildren::named`; rarely two). With a
+    /// directory, its keys when that page held all of them.
+    pub(in crate::fs) fn probe(
+        &self,
+        dir: &Node,
+        name: &str,
+    ) -> FsResult<(Option<ViewEntry>, Option<Vec<ObjectMeta>>)> {
+        let path = dir.child_path(name);
+        let (journal, attrs, dir_below) = self.journal.with_overlay(|o| {
             let e = o
-                .get(path)
+                .get(&path)
                 .and_then(|e| ViewEntry::from_journal(&e.shape, e.attrs));
             (
                 e,
-                o.attrs(path).unwrap_or_default(),
-                o.hides_object(path),
-                o.has_entries_under(path),
+                o.attrs(&path).unwrap_or_default(),
+                o.has_entries_under(&path),
             )
         });
         if let Some(e) = journal {
-            return Ok(Some(e));
+            return Ok((Some(e), None));
         }
         if dir_below {
-            return Ok(Some(ViewEntry::dir(attrs, SystemTime::now())));
+            return Ok((Some(ViewEntry::dir(attrs, SystemTime::now())), None));
         }
-        let prefix = format!("{path}/");
-        let (head, list) = std::thread::scope(|s| {
-            let list = s.spawn(|| self.store.list(&prefix, "", 100));
-            let head = self.store.head(path);
-            let list = list
-                .join()
-                .unwrap_or_else(|_| Err(StoreError::Invalid("listing thread panicked".into())));
-            (head, list)
-        });
-        let is_dir = match list {
-            Ok(page) => {
-                let visible = self
-                    .journal
-                    .with_overlay(|o| page.objects.iter().any(|m| !o.hides_object(&m.key)));
-                // A full page of hidden keys may hide visible ones after it.
-                visible || (page.next_marker.is_some() && !hidden)
+        let prefix = dir.prefix();
+        let view = |page: &[ObjectMeta]| self.key_views(page);
+        let mut object = None;
+        for c in ListChildren::named(self.store.as_ref(), &prefix, name, view) {
+            match c? {
+                Child::Object(meta) => object = Some(meta),
+                Child::Dir { mtime, keys, .. } => {
+                    let mtime = mtime.unwrap_or(SystemTime::UNIX_EPOCH);
+                    return Ok((Some(ViewEntry::dir(attrs, mtime)), keys));
+                }
             }
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(e.into()),
-        };
-        if is_dir {
-            return Ok(Some(ViewEntry::dir(attrs, SystemTime::now())));
         }
-        match head {
-            Ok(Some(meta)) if !hidden => Ok(Some(ViewEntry::object(&meta, attrs))),
-            Ok(_) => Ok(None),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok((object.map(|m| ViewEntry::object(&m, attrs)), None))
+    }
+
+    /// What the view makes of each key of a listed page (one overlay lock).
+    fn key_views(&self, page: &[ObjectMeta]) -> Vec<KeyView> {
+        self.journal
+            .with_overlay(|o| page.iter().map(|m| key_view(o, &m.key)).collect())
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -261,14 +277,35 @@ impl Fs {
         Ok(self.lookup_opt(parent, OsStr::new(name))?.is_some())
     }
 
+    /// Lists directory `dir` unless a listing within the TTL filled it.
     pub(in crate::fs) fn ensure_listed(&self, dir: &Node) -> FsResult<()> {
         if !lock(&self.table).listed_within(dir.ino, self.cfg.metadata_ttl) {
-            self.list_subtree(dir)?;
+            self.list_dir(dir)?;
         }
         Ok(())
     }
 
-    /// One listing of the directory's prefix fills its whole subtree.
+    /// Lists the directory's children (`ListChildren`: its objects, and its
+    /// subdirectories' names, jumping past big ones) into the table.
+    pub(in crate::fs) fn list_dir(&self, dir: &Node) -> FsResult<()> {
+        let prefix = dir.prefix();
+        let view = |page: &[ObjectMeta]| self.key_views(page);
+        let children: Vec<Child> = ListChildren::new(self.store.as_ref(), &prefix, view)
+            .collect::<Result<_, _>>()
+            .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?;
+        let now = Instant::now();
+        let mut t = lock(&self.table);
+        self.journal.with_overlay(|o| {
+            t.apply_children(dir.ino, &children, o, now);
+            if dir.ino == ROOT {
+                root_from_journal(&mut t, o);
+            }
+        });
+        Ok(())
+    }
+
+    /// One listing of the directory's prefix fills its whole subtree (what
+    /// a directory rename must know).
     pub(in crate::fs) fn list_subtree(&self, dir: &Node) -> FsResult<()> {
         let prefix = dir.prefix();
         let objects: Vec<ObjectMeta> = ListAll::new(self.store.as_ref(), &prefix)
@@ -293,7 +330,37 @@ impl Fs {
     }
 }
 
-fn root_from_journal(t: &mut Table, o: &crate::fs::journal::Overlay) {
+/// What a listing makes of the object at `key`: shown; skipped (hidden, or
+/// the journal shows something else at its path); or hidden with every key
+/// beneath the shortest hidden path above it, which a listing jumps past.
+fn key_view(o: &Overlay, key: &str) -> KeyView {
+    if o.get(key).is_some_and(|e| e.shape != Shape::AttrsOnly) {
+        return KeyView::Skipped;
+    }
+    if !o.hides_object(key) {
+        return KeyView::Shown;
+    }
+    let mut end = 0;
+    loop {
+        let next = key[end..].find('/').map_or(key.len(), |i| end + i);
+        if hides_beneath(o, &key[..next]) {
+            return KeyView::HiddenBelow(next);
+        }
+        if next >= key.len() {
+            return KeyView::Skipped;
+        }
+        end = next + 1;
+    }
+}
+
+/// Whether a hide covers `path` or a path above it, so that no key beneath
+/// `path/` shows as an object. Asked as `hides_object` of a key beneath it
+/// that no journal path can be (keys hold no control characters).
+fn hides_beneath(o: &Overlay, path: &str) -> bool {
+    o.hides_object(&format!("{path}/\u{0}"))
+}
+
+fn root_from_journal(t: &mut Table, o: &Overlay) {
     if let (Some(root), Some(attrs)) = (t.get_mut(ROOT), o.attrs("")) {
         root.attrs = attrs.into();
     }

@@ -5,7 +5,7 @@
 
 use super::node::{join, usable_name, Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
 use crate::fs::journal::{Overlay, Shape};
-use crate::store::ObjectMeta;
+use crate::store::{Child, ObjectMeta};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -581,10 +581,52 @@ impl Table {
     pub fn invalidate(&mut self) {
         for n in self.nodes.values_mut() {
             n.listed = None;
-            n.seen = n
-                .seen
-                .checked_sub(std::time::Duration::from_secs(3600))
-                .unwrap_or(n.seen);
+            n.seen = stale(n.seen);
+        }
+    }
+
+    /// Another mount changed what `path` is (`entry`) or only its
+    /// attributes: forgets the listing of the directory that holds it (or of
+    /// the first directory on the way the table does not know the next step
+    /// of: the new entry may be a new name there) and the confirmation of the
+    /// entry itself; a changed entry, also what lies beneath it. Nothing else.
+    pub fn invalidate_path(&mut self, path: &str, entry: bool) {
+        if path.is_empty() {
+            return;
+        }
+        let mut at = ROOT;
+        let mut parts = path.split('/').peekable();
+        while let Some(part) = parts.next() {
+            let next = self.children.get(&at).and_then(|c| c.get(part)).copied();
+            let Some(next) = next else {
+                if let Some(d) = self.nodes.get_mut(&at) {
+                    d.listed = None;
+                }
+                return;
+            };
+            if parts.peek().is_some() {
+                at = next;
+                continue;
+            }
+            if !entry {
+                if let Some(n) = self.nodes.get_mut(&next) {
+                    n.seen = stale(n.seen);
+                }
+                return;
+            }
+            if let Some(d) = self.nodes.get_mut(&at) {
+                d.listed = None;
+            }
+            let mut stack = vec![next];
+            while let Some(i) = stack.pop() {
+                if let Some(n) = self.nodes.get_mut(&i) {
+                    n.listed = None;
+                    n.seen = stale(n.seen);
+                }
+                if let Some(c) = self.children.get(&i) {
+                    stack.extend(c.names.values().copied().filter(|c| *c != i));
+                }
+            }
         }
     }
 
@@ -631,6 +673,139 @@ impl Table {
             at = self.child(at.ino, part)?;
         }
         Some(at)
+    }
+
+    /// Fills directory `dir` with its direct children, as a child listing
+    /// (`store::ListChildren`) showed them, merged with the journal's overlay:
+    /// adds what is new, refreshes what is there, drops children the view no
+    /// longer shows (but not files this mount is writing, nor a directory that
+    /// holds one), and marks `dir` alone as listed. Subdirectories keep their
+    /// own entries and listings; one whose every key the listing held
+    /// (`Child::Dir::keys`) is filled whole (`apply_listing`).
+    pub fn apply_children(
+        &mut self,
+        dir: u64,
+        children: &[Child],
+        overlay: &Overlay,
+        now: Instant,
+    ) {
+        let Some(prefix) = self.get(dir).map(Node::prefix) else {
+            return;
+        };
+        let usable = |name: &str| usable_name(name) && !(dir == ROOT && name == RESERVED);
+        let mut files: BTreeMap<String, ViewEntry> = BTreeMap::new();
+        let mut dirs: BTreeMap<String, (ViewEntry, Option<&[ObjectMeta]>)> = BTreeMap::new();
+        for c in children {
+            match c {
+                Child::Object(obj) => {
+                    let Some(name) = obj.key.strip_prefix(&prefix).filter(|n| usable(n)) else {
+                        continue;
+                    };
+                    let named = overlay
+                        .get(&obj.key)
+                        .is_some_and(|e| e.shape != Shape::AttrsOnly);
+                    if named || overlay.hides_object(&obj.key) {
+                        continue;
+                    }
+                    let attrs = overlay.attrs(&obj.key).unwrap_or_default();
+                    files.insert(name.to_string(), ViewEntry::object(obj, attrs));
+                }
+                Child::Dir { name, mtime, keys } => {
+                    if !usable(name) {
+                        continue;
+                    }
+                    let attrs = overlay
+                        .attrs(&format!("{prefix}{name}"))
+                        .unwrap_or_default();
+                    let mtime = mtime.unwrap_or(SystemTime::UNIX_EPOCH);
+                    dirs.insert(
+                        name.clone(),
+                        (ViewEntry::dir(attrs, mtime), keys.as_deref()),
+                    );
+                }
+            }
+        }
+        for (path, e) in overlay.entries_under(&prefix) {
+            let rest = &path[prefix.len()..];
+            let (name, below) = match rest.split_once('/') {
+                Some((n, _)) => (n, true),
+                None => (rest, false),
+            };
+            if !usable(name) {
+                continue;
+            }
+            match ViewEntry::from_journal(&e.shape, e.attrs) {
+                Some(v) if !below && v.kind != Kind::Dir => {
+                    files.insert(name.to_string(), v);
+                }
+                Some(v) if !below => {
+                    // The journal's directory, over one the keys imply.
+                    let keys = dirs.remove(name).and_then(|(_, k)| k);
+                    dirs.insert(name.to_string(), (v, keys));
+                }
+                _ => {
+                    dirs.entry(name.to_string()).or_insert_with(|| {
+                        let attrs = overlay.attrs(&format!("{prefix}{name}"));
+                        let epoch = SystemTime::UNIX_EPOCH;
+                        (ViewEntry::dir(attrs.unwrap_or_default(), epoch), None)
+                    });
+                }
+            }
+        }
+        let shown: HashSet<String> = files.keys().chain(dirs.keys()).cloned().collect();
+        for (name, entry) in files {
+            if dirs.contains_key(&name) {
+                log::warn!("{prefix}{name:?} is hidden by the directory of the same name");
+                continue;
+            }
+            if let Some(old) = self.child(dir, &name) {
+                if old.kind == Kind::Dir && old.origin == Origin::Stored {
+                    // A directory the listing shows nothing beneath gives way.
+                    let ino = old.ino;
+                    self.remove(ino);
+                }
+            }
+            self.upsert(dir, &name, entry, Origin::Stored, now);
+        }
+        for (name, (entry, keys)) in dirs {
+            let ino = self.upsert(dir, &name, entry, Origin::Stored, now);
+            let filled = ino.filter(|i| self.get(*i).is_some_and(|n| n.kind == Kind::Dir));
+            if let (Some(ino), Some(keys)) = (filled, keys) {
+                self.apply_listing(ino, keys, overlay, now);
+            }
+        }
+        let kids: Vec<(Arc<str>, u64)> = self
+            .children
+            .get(&dir)
+            .map(|c| c.iter().map(|(n, i)| (Arc::clone(n), *i)).collect())
+            .unwrap_or_default();
+        for (name, k) in kids {
+            let Some(node) = self.get(k) else {
+                continue;
+            };
+            if shown.contains(&*name) {
+                continue;
+            }
+            let keep = match node.kind {
+                Kind::Dir => self.holds_writing(k),
+                // A hard-linked file's other names do not keep this one.
+                _ if !node.aliases.is_empty() && node.origin == Origin::Stored => false,
+                _ => node.origin == Origin::Writing,
+            };
+            if !keep {
+                self.unlink_name(dir, &name);
+            }
+        }
+        if let Some(n) = self.get_mut(dir) {
+            n.listed = Some(now);
+        }
+    }
+
+    /// Whether a file this mount is writing lies beneath directory `dir`.
+    fn holds_writing(&self, dir: u64) -> bool {
+        self.subtree(dir)
+            .iter()
+            .any(|(_, n)| n.origin == Origin::Writing)
     }
 
     /// Fills the subtree of directory `dir` from a complete listing of its prefix
@@ -768,6 +943,12 @@ impl Table {
         }
         keep_any || seen.contains(&dir)
     }
+}
+
+/// A time long enough before `t` that no TTL trusts it.
+fn stale(t: Instant) -> Instant {
+    t.checked_sub(std::time::Duration::from_secs(3600))
+        .unwrap_or(t)
 }
 
 /// The inode number a path asks for: the first 8 bytes of its MD5, so a
@@ -1013,6 +1194,131 @@ mod tests {
         let x = t.child(ROOT, "x").and_then(Node::data).expect("x");
         assert_eq!((&*x.key, x.etag.to_string().as_str()), ("x", "e"));
         assert!(t.child(ROOT, "a").is_none());
+    }
+
+    fn dir_child(name: &str, keys: Option<Vec<ObjectMeta>>) -> Child {
+        Child::Dir {
+            name: name.into(),
+            mtime: None,
+            keys,
+        }
+    }
+
+    #[test]
+    fn a_child_listing_fills_and_marks_only_its_directory() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let now = Instant::now();
+        let ttl = std::time::Duration::from_secs(5);
+        let small = vec![obj("c/x", 1), obj("c/y/z", 2)];
+        t.apply_children(
+            ROOT,
+            &[
+                Child::Object(obj("a", 1)),
+                dir_child("b", None),
+                dir_child("c", Some(small)),
+                dir_child(RESERVED, None),
+            ],
+            &none,
+            now,
+        );
+        assert_eq!(names(&t, ROOT), ["a", "b", "c"]);
+        assert!(t.listed_within(ROOT, ttl));
+        let b = t.child(ROOT, "b").expect("b").ino;
+        assert!(
+            !t.listed_within(b, ttl),
+            "a jumped-past directory is not listed"
+        );
+        let c = t.child(ROOT, "c").expect("c").ino;
+        assert!(t.listed_within(c, ttl), "one the page held whole is");
+        let y = t.child(c, "y").expect("y").ino;
+        assert_eq!(names(&t, y), ["z"]);
+        // b's own listing; then the root again: b keeps its entries and listing.
+        let later = Instant::now();
+        t.apply_children(b, &[Child::Object(obj("b/k", 1))], &none, later);
+        t.apply_children(
+            ROOT,
+            &[Child::Object(obj("a", 1)), dir_child("b", None)],
+            &none,
+            Instant::now(),
+        );
+        assert_eq!(names(&t, ROOT), ["a", "b"], "c is gone");
+        assert_eq!(names(&t, b), ["k"]);
+        assert_eq!(t.get(b).and_then(|n| n.listed), Some(later));
+    }
+
+    #[test]
+    fn a_child_listing_merges_the_journal_and_keeps_what_this_mount_writes() {
+        let mut o = Overlay::default();
+        o.apply(&Record::Mkdir {
+            path: "d/made/deep".into(),
+            attrs: Attrs::default(),
+        });
+        o.apply(&Record::Hide {
+            path: "d/gone".into(),
+        });
+        o.apply(&Record::Symlink {
+            path: "d/link".into(),
+            target: "x".into(),
+            attrs: Attrs::default(),
+        });
+        let mut t = Table::new();
+        let now = Instant::now();
+        t.apply_listing(ROOT, &[obj("d/old/f", 1), obj("d/w/f", 1)], &o, now);
+        let d = t.child(ROOT, "d").expect("d").ino;
+        let w = t.child(d, "w").expect("w").ino;
+        let writing = ViewEntry {
+            kind: Kind::File,
+            size: 0,
+            data: None,
+            target: None,
+            attrs: Attrs::default(),
+            mtime: SystemTime::now(),
+        };
+        t.upsert(w, "new", writing, Origin::Writing, now);
+        t.apply_children(
+            d,
+            &[Child::Object(obj("d/gone", 1)), dir_child("file", None)],
+            &o,
+            Instant::now(),
+        );
+        // "old" vanished; "w" holds a file being written, so it stays.
+        assert_eq!(names(&t, d), ["file", "link", "made", "w"]);
+        let made = t.child(d, "made").expect("made").ino;
+        assert_eq!(t.child(made, "deep").map(|n| n.kind), Some(Kind::Dir));
+        assert_eq!(t.child(d, "link").map(|n| n.kind), Some(Kind::Symlink));
+    }
+
+    #[test]
+    fn a_path_another_mount_changed_invalidates_only_the_directory_holding_it() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let ttl = std::time::Duration::from_secs(5);
+        t.apply_listing(
+            ROOT,
+            &[obj("a/b/f", 1), obj("a/c/g", 1), obj("x", 1)],
+            &none,
+            Instant::now(),
+        );
+        let a = t.child(ROOT, "a").expect("a").ino;
+        let b = t.child(a, "b").expect("b").ino;
+        let c = t.child(a, "c").expect("c").ino;
+        let fresh = |t: &Table, i| t.listed_within(i, ttl);
+        t.invalidate_path("a/b/new", true);
+        assert!(!fresh(&t, b));
+        assert!(fresh(&t, ROOT) && fresh(&t, a) && fresh(&t, c));
+        // Attributes alone: only the entry's confirmation goes.
+        t.invalidate_path("a/c/g", false);
+        assert!(fresh(&t, c));
+        let g = t.child(c, "g").expect("g");
+        assert!(g.seen.elapsed() > ttl);
+        // An entry that replaces a directory: its holder and what lay beneath it.
+        t.invalidate_path("a/c", true);
+        assert!(!fresh(&t, a) && !fresh(&t, c));
+        assert!(fresh(&t, ROOT));
+        // A path under a name the table does not know: where the way stops.
+        t.invalidate_path("new/deep/f", true);
+        assert!(!fresh(&t, ROOT));
     }
 
     #[test]
