@@ -243,6 +243,9 @@ fn run_foreground(cfg: MountConfig) -> Result<(), CommandError> {
     fs.shutdown();
     if let Some(s) = server {
         s.shutdown();
+        if let Some(dir) = &cfg.local {
+            LocalNote::remove(dir);
+        }
     }
     log::info!("unmounted {}", cfg.mountpoint.display());
     result.map_err(|e| CommandError::Usage(format!("FUSE session ended: {e}")))
@@ -281,7 +284,7 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
                 ));
             }
             let creds = local_credentials();
-            let server = crate::server::start(ServeConfig {
+            let started = crate::server::start(ServeConfig {
                 root: dir.clone(),
                 listen: ([127, 0, 0, 1], 0).into(),
                 coffers: vec![cfg.coffer.clone()],
@@ -292,12 +295,40 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
                 lifecycle_day: Duration::from_secs(86400),
                 test_api: false,
                 limits: crate::server::ConnLimits::default(),
-            })
-            .map_err(|e| CommandError::Usage(format!("--local {}: {e}", dir.display())))?;
-            let mut c =
-                crate::client::ClientConfig::endpoint(&format!("http://{}", server.addr()))?;
-            c.credentials = Some(creds);
-            (c, Some(server))
+            });
+            match started {
+                Ok(server) => {
+                    let endpoint = format!("http://{}", server.addr());
+                    LocalNote::write(dir, &endpoint, &creds);
+                    let mut c = crate::client::ClientConfig::endpoint(&endpoint)?;
+                    c.credentials = Some(creds);
+                    (c, Some(server))
+                }
+                // Another mount serves this directory (an as-of mount beside
+                // the live one): use its server while it runs.
+                Err(e) => match LocalNote::read(dir) {
+                    Some(note) => {
+                        log::info!(
+                            "--local {}: served by another mount at {}; using its server",
+                            dir.display(),
+                            note.endpoint
+                        );
+                        let mut c = crate::client::ClientConfig::endpoint(&note.endpoint)?;
+                        c.credentials = Some(Credentials {
+                            secret_id: note.secret_id,
+                            secret_key: note.secret_key,
+                            session_token: None,
+                        });
+                        (c, None)
+                    }
+                    None => {
+                        return Err(CommandError::Usage(format!(
+                            "--local {}: {e}",
+                            dir.display()
+                        )))
+                    }
+                },
+            }
         }
         None => (cfg.target.client_config()?, None),
     };
@@ -383,6 +414,57 @@ fn fuse_option(o: &str) -> Option<fuser::MountOption> {
             _ => M::CUSTOM(o.to_string()),
         },
     })
+}
+
+/// How other mounts of a `--local` directory reach the mount that serves it
+/// (its database admits one server): a file in the directory, private like
+/// it (0600 in 0700), there while the server runs.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LocalNote {
+    endpoint: String,
+    secret_id: String,
+    secret_key: String,
+}
+
+impl LocalNote {
+    const FILE: &'static str = "serving.json";
+
+    fn write(dir: &Path, endpoint: &str, creds: &Credentials) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let note = LocalNote {
+            endpoint: endpoint.to_string(),
+            secret_id: creds.secret_id.clone(),
+            secret_key: creds.secret_key.clone(),
+        };
+        let written = serde_json::to_vec(&note)
+            .map_err(std::io::Error::other)
+            .and_then(|b| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(dir.join(Self::FILE))?
+                    .write_all(&b)
+            });
+        if let Err(e) = written {
+            // Only other mounts of this directory need it.
+            log::warn!(
+                "--local {}: cannot note the server for other mounts: {e}",
+                dir.display()
+            );
+        }
+    }
+
+    fn read(dir: &Path) -> Option<LocalNote> {
+        let b = std::fs::read(dir.join(Self::FILE)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    fn remove(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(Self::FILE));
+    }
 }
 
 fn local_credentials() -> Credentials {

@@ -502,3 +502,65 @@ fn mounts_of_a_million_records_are_live_within_two_seconds_of_a_checkpoint() {
     assert!(as_of_worst < Duration::from_secs(2), "{as_of_worst:?}");
     assert!(live_worst < Duration::from_secs(2), "{live_worst:?}");
 }
+
+/// The README's undo on the default mount: an as-of mount of a `--local`
+/// directory that the live mount serves uses the live mount's server.
+#[test]
+fn an_rm_rf_on_a_local_mount_is_undone_from_an_as_of_mount_beside_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("coffer");
+    let data_s = data.to_str().expect("utf-8").to_string();
+    let args = ["--local", data_s.as_str(), COFFER];
+    let live = Mount::start_with(&args, &[]);
+    let site = live.path("projects/site");
+    std::fs::create_dir_all(site.join("sub")).expect("mkdir");
+    std::fs::write(site.join("sub/a.txt"), b"kept").expect("write");
+    std::fs::write(site.join("x"), b"mode").expect("write");
+    let run = |script: String| {
+        let out = sh(&script, LIMIT);
+        assert!(out.ok, "{script}: {}", out.stderr);
+    };
+    run(format!(
+        "chmod 600 {x} && ln -s sub/a.txt {l} && sync -f {x} && cp -a {s} {copy}",
+        x = q(&site.join("x")),
+        l = q(&site.join("link")),
+        s = q(&site),
+        copy = q(&dir.path().join("copy")),
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    let before_rm = now_micros();
+    std::thread::sleep(Duration::from_millis(1500));
+    run(format!(
+        "rm -rf {} && sync -f {}",
+        q(&site),
+        q(&live.path("projects"))
+    ));
+    assert!(!site.exists());
+    let then = Mount::start_with(&args, &["--as-of", &format_micros(before_rm)]);
+    run(format!(
+        "cp -a {} {} && diff -r {} {}",
+        q(&then.path("projects/site")),
+        q(&live.path("projects")),
+        q(&dir.path().join("copy")),
+        q(&site),
+    ));
+    let mode = std::fs::metadata(site.join("x"))
+        .expect("stat")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_link(site.join("link")).expect("readlink"),
+        Path::new("sub/a.txt")
+    );
+    assert!(
+        std::fs::write(then.path("z"), b"no").is_err(),
+        "as-of mounts are read-only"
+    );
+    then.unmount();
+    live.unmount();
+    // With no mount serving it, the directory's note is gone.
+    assert!(!data.join("serving.json").exists());
+}
