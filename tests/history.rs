@@ -407,33 +407,13 @@ fn a_version_the_lifecycle_expired_is_marked_and_absent_from_an_as_of_mount() {
 /// numbered `first` and the first batch at `t` (µs), a millisecond apart:
 /// binds, attributes and hides over 300,000 paths in 1000 directories.
 fn store_batches(c: &impl ObjectStore, first: usize, count: usize, per: usize, t: u64) {
-    use cofferfs::fs::journal::{batch_key, Attrs, Batch, Record};
+    use cofferfs::fs::journal::{batch_key, bench_record, Batch};
     std::thread::scope(|s| {
         for w in 0..8 {
             s.spawn(move || {
                 for b in (w..count).step_by(8) {
                     let records = (0..per)
-                        .map(|j| {
-                            let i = first + b * per + j;
-                            let path = format!("d{:03}/f{}", i % 1000, i % 300_000);
-                            let attrs = Attrs {
-                                mode: Some(0o644),
-                                mtime: Some((1_700_000_000 + i as i64, 0)),
-                                ctime: Some((1_700_000_000 + i as i64, 0)),
-                                ..Attrs::default()
-                            };
-                            match i % 20 {
-                                0 => Record::Hide { path },
-                                1..=5 => Record::Attr { path, attrs },
-                                _ => Record::Bind {
-                                    path,
-                                    key: format!(".cofferfs/data/{i:020}"),
-                                    size: i as u64,
-                                    etag: format!("{i:032x}"),
-                                    attrs,
-                                },
-                            }
-                        })
+                        .map(|j| bench_record(first + b * per + j))
                         .collect();
                     let seq = (first / per + b) as u64;
                     let key = batch_key(t + b as u64 * 1000, "00000000000000be", seq);

@@ -317,31 +317,10 @@ mod tests {
 #[cfg(test)]
 mod bench {
     use super::*;
-    use crate::fs::journal::{Attrs, Record};
 
     fn batch(b: usize) -> Batch {
         let records = (0..1000)
-            .map(|j| {
-                let i = b * 1000 + j;
-                let path = format!("d{:03}/f{}", i % 1000, i % 300_000);
-                let attrs = Attrs {
-                    mode: Some(0o644),
-                    mtime: Some((1_700_000_000 + i as i64, 0)),
-                    ctime: Some((1_700_000_000 + i as i64, 0)),
-                    ..Attrs::default()
-                };
-                match i % 20 {
-                    0 => Record::Hide { path },
-                    1..=5 => Record::Attr { path, attrs },
-                    _ => Record::Bind {
-                        path,
-                        key: format!(".cofferfs/data/{i:020}"),
-                        size: i as u64,
-                        etag: format!("{i:032x}"),
-                        attrs,
-                    },
-                }
-            })
+            .map(|j| crate::fs::journal::bench_record(b * 1000 + j))
             .collect();
         Batch::new("m", b as u64, records)
     }

@@ -22,6 +22,31 @@ pub use committer::{
 pub use format::*;
 pub use replay::Touched;
 
+/// Record `i` of a synthetic journal for benchmarks (unit and integration
+/// tests): binds, attributes and hides over 300,000 paths in 1000
+/// directories, as a backup's journal looks.
+#[doc(hidden)]
+pub fn bench_record(i: usize) -> Record {
+    let path = format!("d{:03}/f{}", i % 1000, i % 300_000);
+    let attrs = Attrs {
+        mode: Some(0o644),
+        mtime: Some((1_700_000_000 + i as i64, 0)),
+        ctime: Some((1_700_000_000 + i as i64, 0)),
+        ..Attrs::default()
+    };
+    match i % 20 {
+        0 => Record::Hide { path },
+        1..=5 => Record::Attr { path, attrs },
+        _ => Record::Bind {
+            path,
+            key: format!(".cofferfs/data/{i:020}"),
+            size: i as u64,
+            etag: format!("{i:032x}"),
+            attrs,
+        },
+    }
+}
+
 /// Records for the journal's tests.
 #[cfg(test)]
 mod test_records {
