@@ -168,7 +168,21 @@ enum Command {
     },
 }
 
+/// The embedded server of a command's `--local DIR`, while the command runs.
+static LOCAL_SERVER: std::sync::Mutex<Option<cofferfs::server::ServerHandle>> =
+    std::sync::Mutex::new(None);
+
 fn store(t: &Target, coffer: &str) -> Result<Arc<dyn ObjectStore>, CommandError> {
+    if let Some(dir) = &t.local {
+        let (mut cfg, server) = cofferfs::mount::local_client(dir, coffer, false)?;
+        if let Some(d) = t.idle_timeout {
+            cfg.idle_timeout = d;
+        }
+        if let Some(s) = server {
+            *LOCAL_SERVER.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+        }
+        return Ok(Arc::new(cofferfs::client::CdcsClient::new(cfg, coffer)?));
+    }
     Ok(Arc::new(t.client(coffer)?))
 }
 
@@ -385,7 +399,16 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Mount(_)) {
         init_logging(None);
     }
-    match run(cli) {
+    let result = run(cli);
+    // A command's embedded server stops before the process does.
+    if let Some(s) = LOCAL_SERVER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        s.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cofferfs: {e}");

@@ -82,8 +82,8 @@ impl MountConfig {
         MountConfig {
             coffer: m.coffer,
             mountpoint: m.mountpoint,
+            local: target.local.clone(),
             target,
-            local: m.local,
             foreground: m.foreground,
             fs,
             allow_other: m.allow_other,
@@ -283,52 +283,7 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
                     "--local serves the coffer itself: drop --endpoint/--region".into(),
                 ));
             }
-            let creds = local_credentials();
-            let started = crate::server::start(ServeConfig {
-                root: dir.clone(),
-                listen: ([127, 0, 0, 1], 0).into(),
-                coffers: vec![cfg.coffer.clone()],
-                keepalive_interval: Duration::from_secs(1),
-                faults: String::new(),
-                fault_seed: 0,
-                credentials: Some(creds.clone()),
-                lifecycle_day: Duration::from_secs(86400),
-                test_api: false,
-                limits: crate::server::ConnLimits::default(),
-            });
-            match started {
-                Ok(server) => {
-                    let endpoint = format!("http://{}", server.addr());
-                    LocalNote::write(dir, &endpoint, &creds);
-                    let mut c = crate::client::ClientConfig::endpoint(&endpoint)?;
-                    c.credentials = Some(creds);
-                    (c, Some(server))
-                }
-                // Another mount serves this directory (an as-of mount beside
-                // the live one): use its server while it runs.
-                Err(e) => match LocalNote::read(dir) {
-                    Some(note) => {
-                        log::info!(
-                            "--local {}: served by another mount at {}; using its server",
-                            dir.display(),
-                            note.endpoint
-                        );
-                        let mut c = crate::client::ClientConfig::endpoint(&note.endpoint)?;
-                        c.credentials = Some(Credentials {
-                            secret_id: note.secret_id,
-                            secret_key: note.secret_key,
-                            session_token: None,
-                        });
-                        (c, None)
-                    }
-                    None => {
-                        return Err(CommandError::Usage(format!(
-                            "--local {}: {e}",
-                            dir.display()
-                        )))
-                    }
-                },
-            }
+            local_client(dir, &cfg.coffer, true)?
         }
         None => (cfg.target.client_config()?, None),
     };
@@ -414,6 +369,64 @@ fn fuse_option(o: &str) -> Option<fuser::MountOption> {
             _ => M::CUSTOM(o.to_string()),
         },
     })
+}
+
+/// A client of the coffer kept in `dir` (`--local`): through the server of
+/// the mount that serves `dir`, else through an embedded one, returned to be
+/// kept running (a directory's database admits one server). A mount's
+/// server (`for_mount`) is noted in `dir` for other mounts; a command's,
+/// which ends with it, is not.
+pub fn local_client(
+    dir: &Path,
+    coffer: &str,
+    for_mount: bool,
+) -> Result<(crate::client::ClientConfig, Option<ServerHandle>), CommandError> {
+    let creds = local_credentials();
+    let started = crate::server::start(ServeConfig {
+        root: dir.to_path_buf(),
+        listen: ([127, 0, 0, 1], 0).into(),
+        coffers: vec![coffer.to_string()],
+        keepalive_interval: Duration::from_secs(1),
+        faults: String::new(),
+        fault_seed: 0,
+        credentials: Some(creds.clone()),
+        lifecycle_day: Duration::from_secs(86400),
+        test_api: false,
+        limits: crate::server::ConnLimits::default(),
+    });
+    match started {
+        Ok(server) => {
+            let endpoint = format!("http://{}", server.addr());
+            if for_mount {
+                LocalNote::write(dir, &endpoint, &creds);
+            }
+            let mut c = crate::client::ClientConfig::endpoint(&endpoint)?;
+            c.credentials = Some(creds);
+            Ok((c, Some(server)))
+        }
+        // Another mount serves this directory (an as-of mount beside
+        // the live one): use its server while it runs.
+        Err(e) => match LocalNote::read(dir) {
+            Some(note) => {
+                log::info!(
+                    "--local {}: served by another mount at {}; using its server",
+                    dir.display(),
+                    note.endpoint
+                );
+                let mut c = crate::client::ClientConfig::endpoint(&note.endpoint)?;
+                c.credentials = Some(Credentials {
+                    secret_id: note.secret_id,
+                    secret_key: note.secret_key,
+                    session_token: None,
+                });
+                Ok((c, None))
+            }
+            None => Err(CommandError::Usage(format!(
+                "--local {}: {e}",
+                dir.display()
+            ))),
+        },
+    }
 }
 
 /// How other mounts of a `--local` directory reach the mount that serves it

@@ -26,6 +26,15 @@ pub struct Target {
     /// File with secret_id/secret_key (mode 600); default: TENCENTCLOUD_SECRET_ID/_KEY.
     #[arg(long = "credentials", global = true, value_name = "FILE")]
     pub credentials_file: Option<PathBuf>,
+    /// The coffer kept in DIR, no account needed: served by the mount that
+    /// serves DIR, else by an embedded `cofferfs serve` for as long as needed.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        conflicts_with_all = ["endpoint", "region"]
+    )]
+    pub local: Option<PathBuf>,
     /// A request fails after this long without a byte moving either way [default: 60s].
     /// Never a limit on a whole request: a merge may take minutes.
     #[arg(long, global = true, value_name = "DUR", value_parser = parse_idle_timeout)]
@@ -44,9 +53,6 @@ pub struct MountOptions {
     pub coffer: String,
     /// An existing, empty directory.
     pub mountpoint: PathBuf,
-    /// Serve the coffer from DIR with an embedded `cofferfs serve` (no account needed).
-    #[arg(long, value_name = "DIR")]
-    pub local: Option<PathBuf>,
     /// Stay attached; SIGINT/SIGTERM unmount.
     #[arg(short, long)]
     pub foreground: bool,

@@ -540,7 +540,32 @@ fn an_rm_rf_on_a_local_mount_is_undone_from_an_as_of_mount_beside_it() {
         "as-of mounts are read-only"
     );
     then.unmount();
+    // The history commands reach the same coffer with --local, through the
+    // live mount's server and, once no mount serves it, an embedded one.
+    let x = format!("{COFFER}/projects/site/x");
+    let history = |what: &[&str]| {
+        let out = cli(&[what, &["--local", data_s.as_str()]].concat(), &[], LIMIT);
+        assert!(out.ok, "{what:?}: {}", out.stderr);
+        out.stdout
+    };
+    let served = history(&["versions", &x]);
+    assert_eq!(
+        served.lines().count(),
+        2,
+        "written, then copied back:\n{served}"
+    );
+    assert!(history(&["log", COFFER]).contains("projects/site"));
     live.unmount();
     // With no mount serving it, the directory's note is gone.
     assert!(!data.join("serving.json").exists());
+    assert_eq!(history(&["versions", &x]), served);
+    let restored = dir.path().join("restored");
+    history(&[
+        "get",
+        &x,
+        restored.to_str().expect("utf-8"),
+        "--as-of",
+        &format_micros(before_rm),
+    ]);
+    assert_eq!(std::fs::read(&restored).expect("read"), b"mode");
 }
