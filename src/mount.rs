@@ -29,9 +29,8 @@ const READY_ENV: &str = "COFFERFS_MOUNT_READY_PIPE";
 pub struct MountConfig {
     pub coffer: String,
     pub mountpoint: PathBuf,
+    /// Where the coffer is; `target.local`: served from a directory.
     pub target: Target,
-    /// Serve the coffer from this directory with an embedded `cofferfs serve`.
-    pub local: Option<PathBuf>,
     pub foreground: bool,
     pub fs: FsConfig,
     pub allow_other: bool,
@@ -82,7 +81,6 @@ impl MountConfig {
         MountConfig {
             coffer: m.coffer,
             mountpoint: m.mountpoint,
-            local: target.local.clone(),
             target,
             foreground: m.foreground,
             fs,
@@ -243,7 +241,7 @@ fn run_foreground(cfg: MountConfig) -> Result<(), CommandError> {
     fs.shutdown();
     if let Some(s) = server {
         s.shutdown();
-        if let Some(dir) = &cfg.local {
+        if let Some(dir) = &cfg.target.local {
             LocalNote::remove(dir);
         }
     }
@@ -276,7 +274,7 @@ fn start(cfg: &MountConfig) -> Result<Started, CommandError> {
         }
         log::info!("showing the coffer as of {when}, read-only");
     }
-    let (client_cfg, server) = match &cfg.local {
+    let (client_cfg, server) = match &cfg.target.local {
         Some(dir) => {
             if cfg.target.endpoint.is_some() || cfg.target.region.is_some() {
                 return Err(CommandError::Usage(

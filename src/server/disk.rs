@@ -106,7 +106,7 @@ macro_rules! io {
 // One clock for the whole crate.
 use crate::protocol::time::now_unix as now;
 
-fn obj_key(coffer: &str, key: &str) -> String {
+pub(super) fn obj_key(coffer: &str, key: &str) -> String {
     format!("{coffer}/{key}")
 }
 

@@ -98,6 +98,12 @@ struct State {
     stats: Stats,
 }
 
+/// A lock that a panic elsewhere does not poison: the state it guards is
+/// kept consistent at every step.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A running server; `shutdown` stops it.
 pub struct ServerHandle {
     addr: SocketAddr,

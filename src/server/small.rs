@@ -12,7 +12,8 @@
 //!
 //! Owns the waiting puts and the flusher; must not know HTTP.
 
-use super::disk::{insert_small, DiskError, ObjectRec, META, OBJECTS};
+use super::disk::{insert_small, obj_key, DiskError, ObjectRec, META, OBJECTS};
+use super::lock;
 use super::wal::{Entry, Mark, Wal};
 use crate::protocol::ErrorCode;
 use redb::{Database, ReadableTable};
@@ -75,10 +76,6 @@ pub struct SmallPuts {
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl SmallPuts {
     /// Opens the log at `path`, redoes in one durable commit the puts it
     /// holds after the database's last batch (a crash lost only unanswered
@@ -93,19 +90,8 @@ impl SmallPuts {
         };
         let (wal, replayed) = io!(Wal::open(path, mark))?;
         if let Some(&(last, _)) = replayed.last() {
-            let tx = io!(db.begin_write())?;
-            for (_, r) in &replayed {
-                let e = &r.entry;
-                let key = format!("{}/{}", e.coffer, e.key);
-                if io!(io!(tx.open_table(OBJECTS))?.get(key.as_str()))?.is_some() {
-                    log::warn!("small-put log: {key} is already stored");
-                    continue;
-                }
-                insert_small(&tx, e)?;
-            }
             let mark = Mark { seq: last, next: 0 };
-            io!(io!(tx.open_table(META))?.insert("wal", mark.to_bytes().as_slice()))?;
-            io!(tx.commit())?;
+            commit_batch(&db, replayed.iter().map(|(_, r)| &r.entry), mark)?;
             wal.restart(last);
             log::info!("small-put log: {} puts redone", replayed.len());
         }
@@ -135,7 +121,7 @@ impl SmallPuts {
         rec: ObjectRec,
         in_db: impl Fn() -> Result<bool, DiskError>,
     ) -> Result<(), DiskError> {
-        let obj_key = format!("{}/{}", entry.coffer, entry.key);
+        let obj_key = obj_key(&entry.coffer, &entry.key);
         let mut p = lock(&self.pending);
         let seq = loop {
             if p.has(&obj_key) || in_db()? {
@@ -228,17 +214,7 @@ impl SmallPuts {
                 .collect();
             (batch, self.wal.mark())
         };
-        let tx = io!(self.db.begin_write())?;
-        for (key, put) in &batch {
-            if io!(io!(tx.open_table(OBJECTS))?.get(key.as_str()))?.is_some() {
-                // Every writer checks waiting puts too; never expected.
-                log::error!("small put {key}: the key was taken meanwhile");
-                continue;
-            }
-            insert_small(&tx, &put.entry)?;
-        }
-        io!(io!(tx.open_table(META))?.insert("wal", mark.to_bytes().as_slice()))?;
-        io!(tx.commit())?;
+        commit_batch(&self.db, batch.iter().map(|(_, put)| &put.entry), mark)?;
         let mut p = lock(&self.pending);
         for (key, _) in &batch {
             p.remove(key);
@@ -285,4 +261,26 @@ impl SmallPuts {
             }
         }
     }
+}
+
+/// Commits small puts to the database in one durable transaction, with the
+/// log's `mark` (the last record they cover, where the next goes).
+fn commit_batch<'a>(
+    db: &Database,
+    entries: impl Iterator<Item = &'a Entry>,
+    mark: Mark,
+) -> Result<(), DiskError> {
+    let tx = io!(db.begin_write())?;
+    for e in entries {
+        let key = obj_key(&e.coffer, &e.key);
+        if io!(io!(tx.open_table(OBJECTS))?.get(key.as_str()))?.is_some() {
+            // Every writer checks waiting puts too, and the log holds only
+            // puts after the database's mark: never expected.
+            log::error!("small put {key}: the key is taken; this put is not stored again");
+            continue;
+        }
+        insert_small(&tx, e)?;
+    }
+    io!(io!(tx.open_table(META))?.insert("wal", mark.to_bytes().as_slice()))?;
+    io!(tx.commit())
 }

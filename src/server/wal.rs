@@ -14,12 +14,13 @@
 //!
 //! Owns the log file's format and its syncs; must not know tables or HTTP.
 
+use super::lock;
 use md5::{Digest, Md5};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 
 /// The log's size, written with zeros once so that later writes and syncs
 /// never change its metadata.
@@ -123,10 +124,6 @@ pub struct Wal {
     size: u64,
     state: Mutex<State>,
     synced: Condvar,
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn digest(seq: u64, payload: &[u8]) -> [u8; 16] {

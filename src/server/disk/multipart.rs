@@ -201,16 +201,13 @@ impl Disk {
         listed: &[(u32, String)],
     ) -> Result<ObjectRec, DiskError> {
         let tx = io!(self.db.begin_write())?;
-        // Held to the commit: no small put takes the key meanwhile.
-        let held = self.small.hold();
-        let (rec, unused) = {
+        let (rec, unused, held) = {
             let mut uploads = io!(tx.open_table(UPLOADS))?;
             let up = take_upload(&mut uploads, coffer, key, id)?;
+            // Held to the commit: no small put takes the key meanwhile.
+            let held = self.check_free(coffer, key, &tx)?;
             let mut objects = io!(tx.open_table(OBJECTS))?;
             let okey = obj_key(coffer, key);
-            if io!(objects.get(okey.as_str()))?.is_some() || held.has(&okey) {
-                return Err(DiskError::code(ErrorCode::ObjectAlreadyExists, key));
-            }
             let mut parts = io!(tx.open_table(PARTS))?;
             let stored = parts_in(&parts, id)?;
             for (n, _) in &stored {
@@ -236,7 +233,7 @@ impl Disk {
             io!(objects.insert(okey.as_str(), to_json(&rec)?.as_slice()))?;
             let mut c = io!(tx.open_table(COMPLETED))?;
             io!(c.insert(id, okey.as_str()))?;
-            (rec, unused)
+            (rec, unused, held)
         };
         io!(tx.commit())?;
         drop(held);
