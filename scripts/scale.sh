@@ -11,7 +11,9 @@
 #   SCALE_BIN=FILE     measures that cofferfs binary instead of building this tree;
 #   SCALE_TTL=SECS     the mount's --metadata-ttl (default 10);
 #   SCALE_SETTLE=SECS  wait after drop_caches before reading RSS (default 60);
-#   SCALE_THREADS=N    parallel PUTs (default 32).
+#   SCALE_THREADS=N    parallel PUTs (default 32);
+#   SCALE_KEEP=DIR     keeps the populated coffer in DIR and reuses it on the
+#                      next run of the same N (a 1M coffer takes minutes to fill).
 # Not part of .ci/run: it takes minutes and drops the machine's page cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,11 +39,21 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-start_server "$bin" "$work/coffer" "$coffer" --test-api
+# With SCALE_KEEP the freshly populated coffer is kept as DIR/N and each run
+# works on a copy of it (the mount writes journal batches into its coffer).
+root=$work/coffer
+keep=${SCALE_KEEP:+$SCALE_KEEP/$n}
+reused=
+if [ -n "$keep" ] && [ -e "$keep/populated" ]; then
+    cp -a "$keep/root" "$root"
+    reused=1
+fi
+mkdir -p "$root"
+start_server "$bin" "$root" "$coffer" --test-api
 
 # The tree: leaf j (0-based) of host h is host-h/(j / 100)/(j % 100).
 t0=$(date +%s.%N)
-python3 - "$endpoint" "$coffer" "$n" "$threads" <<'EOF'
+[ -n "$reused" ] || python3 - "$endpoint" "$coffer" "$n" "$threads" <<'EOF'
 import http.client, multiprocessing, sys, threading
 from urllib.parse import urlparse
 endpoint, coffer, n, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -81,6 +93,11 @@ for p in ps:
         sys.exit("a PUT failed")
 EOF
 t1=$(date +%s.%N)
+if [ -n "$keep" ] && [ ! -e "$keep/populated" ]; then
+    # Copied once the server is idle (its small puts commit within 50 ms).
+    sleep 1
+    rm -rf "$keep" && mkdir -p "$keep" && cp -a "$root" "$keep/root" && touch "$keep/populated"
+fi
 populate=$(echo "$t1 - $t0" | bc -l)
 
 mkdir -p "$work/mnt"
@@ -109,6 +126,7 @@ step() {
     "$@" >"$work/out"
     b=$(date +%s.%N)
     s1=$(stats)
+    last_total=$(($(count "$s1" '*') - $(count "$s0" '*')))
     rows+=("$(printf '| %s | %.2f s | %d | %d | %d |' "$name" "$(echo "$b - $a" | bc -l)" \
         $(($(count "$s1" GetCoffer) - $(count "$s0" GetCoffer))) \
         $(($(count "$s1" HeadObject) - $(count "$s0" HeadObject))) \
@@ -139,6 +157,27 @@ step "ls / after the TTL" ls "$work/mnt"
 step "leaf ls -l after the TTL" ls -l "$leaf"
 step "find after the TTL" walk_find
 step "du -s after the TTL" walk_du
+# 20,000 metadata ops spread over leaves (a fifth each: mkdir, creating an
+# empty file, chmod of a stored file, mv of the new file, ln -s), from one
+# process, leaves visited in turn so most listings have passed the TTL.
+meta_ops() {
+    python3 - "$work/mnt" "$hosts" "$last" <<'PY'
+import os, sys
+mnt, hosts, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+leaves = [f"{mnt}/host-{h:02}/{j // 100:03}/{j % 100:03}"
+          for j in range(0, last + 1, max(1, last // 20)) for h in range(hosts)][:400]
+for i in range(4000):
+    d = leaves[i % len(leaves)]
+    os.mkdir(f"{d}/dir-{i}")
+    open(f"{d}/new-{i}", "w").close()
+    os.chmod(f"{d}/file-{i % 50}", 0o640)
+    os.rename(f"{d}/new-{i}", f"{d}/moved-{i}")
+    os.symlink(f"file-{i % 50}", f"{d}/link-{i}")
+print(5 * 4000)
+PY
+}
+step "20,000 metadata ops" meta_ops
+ops_requests=$last_total
 sync
 echo 2 >/proc/sys/vm/drop_caches
 sleep "$settle"
@@ -146,12 +185,17 @@ rss_drop=$(rss_mib)
 
 echo
 echo "scripts/scale.sh $n: $(nproc) cores, $(git rev-parse --short HEAD 2>/dev/null || echo '?'), --metadata-ttl ${ttl}s"
-printf 'populated %d objects in %.0f s (%.0f PUT/s); find shows %d entries\n' \
-    "$n" "$populate" "$(echo "$n / $populate" | bc -l)" "$found"
+if [ -n "$reused" ]; then
+    printf 'reused the %d objects in %s; find shows %d entries\n' "$n" "$keep" "$found"
+else
+    printf 'populated %d objects in %.0f s (%.0f PUT/s); find shows %d entries\n' \
+        "$n" "$populate" "$(echo "$n / $populate" | bc -l)" "$found"
+fi
 echo
 echo "| step | time | LIST | HEAD | all requests |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+printf '\n20,000 metadata ops: %.2f requests per op\n' "$(echo "$ops_requests / 20000" | bc -l)"
 echo
 echo "| daemon memory | MiB |"
 echo "|---|---|"

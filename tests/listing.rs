@@ -351,3 +351,66 @@ fn a_batch_from_another_mount_relists_only_the_directories_it_touched() {
         "big was relisted after a reload that did not touch it"
     );
 }
+
+/// READDIRPLUS: a listing carries each entry's attributes, so `ls -l` (and
+/// `du`) stat every entry without one LOOKUP each, and what they show is
+/// what each entry is, journal-held shapes included.
+#[test]
+fn a_listing_carries_the_attributes_so_stats_after_it_need_no_lookups() {
+    let server = Server::start(&[]);
+    let c = client(&server.endpoint);
+    for i in 0..120 {
+        c.put(&format!("d/f-{i:03}"), Bytes::from(vec![b'x'; i + 1]))
+            .expect("put");
+    }
+    let writer = Mount::start(&server, &[]);
+    let out = sh(
+        &format!(
+            "cd '{}' && chmod 600 f-003 && ln -s f-001 link && mkdir sub \
+             && ln f-004 hard && touch -d @1000000000 f-005",
+            writer.path("d").display()
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(out.ok, "{}", out.stderr);
+    // Its records are stored by the time it has unmounted.
+    writer.unmount();
+    // A second mount: nothing of `d` in its kernel's caches.
+    let m = Mount::start_env(
+        &["--endpoint", &server.endpoint, common::COFFER],
+        &[],
+        &[("RUST_LOG", "info,cofferfs::fs::fuse=trace")],
+    );
+    let lines = ls(&m.path("d"), "-ln --time-style=+%s");
+    let log = m.log_text();
+    let lookups: Vec<&str> = log.lines().filter(|l| l.contains("LOOKUP ")).collect();
+    assert!(
+        log.contains("READDIRPLUS "),
+        "the kernel never asked for READDIRPLUS:\n{log}"
+    );
+    // `d` itself, and nothing beneath it.
+    assert!(lookups.len() <= 1, "ls -l looked up entries: {lookups:?}");
+    assert_eq!(lines.len(), 1 + 123, "total line and entries: {lines:?}");
+    // (mode, links, size, mtime, name) of an `ls -ln` line.
+    let entry = |name: &str| -> Vec<String> {
+        let l = lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(6) == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing: {lines:?}"));
+        let f: Vec<&str> = l.split_whitespace().collect();
+        [f[0], f[1], f[4], f[5]].iter().map(|s| s.to_string()).collect()
+    };
+    assert_eq!(entry("f-003")[0], "-rw-------");
+    assert_eq!(entry("f-119")[2], "120");
+    assert_eq!(entry("f-005")[3], "1000000000");
+    assert_eq!(&entry("hard")[1..3], ["2", "5"]);
+    assert_eq!(&entry("f-004")[1..3], ["2", "5"]);
+    assert!(entry("link")[0].starts_with('l'), "{lines:?}");
+    assert!(entry("sub")[0].starts_with('d'), "{lines:?}");
+    // Stats right after agree with the listing (the kernel's cached attributes).
+    let stat = sh(
+        &format!("stat -c '%s %h' '{}'", m.path("d/hard").display()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(stat.stdout.trim(), "5 2");
+}

@@ -5,7 +5,7 @@
 use super::error::{FsError, FsResult};
 use super::handles::Handle;
 use super::view::Kind;
-use super::{lock, DirEntry, Fs};
+use super::{lock, Attr, DirEntry, Fs};
 
 impl Fs {
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
@@ -52,6 +52,45 @@ impl Fs {
             }
         }
         Ok(())
+    }
+
+    /// `readdir` with each entry's attributes (READDIRPLUS): a stat of every
+    /// entry after it (`du`, `ls -l`) then needs no LOOKUP each. The kernel
+    /// holds every entry it is given, "." and ".." aside, so each one is
+    /// remembered as it goes into the reply. An entry gone since opendir is
+    /// left out.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, u64, &Attr) -> bool,
+    ) -> FsResult<()> {
+        let h = self.handles.get(fh)?;
+        let Handle::Dir(entries) = &*h else {
+            return Err(FsError::new(
+                libc::EBADF,
+                "readdirplus: not a directory handle",
+            ));
+        };
+        let mut t = lock(&self.table);
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let Some(a) = t.get(e.ino).map(|n| self.shown(&t, n)) else {
+                continue;
+            };
+            if add(e, i as u64 + 1, &a) {
+                break;
+            }
+            if i >= 2 {
+                t.remember(e.ino);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel may ask for READDIRPLUS: not as of a past time,
+    /// where each file's version is checked at its lookup.
+    pub fn wants_readdirplus(&self) -> bool {
+        self.cfg.as_of.is_none()
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -10,8 +10,8 @@ use crate::transfer::pool::Pool;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -230,6 +230,15 @@ impl Filesystem for FuseFs {
                 "kernel lacks atomic O_TRUNC ({e:?}): overwrites pass through an empty file"
             );
         }
+        // du, ls -l and find -size stat every entry they read: with READDIRPLUS
+        // the listing carries the attributes, not one LOOKUP per entry. AUTO: the
+        // kernel asks for them on a directory's first read and after lookups in it.
+        if self.fs.wants_readdirplus() {
+            let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+            if let Err(e) = config.add_capabilities(plus) {
+                log::info!("kernel lacks READDIRPLUS ({e:?}): each stat after a listing looks up");
+            }
+        }
         Ok(())
     }
 
@@ -240,6 +249,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        log::trace!("LOOKUP {} {name:?}", parent.0);
         self.entry(reply, "lookup", self.fs.lookup(parent.0, name))
     }
 
@@ -547,6 +557,34 @@ impl Filesystem for FuseFs {
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("readdir", &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let mut given = 0;
+        let result = self.fs.readdirplus(fh.0, offset, |e, next, a| {
+            let full = reply.add(
+                INodeNo(e.ino),
+                next,
+                &e.name,
+                &ttl(a),
+                &file_attr(a),
+                Generation(0),
+            );
+            given += usize::from(!full);
+            full
+        });
+        log::trace!("READDIRPLUS {} from {offset}: {given} entries", fh.0);
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("readdirplus", &e)),
         }
     }
 
