@@ -35,7 +35,7 @@ unsafe impl GlobalAlloc for Counting {
 static COUNTING: Counting = Counting;
 
 #[test]
-fn a_cached_entry_costs_at_most_300_bytes_maps_included() {
+fn a_cached_entry_costs_at_most_250_bytes_maps_included() {
     let objects: Vec<ObjectMeta> = (0..2)
         .flat_map(|h| (0..10).flat_map(move |a| (0..100).map(move |b| (h, a, b))))
         .flat_map(|(h, a, b)| {
@@ -56,6 +56,7 @@ fn a_cached_entry_costs_at_most_300_bytes_maps_included() {
     assert_eq!(entries, 1 + 2 + 20 + 2000 + 100_000);
     let per_entry = bytes / entries;
     eprintln!("{entries} entries, {bytes} bytes: {per_entry} bytes per entry");
-    assert!(per_entry <= 300, "{per_entry} bytes per cached entry");
+    // The issue asks for 300; 224 measured, the rest is room, not license.
+    assert!(per_entry <= 250, "{per_entry} bytes per cached entry");
     drop(t);
 }

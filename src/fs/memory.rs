@@ -52,7 +52,11 @@ impl Fs {
         if evicted == 0 {
             return;
         }
-        let held = lock(&self.table).len();
+        let held = {
+            let mut t = lock(&self.table);
+            t.shrink();
+            t.len()
+        };
         log::info!("memory: {evicted} entries the kernel forgot left the table; it holds {held}");
         trim();
     }

@@ -72,7 +72,7 @@ impl Fs {
         if let Some(n) = t.get_mut(ino) {
             if n.kind == Kind::Dir {
                 // Nothing lies beneath a directory made just now.
-                n.listed = Some(now);
+                n.listed = Some(now.into());
             }
         }
         t.mark_stored(ino, now);

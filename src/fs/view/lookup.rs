@@ -254,7 +254,7 @@ impl Fs {
 
     pub fn readlink(&self, ino: u64) -> FsResult<String> {
         let n = self.node(ino)?;
-        match n.target {
+        match n.target() {
             Some(t) => Ok(t.into()),
             None => Err(FsError::new(
                 libc::EINVAL,

@@ -10,6 +10,6 @@ mod table;
 
 pub use negative::NegativeCache;
 pub use node::{
-    join, usable_name, Aliases, Data, Etag, Kind, Node, Origin, ViewEntry, RESERVED, ROOT,
+    join, usable_name, Aliases, Data, Etag, Kind, Node, Origin, Tick, ViewEntry, RESERVED, ROOT,
 };
 pub use table::Table;

@@ -6,8 +6,9 @@
 use crate::fs::journal::{Attrs, Record, Shape, SpecialKind};
 use crate::fs::to_timestamp;
 use crate::store::ObjectMeta;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::num::NonZeroU32;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 pub const ROOT: u64 = 1;
 
@@ -191,6 +192,61 @@ impl std::ops::DerefMut for NodeAttrs {
     }
 }
 
+/// A moment of the mount's monotonic clock in 4 bytes (a node holds two,
+/// and a table a million nodes): 10 ms steps since the clock's first use,
+/// enough for 497 days. A moment past that, or `LONG_AGO`, reads as long
+/// ago: a TTL never trusts it, so the worst case is asking the coffer again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tick(NonZeroU32);
+
+const STEP_MS: u128 = 10;
+
+fn clock_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+impl Tick {
+    /// A time no TTL trusts.
+    pub const LONG_AGO: Tick = Tick(NonZeroU32::MIN);
+
+    pub fn now() -> Tick {
+        Tick::from(Instant::now())
+    }
+
+    /// How long ago it was; `Duration::MAX` for `LONG_AGO` and moments past
+    /// the clock's range.
+    pub fn elapsed(self) -> Duration {
+        let now = Tick::now().0.get();
+        let t = self.0.get();
+        if t == 1 || t == u32::MAX || now == u32::MAX {
+            return Duration::MAX;
+        }
+        Duration::from_millis(u64::from(now.saturating_sub(t)) * STEP_MS as u64)
+    }
+}
+
+impl From<Instant> for Tick {
+    fn from(t: Instant) -> Tick {
+        // Moments before the clock's start count as its start.
+        let steps = t.saturating_duration_since(clock_start()).as_millis() / STEP_MS;
+        let v = u32::try_from(steps.saturating_add(2)).unwrap_or(u32::MAX);
+        Tick(NonZeroU32::new(v).unwrap_or(NonZeroU32::MAX))
+    }
+}
+
+/// What a node holds beyond its attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Content {
+    /// A directory, special file, empty file, or a file being written.
+    None,
+    /// A file's bytes. An empty key: the object at the path the node has now
+    /// (most files), which is not stored twice.
+    Object(Data),
+    /// A symlink's target.
+    Target(Box<str>),
+}
+
 #[derive(Debug, Clone)]
 pub struct Node {
     pub ino: u64,
@@ -202,20 +258,20 @@ pub struct Node {
     pub kind: Kind,
     pub origin: Origin,
     pub size: u64,
-    /// Files: the object holding the bytes (`None`: empty file, or being
-    /// written), read with `data()`. An empty key: the object at the path
-    /// the node has now (most files), which is not stored twice.
-    pub(super) data: Option<Data>,
-    /// Symlinks: the target.
-    pub target: Option<Box<str>>,
+    /// A file's object (`data()`) or a symlink's target (`target()`): one
+    /// field, as no entry has both.
+    pub(super) content: Content,
     /// Recorded attributes; unset fields show the mount's defaults.
     pub attrs: NodeAttrs,
     /// Shown when no mtime is recorded: the object's time, or creation here.
     pub mtime: SystemTime,
     /// When the coffer last confirmed this entry (listing or HEAD).
-    pub seen: Instant,
+    pub seen: Tick,
     /// Directories: when a listing last filled this subtree.
-    pub listed: Option<Instant>,
+    pub listed: Option<Tick>,
+    /// The kernel's references to this entry (FUSE's lookup count; see
+    /// `Table::remember`). Stuck at `u32::MAX` once there: never dropped.
+    pub(super) kernel: u32,
     /// Removed from the view while open: no path any more (`path` is where it
     /// was), kept for its handles, and nothing about it is recorded.
     pub unlinked: bool,
@@ -237,7 +293,9 @@ impl Node {
 
     /// Files: the object holding the bytes (`None`: empty file, or being written).
     pub fn data(&self) -> Option<Data> {
-        let d = self.data.as_ref()?;
+        let Content::Object(d) = &self.content else {
+            return None;
+        };
         Some(Data {
             key: if d.key.is_empty() {
                 self.path().into()
@@ -249,28 +307,50 @@ impl Node {
     }
 
     pub fn has_data(&self) -> bool {
-        self.data.is_some()
+        matches!(self.content, Content::Object(_))
     }
 
+    /// Sets (or, with `None`, clears) a file's object.
     pub fn set_data(&mut self, data: Option<Data>) {
-        self.data = data;
+        match data {
+            Some(d) => self.content = Content::Object(d),
+            None if self.has_data() => self.content = Content::None,
+            None => {}
+        }
     }
 
     /// `set_data`, leaving out a key that is the node's own path.
     pub(super) fn set_data_here(&mut self, data: Option<Data>) {
         let path = self.path();
-        self.data = data;
-        if let Some(d) = &mut self.data {
+        self.set_data(data);
+        if let Content::Object(d) = &mut self.content {
             if *d.key == *path {
                 d.key = "".into();
             }
         }
     }
 
+    /// Symlinks: the target.
+    pub fn target(&self) -> Option<&str> {
+        match &self.content {
+            Content::Target(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Sets (or, with `None`, clears) a symlink's target.
+    pub(super) fn set_target(&mut self, target: Option<Box<str>>) {
+        match target {
+            Some(t) => self.content = Content::Target(t),
+            None if self.target().is_some() => self.content = Content::None,
+            None => {}
+        }
+    }
+
     /// The node's path is about to change: a key left out becomes explicit.
     pub(super) fn keep_key(&mut self) {
         let path = self.path();
-        if let Some(d) = &mut self.data {
+        if let Content::Object(d) = &mut self.content {
             if d.key.is_empty() {
                 d.key = path.into();
             }
@@ -283,7 +363,7 @@ impl Node {
             kind: self.kind,
             size: self.size,
             data: self.data(),
-            target: self.target.as_deref().map(String::from),
+            target: self.target().map(String::from),
             attrs: *self.attrs,
             mtime: self.mtime,
         }
@@ -438,7 +518,9 @@ pub fn usable_name(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Etag;
+    use super::{Etag, Tick};
+    use std::num::NonZeroU32;
+    use std::time::Duration;
 
     #[test]
     fn an_etag_reads_back_as_the_service_sent_it() {
@@ -451,5 +533,22 @@ mod tests {
             Etag::from(md5),
             Etag::from("0123456789abcdef0123456789abcdee")
         );
+    }
+
+    #[test]
+    fn a_tick_tells_how_long_ago_and_long_ago_is_never_trusted() {
+        let start = Tick::now();
+        std::thread::sleep(Duration::from_millis(50));
+        let e = start.elapsed();
+        assert!(
+            e >= Duration::from_millis(30) && e < Duration::from_secs(5),
+            "{e:?}"
+        );
+        assert!(Tick::now().elapsed() < Duration::from_millis(20));
+        assert_eq!(Tick::LONG_AGO.elapsed(), Duration::MAX);
+        assert!(start < Tick::now() || start.elapsed() < Duration::from_millis(20));
+        // Past the clock's range: long ago too.
+        assert_eq!(Tick(NonZeroU32::MAX).elapsed(), Duration::MAX);
+        assert_eq!(std::mem::size_of::<Option<Tick>>(), 4);
     }
 }

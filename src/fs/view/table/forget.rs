@@ -9,36 +9,71 @@ use crate::fs::view::node::{Kind, Origin};
 
 impl Table {
     /// The kernel was given entry `ino` (a reply to lookup, create, mkdir,
-    /// mknod, symlink or link): one more reference it will `forget`.
+    /// mknod, symlink, link or readdirplus): one more reference it will
+    /// `forget`.
     pub fn remember(&mut self, ino: u64) {
-        if ino != ROOT {
-            *self.kernel.entry(ino).or_default() += 1;
+        if ino == ROOT {
+            return;
+        }
+        match self.nodes.get_mut(&ino) {
+            Some(n) => n.kernel = n.kernel.saturating_add(1),
+            None => *self.ghosts.entry(ino).or_default() += 1,
         }
     }
 
     /// The kernel's references to `ino`.
     pub fn kernel_refs(&self, ino: u64) -> u64 {
-        self.kernel.get(&ino).copied().unwrap_or(0)
+        match self.nodes.get(&ino) {
+            Some(n) => u64::from(n.kernel),
+            None => self.ghosts.get(&ino).copied().unwrap_or(0),
+        }
     }
 
     /// The kernel let go of `n` references to `ino`. Returns whether it
     /// holds none now. Entries it no longer needs leave the table, now or,
     /// while something holds the table still (`hold`), when that ends.
     pub fn forget(&mut self, ino: u64, n: u64) -> bool {
-        let Some(c) = self.kernel.get_mut(&ino) else {
-            return true;
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            if let Some(c) = self.ghosts.get_mut(&ino) {
+                *c = c.saturating_sub(n);
+                if *c == 0 {
+                    self.ghosts.remove(&ino);
+                }
+            }
+            return !self.ghosts.contains_key(&ino);
         };
-        *c = c.saturating_sub(n);
-        if *c > 0 {
+        if node.kernel == 0 {
+            return true;
+        }
+        // At u32::MAX the count is no longer exact: it stays.
+        if node.kernel < u32::MAX {
+            node.kernel = u32::try_from(u64::from(node.kernel).saturating_sub(n)).unwrap_or(0);
+        }
+        if node.kernel > 0 {
             return false;
         }
-        self.kernel.remove(&ino);
         if self.holds > 0 {
             self.deferred.push(ino);
         } else {
             self.evicted += self.let_go(ino);
         }
         true
+    }
+
+    /// After evictions: maps sized for the entries that left give their
+    /// room back (a map never shrinks on its own; at a million entries the
+    /// inode map alone is 34 MiB).
+    pub fn shrink(&mut self) {
+        let roomy = |len: usize, cap: usize| cap > 4 * len + 1024;
+        if roomy(self.nodes.len(), self.nodes.capacity()) {
+            self.nodes.shrink_to_fit();
+        }
+        if roomy(self.children.len(), self.children.capacity()) {
+            self.children.shrink_to_fit();
+        }
+        if roomy(self.subdirs.len(), self.subdirs.capacity()) {
+            self.subdirs.shrink_to_fit();
+        }
     }
 
     /// Entries that left the table since the last call.
@@ -68,9 +103,10 @@ impl Table {
     /// Whether something needs entry `ino` in the table: the kernel holds it,
     /// a handle has it open, or this mount is writing it.
     fn needed(&self, ino: u64) -> bool {
-        self.kernel.contains_key(&ino)
-            || self.open.contains_key(&ino)
-            || self.get(ino).is_some_and(|n| n.origin == Origin::Writing)
+        self.open.contains_key(&ino)
+            || self
+                .get(ino)
+                .is_some_and(|n| n.kernel > 0 || n.origin == Origin::Writing)
     }
 
     /// Whether anything beneath directory `dir` is `needed`.
@@ -235,6 +271,37 @@ mod tests {
         assert_eq!(ino(&t, "a/b"), None);
         assert_eq!(ino(&t, "a/c"), None);
         assert!(ino(&t, "a").is_some());
+    }
+
+    #[test]
+    fn the_kernels_references_to_a_removed_entry_stay_counted_for_its_return() {
+        let mut t = listed(KEYS);
+        let top = ino(&t, "top").expect("top");
+        t.remember(top);
+        t.remember(top);
+        t.remove(top);
+        assert_eq!(t.kernel_refs(top), 2, "the kernel still holds it");
+        assert!(!t.forget(top, 1));
+        // The same path again: the same number, and the kernel's reference.
+        let again = listed(KEYS);
+        let objs: Vec<ObjectMeta> = KEYS
+            .iter()
+            .map(|k| ObjectMeta {
+                key: k.to_string(),
+                size: 1,
+                etag: "e".into(),
+                last_modified: None,
+            })
+            .collect();
+        t.apply_listing(ROOT, &objs, &Overlay::default(), Instant::now());
+        assert_eq!(ino(&t, "top"), ino(&again, "top"));
+        assert_eq!(t.kernel_refs(top), 1);
+        let a = ino(&t, "a").expect("a");
+        t.remember(a);
+        t.forget(a, 1);
+        assert_eq!(ino(&t, "top"), Some(top), "a held entry stays");
+        assert!(t.forget(top, 1));
+        assert_eq!(t.kernel_refs(top), 0);
     }
 
     #[test]
