@@ -748,6 +748,46 @@ impl Overlay {
             .filter(|(_, e)| e.shape != Shape::AttrsOnly)
     }
 
+    /// The names directly beneath `prefix` (a directory's listing prefix,
+    /// `dir/`, or "" for the root) that the overlay shows, in order, each
+    /// with the entry it names itself (if any) and whether the overlay shows
+    /// anything beneath it. Past a child's first path beneath it the rest
+    /// of its subtree is skipped, not scanned: a directory's cost follows its
+    /// children, not the journal paths under it.
+    pub fn children_under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, Option<&'a Entry>, bool)> + 'a {
+        use std::ops::Bound;
+        let mut from: Bound<String> = Bound::Included(prefix.to_string());
+        std::iter::from_fn(move || loop {
+            let (k, _) = self
+                .entries
+                .range::<str, _>((from.as_ref().map(String::as_str), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .find(|(_, e)| e.shape != Shape::AttrsOnly)?;
+            let rest = &k[prefix.len()..];
+            let Some(slash) = rest.find('/') else {
+                // The child's own entry: its subtree comes later in order.
+                from = Bound::Excluded(k.clone());
+                let below =
+                    self.get(k).is_some_and(|e| e.shape != Shape::Dir) && self.has_entries_under(k);
+                return Some((rest, self.get(k), below));
+            };
+            let path = &k[..prefix.len() + slash];
+            // Next: the first path after every one beneath `path/` ('0'
+            // follows '/').
+            from = Bound::Included(format!("{path}0"));
+            let named = self
+                .entries
+                .get(path)
+                .is_some_and(|e| e.shape != Shape::AttrsOnly);
+            if !named {
+                return Some((&rest[..slash], None, true));
+            }
+        })
+    }
+
     /// Whether the overlay shows anything beneath `path/`.
     pub fn has_entries_under(&self, path: &str) -> bool {
         let prefix = format!("{path}/");
@@ -965,6 +1005,57 @@ mod tests {
         let e = o.get("f").expect("f");
         assert_eq!(e.attrs.mode, Some(0o600));
         assert!(matches!(&e.shape, Shape::Object { key, .. } if key == ".f.tmp"));
+    }
+
+    #[test]
+    fn children_under_a_prefix_name_each_child_once_and_skip_subtrees() {
+        let mut o = Overlay::default();
+        let empty = |p: &str| Record::File {
+            path: p.into(),
+            attrs: Attrs::default(),
+        };
+        // `d` is a file with paths beneath it too; `e` has only paths
+        // beneath it; `f` only attributes beneath it; `d-x` and `d.y` sort
+        // between `d` and `d/…`.
+        for r in [
+            empty("top/d"),
+            empty("top/d-x"),
+            empty("top/d.y"),
+            empty("top/d/1"),
+            empty("top/d/2/3"),
+            empty("top/e/1"),
+            empty("top/e/2"),
+            empty("top/e0"),
+            Record::Mkdir {
+                path: "top/g".into(),
+                attrs: Attrs::default(),
+            },
+            empty("top/g/1"),
+            empty("other"),
+        ] {
+            o.apply(&r);
+        }
+        o.apply(&Record::Attr {
+            path: "top/f/1".into(),
+            attrs: attrs(0o600),
+        });
+        let kids: Vec<(&str, Option<bool>, bool)> = o
+            .children_under("top/")
+            .map(|(n, e, below)| (n, e.map(|e| e.shape == Shape::Dir), below))
+            .collect();
+        assert_eq!(
+            kids,
+            [
+                ("d", Some(false), true),
+                ("d-x", Some(false), false),
+                ("d.y", Some(false), false),
+                ("e", None, true),
+                ("e0", Some(false), false),
+                ("g", Some(true), false),
+            ]
+        );
+        let root: Vec<&str> = o.children_under("").map(|(n, _, _)| n).collect();
+        assert_eq!(root, ["other", "top"]);
     }
 
     #[test]

@@ -765,32 +765,32 @@ impl Table {
                 }
             }
         }
-        for (path, e) in overlay.entries_under(&prefix) {
-            let rest = &path[prefix.len()..];
-            let (name, below) = match rest.split_once('/') {
-                Some((n, _)) => (n, true),
-                None => (rest, false),
-            };
+        for (name, own, below) in overlay.children_under(&prefix) {
             if !usable(name) {
                 continue;
             }
-            match ViewEntry::from_journal(&e.shape, e.attrs) {
-                Some(v) if !below && v.kind != Kind::Dir => {
-                    files.insert(name.to_string(), v);
-                }
-                Some(v) if !below => {
+            let own = own.and_then(|e| ViewEntry::from_journal(&e.shape, e.attrs));
+            match own {
+                Some(v) if v.kind == Kind::Dir => {
                     // The journal's directory, over one the keys imply.
                     let keys = dirs.remove(name).and_then(|(_, k)| k);
                     dirs.insert(name.to_string(), (v, keys));
+                    continue;
                 }
-                _ => {
-                    dirs.entry(name.to_string()).or_insert_with(|| {
-                        let attrs = overlay.attrs(&format!("{prefix}{name}"));
-                        let epoch = SystemTime::UNIX_EPOCH;
-                        (ViewEntry::dir(attrs.unwrap_or_default(), epoch), None)
-                    });
+                Some(v) => {
+                    files.insert(name.to_string(), v);
+                    if !below {
+                        continue;
+                    }
                 }
+                None => {}
             }
+            // Paths beneath it: a directory (over a file of the same name).
+            dirs.entry(name.to_string()).or_insert_with(|| {
+                let attrs = overlay.attrs(&format!("{prefix}{name}"));
+                let epoch = SystemTime::UNIX_EPOCH;
+                (ViewEntry::dir(attrs.unwrap_or_default(), epoch), None)
+            });
         }
         let shown: HashSet<String> = files.keys().chain(dirs.keys()).cloned().collect();
         for (name, entry) in files {
