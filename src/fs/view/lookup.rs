@@ -287,16 +287,27 @@ impl Fs {
 
     /// Lists the directory's children (`ListChildren`: its objects, and its
     /// subdirectories' names, jumping past big ones) into the table.
+    /// Children go into the table a page at a time (`Table::begin_children`):
+    /// a directory of a million names never holds them all in a `Vec`.
     pub(in crate::fs) fn list_dir(&self, dir: &Node) -> FsResult<()> {
+        const PAGE: usize = 1000;
         let prefix = dir.prefix();
         let view = |page: &[ObjectMeta]| self.key_views(page);
-        let children: Vec<Child> = ListChildren::new(self.store.as_ref(), &prefix, view)
-            .collect::<Result<_, _>>()
-            .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?;
-        let now = Instant::now();
+        let mut listing = lock(&self.table).begin_children(dir.ino, Instant::now());
+        let mut page: Vec<Child> = Vec::with_capacity(PAGE);
+        let mut children = ListChildren::new(self.store.as_ref(), &prefix, view).peekable();
+        while let Some(c) = children.next() {
+            page.push(c.map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?);
+            if page.len() == PAGE || children.peek().is_none() {
+                let mut t = lock(&self.table);
+                self.journal
+                    .with_overlay(|o| t.apply_children_page(&mut listing, &page, o));
+                page.clear();
+            }
+        }
         let mut t = lock(&self.table);
         self.journal.with_overlay(|o| {
-            t.apply_children(dir.ino, &children, o, now);
+            t.finish_children(listing, o);
             if dir.ino == ROOT {
                 root_from_journal(&mut t, o);
             }

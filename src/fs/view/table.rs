@@ -50,6 +50,11 @@ impl Entries {
         Some(ino)
     }
 
+    /// The entry's own name (shared, not copied).
+    fn name(&self, name: &str) -> Option<Arc<str>> {
+        self.find(name).ok().map(|i| Arc::clone(&self.names[i].0))
+    }
+
     fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &u64)> {
         self.names.iter().map(|(k, v)| (k, v))
     }
@@ -721,7 +726,8 @@ impl Table {
     /// longer shows (but not files this mount is writing, nor a directory that
     /// holds one), and marks `dir` alone as listed. Subdirectories keep their
     /// own entries and listings; one whose every key the listing held
-    /// (`Child::Dir::keys`) is filled whole (`apply_listing`).
+    /// (`Child::Dir::keys`) is filled whole (`apply_listing`). All at once:
+    /// `begin_children` and what follows apply a listing page by page.
     pub fn apply_children(
         &mut self,
         dir: u64,
@@ -729,12 +735,36 @@ impl Table {
         overlay: &Overlay,
         now: Instant,
     ) {
+        let mut l = self.begin_children(dir, now);
+        self.apply_children_page(&mut l, children, overlay);
+        self.finish_children(l, overlay);
+    }
+
+    /// Starts applying a listing of `dir`'s children made from `now` on.
+    pub fn begin_children(&self, dir: u64, now: Instant) -> ChildListing {
+        ChildListing {
+            dir,
+            now,
+            shown: HashSet::new(),
+        }
+    }
+
+    /// Applies one page of a child listing: the objects and subdirectories
+    /// it shows, as the overlay has them. What the journal names itself
+    /// comes in `finish_children`.
+    pub fn apply_children_page(
+        &mut self,
+        l: &mut ChildListing,
+        children: &[Child],
+        overlay: &Overlay,
+    ) {
+        let (dir, now) = (l.dir, l.now);
         let Some(prefix) = self.get(dir).map(Node::prefix) else {
             return;
         };
         let usable = |name: &str| usable_name(name) && !(dir == ROOT && name == RESERVED);
-        let mut files: BTreeMap<String, ViewEntry> = BTreeMap::new();
-        let mut dirs: BTreeMap<String, (ViewEntry, Option<&[ObjectMeta]>)> = BTreeMap::new();
+        let mut files: BTreeMap<&str, ViewEntry> = BTreeMap::new();
+        let mut dirs: BTreeMap<&str, (ViewEntry, Option<&[ObjectMeta]>)> = BTreeMap::new();
         for c in children {
             match c {
                 Child::Object(obj) => {
@@ -748,7 +778,7 @@ impl Table {
                         continue;
                     }
                     let attrs = overlay.attrs(&obj.key).unwrap_or_default();
-                    files.insert(name.to_string(), ViewEntry::object(obj, attrs));
+                    files.insert(name, ViewEntry::object(obj, attrs));
                 }
                 Child::Dir { name, mtime, keys } => {
                     if !usable(name) {
@@ -758,13 +788,64 @@ impl Table {
                         .attrs(&format!("{prefix}{name}"))
                         .unwrap_or_default();
                     let mtime = mtime.unwrap_or(SystemTime::UNIX_EPOCH);
-                    dirs.insert(
-                        name.clone(),
-                        (ViewEntry::dir(attrs, mtime), keys.as_deref()),
-                    );
+                    dirs.insert(name, (ViewEntry::dir(attrs, mtime), keys.as_deref()));
                 }
             }
         }
+        for (name, entry) in files {
+            // A directory of the same name wins: on this page, or in the journal.
+            if dirs.contains_key(name) || overlay.has_entries_under(&format!("{prefix}{name}")) {
+                log::warn!("{prefix}{name:?} is hidden by the directory of the same name");
+                continue;
+            }
+            self.place_file(l, name, entry);
+        }
+        for (name, (entry, keys)) in dirs {
+            let ino = self.upsert(dir, name, entry, Origin::Stored, now);
+            self.mark_shown(l, name);
+            let filled = ino.filter(|i| self.get(*i).is_some_and(|n| n.kind == Kind::Dir));
+            if let (Some(ino), Some(keys)) = (filled, keys) {
+                self.apply_listing(ino, keys, overlay, now);
+            }
+        }
+    }
+
+    /// A file a child listing shows: over a stored directory the listing
+    /// showed nothing beneath, which gives way; one it showed wins.
+    fn place_file(&mut self, l: &mut ChildListing, name: &str, entry: ViewEntry) {
+        if let Some(old) = self.child(l.dir, name) {
+            if old.kind == Kind::Dir && old.origin == Origin::Stored {
+                if l.shown.contains(name) {
+                    log::warn!(
+                        "{:?} is hidden by the directory of the same name",
+                        old.path()
+                    );
+                    return;
+                }
+                let ino = old.ino;
+                self.remove(ino);
+            }
+        }
+        self.upsert(l.dir, name, entry, Origin::Stored, l.now);
+        self.mark_shown(l, name);
+    }
+
+    /// `name` in `l.dir` is one the listing shows (sharing the entry's name).
+    fn mark_shown(&self, l: &mut ChildListing, name: &str) {
+        if let Some(n) = self.children.get(&l.dir).and_then(|c| c.name(name)) {
+            l.shown.insert(n);
+        }
+    }
+
+    /// Ends a child listing: merges what the journal names beneath `dir`,
+    /// drops the children the listing did not show (confirmed before it
+    /// began), and marks `dir` as listed.
+    pub fn finish_children(&mut self, mut l: ChildListing, overlay: &Overlay) {
+        let (dir, now) = (l.dir, l.now);
+        let Some(prefix) = self.get(dir).map(Node::prefix) else {
+            return;
+        };
+        let usable = |name: &str| usable_name(name) && !(dir == ROOT && name == RESERVED);
         for (name, own, below) in overlay.children_under(&prefix) {
             if !usable(name) {
                 continue;
@@ -773,45 +854,23 @@ impl Table {
             match own {
                 Some(v) if v.kind == Kind::Dir => {
                     // The journal's directory, over one the keys imply.
-                    let keys = dirs.remove(name).and_then(|(_, k)| k);
-                    dirs.insert(name.to_string(), (v, keys));
-                    continue;
+                    self.upsert(dir, name, v, Origin::Stored, now);
+                    self.mark_shown(&mut l, name);
                 }
-                Some(v) => {
-                    files.insert(name.to_string(), v);
-                    if !below {
-                        continue;
+                Some(v) if !below => self.place_file(&mut l, name, v),
+                _ => {
+                    // Paths beneath it: a directory (over a file of the same
+                    // name); one the listing showed keeps its attributes.
+                    let shown = l.shown.contains(name)
+                        && self.child(dir, name).is_some_and(|n| n.kind == Kind::Dir);
+                    if !shown {
+                        let attrs = overlay.attrs(&format!("{prefix}{name}"));
+                        let epoch = SystemTime::UNIX_EPOCH;
+                        let v = ViewEntry::dir(attrs.unwrap_or_default(), epoch);
+                        self.upsert(dir, name, v, Origin::Stored, now);
+                        self.mark_shown(&mut l, name);
                     }
                 }
-                None => {}
-            }
-            // Paths beneath it: a directory (over a file of the same name).
-            dirs.entry(name.to_string()).or_insert_with(|| {
-                let attrs = overlay.attrs(&format!("{prefix}{name}"));
-                let epoch = SystemTime::UNIX_EPOCH;
-                (ViewEntry::dir(attrs.unwrap_or_default(), epoch), None)
-            });
-        }
-        let shown: HashSet<String> = files.keys().chain(dirs.keys()).cloned().collect();
-        for (name, entry) in files {
-            if dirs.contains_key(&name) {
-                log::warn!("{prefix}{name:?} is hidden by the directory of the same name");
-                continue;
-            }
-            if let Some(old) = self.child(dir, &name) {
-                if old.kind == Kind::Dir && old.origin == Origin::Stored {
-                    // A directory the listing shows nothing beneath gives way.
-                    let ino = old.ino;
-                    self.remove(ino);
-                }
-            }
-            self.upsert(dir, &name, entry, Origin::Stored, now);
-        }
-        for (name, (entry, keys)) in dirs {
-            let ino = self.upsert(dir, &name, entry, Origin::Stored, now);
-            let filled = ino.filter(|i| self.get(*i).is_some_and(|n| n.kind == Kind::Dir));
-            if let (Some(ino), Some(keys)) = (filled, keys) {
-                self.apply_listing(ino, keys, overlay, now);
             }
         }
         let kids: Vec<(Arc<str>, u64)> = self
@@ -823,7 +882,7 @@ impl Table {
             let Some(node) = self.get(k) else {
                 continue;
             };
-            if shown.contains(&*name) {
+            if l.shown.contains(&name) {
                 continue;
             }
             let keep = match node.kind {
@@ -992,6 +1051,16 @@ impl Table {
             c.names.shrink_to_fit();
         }
     }
+}
+
+/// A child listing being applied page by page (`Table::begin_children`).
+pub struct ChildListing {
+    dir: u64,
+    /// When the listing began: what it shows is confirmed from then.
+    now: Instant,
+    /// The names it showed, shared with their entries: one page at a time,
+    /// only these stay of the whole listing.
+    shown: HashSet<Arc<str>>,
 }
 
 /// The kernel's count of references as a node keeps it (see `Node::kernel`).
@@ -1253,6 +1322,37 @@ mod tests {
             mtime: None,
             keys,
         }
+    }
+
+    #[test]
+    fn a_listing_applied_page_by_page_drops_only_what_no_page_showed() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let ttl = std::time::Duration::from_secs(5);
+        let first: Vec<Child> = (0..5)
+            .map(|i| Child::Object(obj(&format!("f{i}"), 1)))
+            .chain([dir_child("d", None)])
+            .collect();
+        t.apply_children(ROOT, &first, &none, Instant::now());
+        // Again in two pages, without f1 and d, with a new g.
+        let mut l = t.begin_children(ROOT, Instant::now());
+        let page1 = [Child::Object(obj("f0", 1)), Child::Object(obj("f2", 1))];
+        t.apply_children_page(&mut l, &page1, &none);
+        assert_eq!(
+            names(&t, ROOT),
+            ["d", "f0", "f1", "f2", "f3", "f4"],
+            "nothing goes mid-listing"
+        );
+        let page2 = [
+            Child::Object(obj("f3", 1)),
+            Child::Object(obj("f4", 2)),
+            Child::Object(obj("g", 1)),
+        ];
+        t.apply_children_page(&mut l, &page2, &none);
+        t.finish_children(l, &none);
+        assert_eq!(names(&t, ROOT), ["f0", "f2", "f3", "f4", "g"]);
+        assert_eq!(t.child(ROOT, "f4").map(|n| n.size), Some(2));
+        assert!(t.listed_within(ROOT, ttl));
     }
 
     #[test]
