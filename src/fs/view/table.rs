@@ -838,8 +838,8 @@ impl Table {
     }
 
     /// Ends a child listing: merges what the journal names beneath `dir`,
-    /// drops the children the listing did not show (confirmed before it
-    /// began), and marks `dir` as listed.
+    /// drops the children the listing did not show and nothing confirmed
+    /// since it began, and marks `dir` as listed.
     pub fn finish_children(&mut self, mut l: ChildListing, overlay: &Overlay) {
         let (dir, now) = (l.dir, l.now);
         let Some(prefix) = self.get(dir).map(Node::prefix) else {
@@ -878,11 +878,16 @@ impl Table {
             .get(&dir)
             .map(|c| c.iter().map(|(n, i)| (Arc::clone(n), *i)).collect())
             .unwrap_or_default();
+        let began = Tick::from(now);
         for (name, k) in kids {
             let Some(node) = self.get(k) else {
                 continue;
             };
-            if l.shown.contains(&name) {
+            // Shown, or confirmed since the listing began (a file this mount
+            // stored meanwhile: the pages may predate it; the next listing
+            // speaks for it). A hard-linked file's names count only if shown:
+            // one shown name confirms the node of all.
+            if l.shown.contains(&name) || (node.seen >= began && node.aliases.is_empty()) {
                 continue;
             }
             let keep = match node.kind {
@@ -1333,9 +1338,10 @@ mod tests {
             .map(|i| Child::Object(obj(&format!("f{i}"), 1)))
             .chain([dir_child("d", None)])
             .collect();
-        t.apply_children(ROOT, &first, &none, Instant::now());
+        let now = Instant::now();
+        t.apply_children(ROOT, &first, &none, now);
         // Again in two pages, without f1 and d, with a new g.
-        let mut l = t.begin_children(ROOT, Instant::now());
+        let mut l = t.begin_children(ROOT, now + std::time::Duration::from_millis(100));
         let page1 = [Child::Object(obj("f0", 1)), Child::Object(obj("f2", 1))];
         t.apply_children_page(&mut l, &page1, &none);
         assert_eq!(
@@ -1353,6 +1359,14 @@ mod tests {
         assert_eq!(names(&t, ROOT), ["f0", "f2", "f3", "f4", "g"]);
         assert_eq!(t.child(ROOT, "f4").map(|n| n.size), Some(2));
         assert!(t.listed_within(ROOT, ttl));
+        // An entry confirmed since a listing began (a file this mount stored
+        // while the pages were read) stays, though no page showed it.
+        let began = Instant::now() + std::time::Duration::from_millis(200);
+        let l = t.begin_children(ROOT, began);
+        let g = t.child(ROOT, "g").expect("g").ino;
+        t.mark_stored(g, began + std::time::Duration::from_millis(100));
+        t.finish_children(l, &none);
+        assert_eq!(names(&t, ROOT), ["g"]);
     }
 
     #[test]
@@ -1385,13 +1399,14 @@ mod tests {
         let y = t.child(c, "y").expect("y").ino;
         assert_eq!(names(&t, y), ["z"]);
         // b's own listing; then the root again: b keeps its entries and listing.
-        let later = Instant::now();
+        // (A listing drops only entries confirmed before it began: later ones.)
+        let later = now + std::time::Duration::from_millis(100);
         t.apply_children(b, &[Child::Object(obj("b/k", 1))], &none, later);
         t.apply_children(
             ROOT,
             &[Child::Object(obj("a", 1)), dir_child("b", None)],
             &none,
-            Instant::now(),
+            later + std::time::Duration::from_millis(100),
         );
         assert_eq!(names(&t, ROOT), ["a", "b"], "c is gone");
         assert_eq!(names(&t, b), ["k"]);
@@ -1431,7 +1446,7 @@ mod tests {
             d,
             &[Child::Object(obj("d/gone", 1)), dir_child("file", None)],
             &o,
-            Instant::now(),
+            now + std::time::Duration::from_millis(100),
         );
         // "old" vanished; "w" holds a file being written, so it stays.
         assert_eq!(names(&t, d), ["file", "link", "made", "w"]);
