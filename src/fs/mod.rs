@@ -235,21 +235,22 @@ fn name_str(name: &OsStr) -> FsResult<&str> {
 
 pub fn to_timestamp(t: SystemTime) -> Timestamp {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Ok(d) => Timestamp::new(d.as_secs() as i64, d.subsec_nanos()),
         Err(e) => {
             let d = e.duration();
             // Before 1970: keep nanoseconds non-negative.
             if d.subsec_nanos() == 0 {
-                (-(d.as_secs() as i64), 0)
+                Timestamp::new(-(d.as_secs() as i64), 0)
             } else {
-                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                Timestamp::new(-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
             }
         }
     }
 }
 
-pub fn from_timestamp((s, ns): Timestamp) -> SystemTime {
-    let ns = Duration::from_nanos(u64::from(ns.min(999_999_999)));
+pub fn from_timestamp(t: Timestamp) -> SystemTime {
+    let (s, ns) = (t.secs(), t.nanos());
+    let ns = Duration::from_nanos(u64::from(ns));
     if s >= 0 {
         UNIX_EPOCH + Duration::from_secs(s as u64) + ns
     } else {

@@ -7,7 +7,7 @@
 use super::{format_micros, write_err};
 use crate::commands::CommandError;
 use crate::fs::journal::history::{batch_micros, start_at_or_before, walk};
-use crate::fs::journal::{Attrs, Batch, Overlay, Record, Shape, Writer};
+use crate::fs::journal::{Attrs, Batch, Overlay, Record, Shape, Timestamp, Writer};
 use crate::store::ObjectStore;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -122,9 +122,9 @@ fn rename_of(
 }
 
 fn attrs_detail(a: &Attrs) -> String {
-    let t = |(s, n): (i64, u32)| match chrono::DateTime::from_timestamp(s, n) {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string(),
-        None => format!("{s}.{n:09}"),
+    let t = |t: Timestamp| match chrono::DateTime::from_timestamp(t.secs(), t.nanos()) {
+        Some(d) => d.format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string(),
+        None => format!("{}.{:09}", t.secs(), t.nanos()),
     };
     let mut d = Vec::new();
     if let Some(m) = a.mode {
@@ -355,7 +355,7 @@ mod tests {
             size: 3,
             etag: "e".into(),
             attrs: Attrs {
-                mtime: Some((5, 0)),
+                mtime: Some((5, 0).into()),
                 link,
                 ..Attrs::default()
             },
@@ -414,7 +414,7 @@ mod tests {
                 Record::Mkdir {
                     path: "e".into(),
                     attrs: Attrs {
-                        mtime: Some((7, 0)),
+                        mtime: Some((7, 0).into()),
                         ..Attrs::default()
                     },
                 },
@@ -434,7 +434,7 @@ mod tests {
                 Record::Mkdir {
                     path: "f".into(),
                     attrs: Attrs {
-                        mtime: Some((7, 0)),
+                        mtime: Some((7, 0).into()),
                         ..Attrs::default()
                     },
                 },

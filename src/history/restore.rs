@@ -11,7 +11,7 @@ use crate::protocol::unquote_etag;
 use crate::store::ObjectStore;
 use crate::transfer::download::download;
 use std::path::Path;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 fn usage(msg: String) -> CommandError {
     CommandError::Usage(msg)
@@ -102,14 +102,7 @@ fn finish(
     attrs: &Attrs,
     object_time: Option<std::time::SystemTime>,
 ) -> Result<(), CommandError> {
-    let mtime = attrs
-        .mtime
-        .and_then(|(s, ns)| {
-            u64::try_from(s)
-                .ok()
-                .map(|s| UNIX_EPOCH + Duration::new(s, ns.min(999_999_999)))
-        })
-        .or(object_time);
+    let mtime = attrs.mtime.map(crate::fs::from_timestamp).or(object_time);
     if let Some(t) = mtime {
         // futimens through a read-only descriptor: the owner may.
         let f = std::fs::File::open(file).map_err(io(file))?;

@@ -10,7 +10,7 @@
 use super::{format_micros, micros_of, write_err};
 use crate::commands::CommandError;
 use crate::fs::journal::history::{batch_micros, walk};
-use crate::fs::journal::{Overlay, Record, Shape};
+use crate::fs::journal::{Overlay, Record, Shape, Timestamp};
 use crate::store::{ObjectMeta, ObjectStore};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -217,7 +217,7 @@ fn renamed_to(
     top: &str,
     path: &str,
     was: &Now,
-    mtime: Option<(i64, u32)>,
+    mtime: Option<Timestamp>,
 ) -> Option<String> {
     let suffix = &path[top.len()..];
     records[..hide_at].iter().find_map(|r| {

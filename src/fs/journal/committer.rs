@@ -568,8 +568,8 @@ mod tests {
     fn a_directorys_times_fold_into_one_waiting_record_unless_the_path_changed_between() {
         let j = idle();
         let times = |t| Attrs {
-            mtime: Some((t, 0)),
-            ctime: Some((t, 0)),
+            mtime: Some((t, 0).into()),
+            ctime: Some((t, 0).into()),
             ..Attrs::default()
         };
         j.record(vec![mkdir("d/a")]);
@@ -615,7 +615,7 @@ mod tests {
         assert_eq!(stored, s.overlay);
         assert_eq!(
             stored.attrs("d").map(|a| (a.mode, a.mtime)),
-            Some((Some(0o700), Some((7, 0))))
+            Some((Some(0o700), Some((7, 0).into())))
         );
     }
 

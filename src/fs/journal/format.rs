@@ -20,8 +20,51 @@ pub const JOURNAL_PREFIX: &str = ".cofferfs/journal/";
 pub const CHECKPOINT_PREFIX: &str = ".cofferfs/checkpoint/";
 pub const DATA_PREFIX: &str = ".cofferfs/data/";
 
-/// `[seconds, nanoseconds]` since the Unix epoch.
-pub type Timestamp = (i64, u32);
+/// `[seconds, nanoseconds]` since the Unix epoch. Nanoseconds are below a
+/// second (more reads as 999,999,999), which leaves `Option<Timestamp>` room
+/// for its tag: 16 bytes, not 24, three times in every recorded entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp {
+    secs: i64,
+    /// Nanoseconds + 1.
+    nanos: std::num::NonZeroU32,
+}
+
+impl Timestamp {
+    pub fn new(secs: i64, nanos: u32) -> Timestamp {
+        let n = nanos.min(999_999_999) + 1;
+        Timestamp {
+            secs,
+            nanos: std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN),
+        }
+    }
+
+    pub fn secs(self) -> i64 {
+        self.secs
+    }
+
+    pub fn nanos(self) -> u32 {
+        self.nanos.get() - 1
+    }
+}
+
+impl From<(i64, u32)> for Timestamp {
+    fn from((secs, nanos): (i64, u32)) -> Timestamp {
+        Timestamp::new(secs, nanos)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.secs(), self.nanos()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        <(i64, u32)>::deserialize(d).map(Timestamp::from)
+    }
+}
 
 /// Attributes a record may set; `None` keeps what was there.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -861,7 +904,7 @@ mod tests {
                     mode: Some(0o755),
                     uid: Some(1000),
                     gid: Some(1000),
-                    mtime: Some((1764000000, 123456789)),
+                    mtime: Some((1764000000, 123456789).into()),
                     ctime: None,
                     atime: None,
                     link: None,
@@ -880,7 +923,7 @@ mod tests {
         let r = Record::Attr {
             path: "f".into(),
             attrs: Attrs {
-                atime: Some((1, 2)),
+                atime: Some((1, 2).into()),
                 ..Attrs::default()
             },
         };
@@ -1005,6 +1048,18 @@ mod tests {
         let e = o.get("f").expect("f");
         assert_eq!(e.attrs.mode, Some(0o600));
         assert!(matches!(&e.shape, Shape::Object { key, .. } if key == ".f.tmp"));
+    }
+
+    #[test]
+    fn a_timestamp_is_seconds_and_nanoseconds_in_json_and_16_bytes_as_an_option() {
+        let t = Timestamp::new(-5, 7);
+        assert_eq!(serde_json::to_string(&t).expect("json"), "[-5,7]");
+        let back: Timestamp = serde_json::from_str("[1764000000,999999999]").expect("read");
+        assert_eq!((back.secs(), back.nanos()), (1764000000, 999_999_999));
+        // Out of range nanoseconds (no writer makes them) read as the most.
+        let over: Timestamp = serde_json::from_str("[1,4294967295]").expect("read");
+        assert_eq!(over.nanos(), 999_999_999);
+        assert_eq!(std::mem::size_of::<Option<Timestamp>>(), 16);
     }
 
     #[test]
@@ -1177,7 +1232,7 @@ mod tests {
                 mode: Some(0o644),
                 uid: Some(1),
                 gid: Some(2),
-                mtime: Some((5, 6)),
+                mtime: Some((5, 6).into()),
                 ctime: None,
                 atime: None,
                 link: None,
@@ -1186,7 +1241,7 @@ mod tests {
         o.apply(&Record::Attr {
             path: "f".into(),
             attrs: Attrs {
-                mtime: Some((7, 8)),
+                mtime: Some((7, 8).into()),
                 ..Attrs::default()
             },
         });
@@ -1198,7 +1253,7 @@ mod tests {
                 mode: Some(0o644),
                 uid: Some(1),
                 gid: Some(2),
-                mtime: Some((7, 8)),
+                mtime: Some((7, 8).into()),
                 ctime: None,
                 atime: None,
                 link: None,
@@ -1217,7 +1272,7 @@ mod tests {
           {"op":"xattr","path":"notes.txt","name":"user.old"}
          ]}"#;
         let b = Batch::decode("k", doc.as_bytes()).expect("decode");
-        let t = Some((1764000003, 0));
+        let t = Some((1764000003, 0).into());
         assert_eq!(
             b.records[0],
             Record::Special {

@@ -30,8 +30,8 @@ pub fn bench_record(i: usize) -> Record {
     let path = format!("d{:03}/f{}", i % 1000, i % 300_000);
     let attrs = Attrs {
         mode: Some(0o644),
-        mtime: Some((1_700_000_000 + i as i64, 0)),
-        ctime: Some((1_700_000_000 + i as i64, 0)),
+        mtime: Some((1_700_000_000 + i as i64, 0).into()),
+        ctime: Some((1_700_000_000 + i as i64, 0).into()),
         ..Attrs::default()
     };
     match i % 20 {

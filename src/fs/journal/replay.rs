@@ -567,7 +567,7 @@ mod tests {
                 let path = format!("d{}/f{}", i % 3, (round * 7 + i) % 11);
                 let attrs = Attrs {
                     mode: Some(0o600 + (round as u32 % 8)),
-                    mtime: Some((round as i64, i as u32)),
+                    mtime: Some((round as i64, i as u32).into()),
                     ..Attrs::default()
                 };
                 match (round + i) % 6 {
