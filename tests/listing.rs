@@ -398,7 +398,10 @@ fn a_listing_carries_the_attributes_so_stats_after_it_need_no_lookups() {
             .find(|l| l.split_whitespace().nth(6) == Some(name))
             .unwrap_or_else(|| panic!("{name} missing: {lines:?}"));
         let f: Vec<&str> = l.split_whitespace().collect();
-        [f[0], f[1], f[4], f[5]].iter().map(|s| s.to_string()).collect()
+        [f[0], f[1], f[4], f[5]]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     };
     assert_eq!(entry("f-003")[0], "-rw-------");
     assert_eq!(entry("f-119")[2], "120");

@@ -48,7 +48,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use view::{NegativeCache, Table};
+use view::{Flights, NegativeCache, Table};
 
 /// How the mount presents the coffer.
 #[derive(Debug, Clone)]
@@ -200,6 +200,8 @@ pub struct Fs {
     _staging_dir: tempfile::TempDir,
     cfg: FsConfig,
     table: Mutex<Table>,
+    /// Directories being listed (one listing of each at a time).
+    flights: Flights,
     handles: Handles,
     stopping: AtomicBool,
     /// Entries evicted from the table since memory was last given back.
@@ -321,6 +323,7 @@ impl Fs {
             _staging_dir: dir,
             cfg,
             table: Mutex::new(Table::new()),
+            flights: Flights::default(),
             handles: Handles::new(),
             stopping: AtomicBool::new(false),
             evicted: std::sync::atomic::AtomicUsize::new(0),

@@ -679,14 +679,16 @@ impl Table {
     /// (`store::ListChildren`) showed them, merged with the journal's overlay:
     /// adds what is new, refreshes what is there, drops children the view no
     /// longer shows (but not files this mount is writing, nor a directory that
-    /// holds one), and marks `dir` alone as listed. Subdirectories keep their
-    /// own entries and listings; one whose every key the listing held
-    /// (`Child::Dir::keys`) is filled whole (`apply_listing`).
+    /// holds one, nor an entry confirmed since the listing `started`: its
+    /// pages may predate it), and marks `dir` alone as listed. Subdirectories
+    /// keep their own entries and listings; one whose every key the listing
+    /// held (`Child::Dir::keys`) is filled whole (`apply_listing`).
     pub fn apply_children(
         &mut self,
         dir: u64,
         children: &[Child],
         overlay: &Overlay,
+        started: Instant,
         now: Instant,
     ) {
         let Some(prefix) = self.get(dir).map(Node::prefix) else {
@@ -783,7 +785,11 @@ impl Table {
             let Some(node) = self.get(k) else {
                 continue;
             };
-            if shown.contains(&*name) {
+            // Confirmed since the listing started (its pages may predate
+            // that), under its one name: a hard-linked file's `seen` is that
+            // of all its names, which this very listing may have refreshed.
+            let confirmed = node.seen >= started && node.aliases.is_empty() && node.parent == dir;
+            if shown.contains(&*name) || confirmed {
                 continue;
             }
             let keep = match node.kind {
@@ -1221,6 +1227,7 @@ mod tests {
             ],
             &none,
             now,
+            now,
         );
         assert_eq!(names(&t, ROOT), ["a", "b", "c"]);
         assert!(t.listed_within(ROOT, ttl));
@@ -1234,17 +1241,45 @@ mod tests {
         let y = t.child(c, "y").expect("y").ino;
         assert_eq!(names(&t, y), ["z"]);
         // b's own listing; then the root again: b keeps its entries and listing.
-        let later = Instant::now();
-        t.apply_children(b, &[Child::Object(obj("b/k", 1))], &none, later);
+        let later = now + std::time::Duration::from_millis(1);
+        t.apply_children(b, &[Child::Object(obj("b/k", 1))], &none, later, later);
+        let again = now + std::time::Duration::from_millis(2);
         t.apply_children(
             ROOT,
             &[Child::Object(obj("a", 1)), dir_child("b", None)],
             &none,
-            Instant::now(),
+            again,
+            again,
         );
         assert_eq!(names(&t, ROOT), ["a", "b"], "c is gone");
         assert_eq!(names(&t, b), ["k"]);
         assert_eq!(t.get(b).and_then(|n| n.listed), Some(later));
+    }
+
+    #[test]
+    fn a_child_listing_keeps_what_was_confirmed_after_it_started() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let ms = std::time::Duration::from_millis;
+        let t0 = Instant::now();
+        let both = [Child::Object(obj("old", 1)), Child::Object(obj("gone", 1))];
+        t.apply_children(ROOT, &both, &none, t0, t0);
+        // A listing starts (a read-ahead); meanwhile this mount stores `new`,
+        // which the listing's pages predate.
+        let stored = ViewEntry::object(&obj("new", 1), Attrs::default());
+        t.upsert(ROOT, "new", stored, Origin::Stored, t0 + ms(2));
+        let old = [Child::Object(obj("old", 1))];
+        t.apply_children(ROOT, &old, &none, t0 + ms(1), t0 + ms(3));
+        assert_eq!(names(&t, ROOT), ["new", "old"], "gone went, new stays");
+        // A listing that started after speaks for it.
+        t.apply_children(ROOT, &old, &none, t0 + ms(4), t0 + ms(5));
+        assert_eq!(names(&t, ROOT), ["old"]);
+        // A hard-linked file: the listing shows one name, refreshing the
+        // node; the other name, not shown, goes all the same.
+        let ino = t.child(ROOT, "old").expect("old").ino;
+        t.add_alias(ino, ROOT, "other");
+        t.apply_children(ROOT, &old, &none, t0 + ms(6), t0 + ms(7));
+        assert_eq!(names(&t, ROOT), ["old"]);
     }
 
     #[test]
@@ -1276,11 +1311,13 @@ mod tests {
             mtime: SystemTime::now(),
         };
         t.upsert(w, "new", writing, Origin::Writing, now);
+        let later = Instant::now();
         t.apply_children(
             d,
             &[Child::Object(obj("d/gone", 1)), dir_child("file", None)],
             &o,
-            Instant::now(),
+            later,
+            later,
         );
         // "old" vanished; "w" holds a file being written, so it stays.
         assert_eq!(names(&t, d), ["file", "link", "made", "w"]);
