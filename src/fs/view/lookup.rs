@@ -284,10 +284,11 @@ impl Fs {
     }
 
     /// Lists directory `dir` unless a listing within the TTL filled it. One
-    /// listing of a directory at a time: while another caller (a FUSE thread,
-    /// which never waits for a FUSE request while listing) lists it, this one
-    /// waits for that listing, at most `LISTING_WAIT`, and lists it itself
-    /// only if that left it unlisted (it failed, or took longer).
+    /// listing of a directory at a time: while another caller (a FUSE thread
+    /// or a read-ahead worker, neither of which waits for a FUSE request)
+    /// lists it, this one waits for that listing, at most `LISTING_WAIT`, and
+    /// lists it itself only if that left it unlisted (it failed, or took
+    /// longer).
     pub(in crate::fs) fn ensure_listed(&self, dir: &Node) -> FsResult<()> {
         let fresh = || lock(&self.table).listed_within(dir.ino, self.cfg.metadata_ttl);
         if fresh() {
@@ -317,12 +318,29 @@ impl Fs {
     /// Lists the directory's children (`ListChildren`: its objects, and its
     /// subdirectories' names, jumping past big ones) into the table.
     pub(in crate::fs) fn list_dir(&self, dir: &Node) -> FsResult<()> {
+        self.list_dir_unless(dir, || false)
+    }
+
+    /// `list_dir`, given up (an error) as soon as `stop` says so between
+    /// children: a read-ahead ends at unmount without finishing its listing.
+    pub(in crate::fs) fn list_dir_unless(
+        &self,
+        dir: &Node,
+        stop: impl Fn() -> bool,
+    ) -> FsResult<()> {
         let prefix = dir.prefix();
         let view = |page: &[ObjectMeta]| self.key_views(page);
         let started = Instant::now();
-        let children: Vec<Child> = ListChildren::new(self.store.as_ref(), &prefix, view)
-            .collect::<Result<_, _>>()
-            .map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?;
+        let mut children = Vec::new();
+        for c in ListChildren::new(self.store.as_ref(), &prefix, view) {
+            if stop() {
+                return Err(FsError::new(
+                    libc::EINTR,
+                    format!("listing {prefix:?}: stopped"),
+                ));
+            }
+            children.push(c.map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?);
+        }
         let now = Instant::now();
         let mut t = lock(&self.table);
         self.journal.with_overlay(|o| {
