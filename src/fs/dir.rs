@@ -10,7 +10,12 @@ use super::{lock, Attr, DirEntry, Fs};
 impl Fs {
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let dir = self.dir(ino)?;
+        // Before its own listing, so that what it starts overlaps that.
+        let walk = self.walking(&dir);
         self.ensure_listed(&dir)?;
+        if walk {
+            self.walked_into(&dir);
+        }
         let t = lock(&self.table);
         let me = t.get(ino).ok_or_else(FsError::not_found)?;
         let mut entries = vec![

@@ -46,9 +46,9 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use view::{NegativeCache, Table};
+use view::{Flights, NegativeCache, ReadAhead, Table};
 
 /// How the mount presents the coffer.
 #[derive(Debug, Clone)]
@@ -188,6 +188,8 @@ pub struct FsStats {
 }
 
 pub struct Fs {
+    /// This `Fs`, for the jobs of its background workers.
+    me: Weak<Fs>,
     store: Arc<dyn ObjectStore>,
     uploader: Arc<Uploader>,
     cache: Arc<BlockCache>,
@@ -200,6 +202,10 @@ pub struct Fs {
     _staging_dir: tempfile::TempDir,
     cfg: FsConfig,
     table: Mutex<Table>,
+    /// Directories being listed (one listing of each at a time).
+    flights: Flights,
+    /// Listings ahead of directory walkers.
+    ahead: ReadAhead,
     handles: Handles,
     stopping: AtomicBool,
     /// Entries evicted from the table since memory was last given back.
@@ -311,7 +317,8 @@ impl Fs {
             0 => None,
             n => Some(disk_cache::DiskTier::open(&cfg.cache_dir, n).map_err(cache_dir_err)?),
         };
-        let fs = Arc::new(Fs {
+        let fs = Arc::new_cyclic(|me| Fs {
+            me: me.clone(),
             uploader: Uploader::with_spill_dir(Arc::clone(&store), cfg.upload, dir.path()),
             cache: BlockCache::new(Arc::clone(&store), cfg.cache, disk),
             negative: NegativeCache::default(),
@@ -322,6 +329,8 @@ impl Fs {
             _staging_dir: dir,
             cfg,
             table: Mutex::new(Table::new()),
+            flights: Flights::default(),
+            ahead: ReadAhead::default(),
             handles: Handles::new(),
             stopping: AtomicBool::new(false),
             evicted: std::sync::atomic::AtomicUsize::new(0),
@@ -380,6 +389,8 @@ impl Fs {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Listings ahead of walkers nobody will read any more.
+        self.ahead.shutdown();
         let open: Vec<Arc<Handle>> = self.handles.drain();
         for h in open {
             if let Handle::Write(w) = &*h {
@@ -405,6 +416,7 @@ impl Fs {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.ahead.shutdown();
         let open: Vec<Arc<Handle>> = self.handles.drain();
         drop(open);
         self.journal.abandon();

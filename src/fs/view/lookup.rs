@@ -2,6 +2,7 @@
 //! then the journal's overlay, then HEAD and LIST on the coffer — and how an
 //! entry is shown (`Attr`). Changes nothing in the coffer or the journal.
 
+use super::flight::Claim;
 use super::node::{Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
 use super::Table;
 use crate::fs::error::{FsError, FsResult};
@@ -10,7 +11,12 @@ use crate::fs::{from_timestamp, lock, name_str, Attr, Fs, FsStats, BLOCK_SIZE};
 use crate::protocol::rules;
 use crate::store::{Child, KeyView, ListAll, ListChildren, ObjectMeta};
 use std::ffi::OsStr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a caller waits for another's listing of the same directory
+/// before it lists the directory itself: a big directory's listing takes
+/// seconds; one still running after this has likely stalled.
+const LISTING_WAIT: Duration = Duration::from_secs(60);
 
 impl Fs {
     /// Reads other mounts' journal batches; what they changed is asked for
@@ -277,12 +283,36 @@ impl Fs {
         Ok(self.lookup_opt(parent, OsStr::new(name))?.is_some())
     }
 
-    /// Lists directory `dir` unless a listing within the TTL filled it.
+    /// Lists directory `dir` unless a listing within the TTL filled it. One
+    /// listing of a directory at a time: while another caller (a FUSE thread
+    /// or a read-ahead worker, neither of which waits for a FUSE request)
+    /// lists it, this one waits for that listing, at most `LISTING_WAIT`, and
+    /// lists it itself only if that left it unlisted (it failed, or took
+    /// longer).
     pub(in crate::fs) fn ensure_listed(&self, dir: &Node) -> FsResult<()> {
-        if !lock(&self.table).listed_within(dir.ino, self.cfg.metadata_ttl) {
-            self.list_dir(dir)?;
+        let fresh = || lock(&self.table).listed_within(dir.ino, self.cfg.metadata_ttl);
+        if fresh() {
+            return Ok(());
         }
-        Ok(())
+        let _mine = match self.flights.claim(dir.ino) {
+            Claim::Mine(mine) => Some(mine),
+            Claim::Busy(theirs) => {
+                theirs.wait(LISTING_WAIT);
+                if fresh() {
+                    return Ok(());
+                }
+                match self.flights.claim(dir.ino) {
+                    Claim::Mine(mine) => Some(mine),
+                    // Another waiter took it over: no second wait.
+                    Claim::Busy(_) => None,
+                }
+            }
+        };
+        // Listed between the check and the claim.
+        if fresh() {
+            return Ok(());
+        }
+        self.list_dir(dir)
     }
 
     /// Lists the directory's children (`ListChildren`: its objects, and its
@@ -290,6 +320,16 @@ impl Fs {
     /// Children go into the table a page at a time (`Table::begin_children`):
     /// a directory of a million names never holds them all in a `Vec`.
     pub(in crate::fs) fn list_dir(&self, dir: &Node) -> FsResult<()> {
+        self.list_dir_unless(dir, || false)
+    }
+
+    /// `list_dir`, given up (an error) as soon as `stop` says so between
+    /// children: a read-ahead ends at unmount without finishing its listing.
+    pub(in crate::fs) fn list_dir_unless(
+        &self,
+        dir: &Node,
+        stop: impl Fn() -> bool,
+    ) -> FsResult<()> {
         const PAGE: usize = 1000;
         let prefix = dir.prefix();
         let view = |page: &[ObjectMeta]| self.key_views(page);
@@ -297,6 +337,12 @@ impl Fs {
         let mut page: Vec<Child> = Vec::with_capacity(PAGE);
         let mut children = ListChildren::new(self.store.as_ref(), &prefix, view).peekable();
         while let Some(c) = children.next() {
+            if stop() {
+                return Err(FsError::new(
+                    libc::EINTR,
+                    format!("listing {prefix:?}: stopped"),
+                ));
+            }
             page.push(c.map_err(|e| FsError::io(&format!("listing {prefix:?}"), &e))?);
             if page.len() == PAGE || children.peek().is_none() {
                 let mut t = lock(&self.table);

@@ -164,6 +164,40 @@ impl Table {
             .unwrap_or_default()
     }
 
+    /// Up to `n` subdirectories of `parent` that follow `name` in name
+    /// order, looking at no more than the `scan` entries after it.
+    pub fn next_subdirs(&self, parent: u64, name: &str, n: usize, scan: usize) -> Vec<u64> {
+        let Some(c) = self.children.get(&parent) else {
+            return Vec::new();
+        };
+        let after = c.find(name).map_or_else(|i| i, |i| i + 1);
+        c.names[after..]
+            .iter()
+            .take(scan)
+            .filter_map(|&(_, i)| self.get(i).filter(|k| k.kind == Kind::Dir))
+            .map(|k| k.ino)
+            .take(n)
+            .collect()
+    }
+
+    /// Whether `name` is the first subdirectory of `parent` in name order,
+    /// as far as the `scan` entries before it tell (more than that: no).
+    pub fn is_first_subdir(&self, parent: u64, name: &str, scan: usize) -> bool {
+        let Some(c) = self.children.get(&parent) else {
+            return false;
+        };
+        let at = c.find(name).unwrap_or_else(|i| i);
+        let mut before = c.names[..at].iter().rev();
+        for _ in 0..scan {
+            match before.next() {
+                None => return true,
+                Some(&(_, i)) if self.get(i).is_some_and(|k| k.kind == Kind::Dir) => return false,
+                Some(_) => {}
+            }
+        }
+        before.next().is_none()
+    }
+
     /// How many direct children are directories.
     pub fn subdirs(&self, parent: u64) -> usize {
         self.subdirs.get(&parent).copied().unwrap_or(0)
@@ -1411,6 +1445,66 @@ mod tests {
         assert_eq!(names(&t, ROOT), ["a", "b"], "c is gone");
         assert_eq!(names(&t, b), ["k"]);
         assert_eq!(t.get(b).and_then(|n| n.listed), Some(later.into()));
+    }
+
+    #[test]
+    fn siblings_ahead_are_the_next_directories_in_name_order() {
+        let mut t = Table::new();
+        let keys = ["a/f", "b", "c/f", "d", "e/f", "f/f", "g/f"];
+        let objs: Vec<ObjectMeta> = keys.iter().map(|k| obj(k, 1)).collect();
+        t.apply_listing(ROOT, &objs, &Overlay::default(), Instant::now());
+        let name = |i: u64| t.get(i).map(|n| n.name.to_string()).unwrap_or_default();
+        let next = |after: &str, n, scan| -> Vec<String> {
+            t.next_subdirs(ROOT, after, n, scan)
+                .into_iter()
+                .map(name)
+                .collect()
+        };
+        assert_eq!(next("a", 2, 64), ["c", "e"], "files are passed over");
+        assert_eq!(next("c", 2, 64), ["e", "f"]);
+        assert_eq!(next("f", 2, 64), ["g"]);
+        assert_eq!(next("g", 2, 64), Vec::<String>::new());
+        assert_eq!(next("a", 2, 2), ["c"], "no further than the scan");
+        assert!(t.is_first_subdir(ROOT, "a", 64));
+        assert!(!t.is_first_subdir(ROOT, "c", 64));
+        let c = t.child(ROOT, "c").expect("c").ino;
+        assert!(t.is_first_subdir(c, "f", 64), "nothing before it");
+        let b_first = ["a", "b/f", "c", "d", "e/f"].map(|k| obj(k, 1));
+        let mut t = Table::new();
+        t.apply_listing(ROOT, &b_first, &Overlay::default(), Instant::now());
+        assert!(t.is_first_subdir(ROOT, "b", 64));
+        assert!(!t.is_first_subdir(ROOT, "e", 64));
+        assert!(
+            !t.is_first_subdir(ROOT, "b", 0),
+            "one entry before it, none scanned"
+        );
+    }
+
+    #[test]
+    fn a_child_listing_keeps_what_was_confirmed_after_it_started() {
+        let mut t = Table::new();
+        let none = Overlay::default();
+        let ms = std::time::Duration::from_millis;
+        let t0 = Instant::now();
+        let both = [Child::Object(obj("old", 1)), Child::Object(obj("gone", 1))];
+        t.apply_children(ROOT, &both, &none, t0);
+        // A listing starts (a read-ahead); meanwhile this mount stores `new`,
+        // which the listing's pages predate.
+        let stored = ViewEntry::object(&obj("new", 1), Attrs::default());
+        // (Times 20 ms apart: a node keeps them in 10 ms steps.)
+        t.upsert(ROOT, "new", stored, Origin::Stored, t0 + ms(40));
+        let old = [Child::Object(obj("old", 1))];
+        t.apply_children(ROOT, &old, &none, t0 + ms(20));
+        assert_eq!(names(&t, ROOT), ["new", "old"], "gone went, new stays");
+        // A listing that started after speaks for it.
+        t.apply_children(ROOT, &old, &none, t0 + ms(60));
+        assert_eq!(names(&t, ROOT), ["old"]);
+        // A hard-linked file: the listing shows one name, refreshing the
+        // node; the other name, not shown, goes all the same.
+        let ino = t.child(ROOT, "old").expect("old").ino;
+        t.add_alias(ino, ROOT, "other");
+        t.apply_children(ROOT, &old, &none, t0 + ms(80));
+        assert_eq!(names(&t, ROOT), ["old"]);
     }
 
     #[test]
