@@ -7,24 +7,10 @@
 mod common;
 
 use bytes::Bytes;
-use cofferfs::client::CdcsClient;
 use cofferfs::store::{Child, KeyView, ListChildren, ObjectMeta, ObjectStore};
-use common::{client, sh, Mount, Server};
+use common::{client, put_all, sh, Mount, Server};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
-
-fn put_all(c: &CdcsClient, keys: &[String]) {
-    std::thread::scope(|s| {
-        for t in 0..8 {
-            let c = c.clone();
-            s.spawn(move || {
-                for k in keys.iter().skip(t).step_by(8) {
-                    c.put(k, Bytes::from_static(b"x")).expect("put");
-                }
-            });
-        }
-    });
-}
 
 fn many(dir: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{dir}/{i:03}")).collect()

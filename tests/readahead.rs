@@ -6,10 +6,7 @@
 
 mod common;
 
-use bytes::Bytes;
-use cofferfs::client::CdcsClient;
-use cofferfs::store::ObjectStore;
-use common::{client, sh, wait_for, Mount, Server};
+use common::{client, put_all, sh, wait_for, Mount, Server};
 use std::time::Duration;
 
 /// Sibling directories `s0`…`s5` at the root, each of `FILES` files.
@@ -17,19 +14,6 @@ const DIRS: usize = 6;
 const FILES: usize = 2100;
 /// Requests of one directory's listing: pages of 1000 keys.
 const PAGES: u64 = FILES.div_ceil(1000) as u64;
-
-fn put_all(c: &CdcsClient, keys: &[String]) {
-    std::thread::scope(|s| {
-        for t in 0..8 {
-            let c = c.clone();
-            s.spawn(move || {
-                for k in keys.iter().skip(t).step_by(8) {
-                    c.put(k, Bytes::from_static(b"x")).expect("put");
-                }
-            });
-        }
-    });
-}
 
 /// A server holding the sibling directories.
 fn siblings() -> Server {
@@ -65,6 +49,18 @@ fn ls(m: &Mount, rel: &str) -> usize {
 /// Listings since `before` once they reach `want` (within 10 s) and then
 /// stay put for a second: what the background added is in, and nothing more
 /// is on its way.
+/// `p0` (one file) and `p1` with `children` subdirectories of `FILES` files,
+/// a mount, and `ls /` then `ls p0` through it: opening `p1` next is a walk.
+fn walked_to_p1(server: &Server, children: usize) -> Mount {
+    let mut keys = vec!["p0/x".to_string()];
+    keys.extend((0..children).flat_map(|c| (0..FILES).map(move |f| format!("p1/c{c}/f-{f:04}"))));
+    put_all(&client(&server.endpoint), &keys);
+    let m = mount(server);
+    assert_eq!(ls(&m, ""), 2);
+    assert_eq!(ls(&m, "p0"), 1);
+    m
+}
+
 fn settled(server: &Server, before: u64, want: u64) -> u64 {
     wait_for(Duration::from_secs(10), || lists(server) - before >= want);
     std::thread::sleep(Duration::from_secs(1));
@@ -129,12 +125,7 @@ fn the_first_subdirectory_of_a_directory_just_listed_starts_a_walk() {
 #[test]
 fn a_walker_entering_a_directory_finds_its_first_subdirectories_listed_ahead() {
     let server = Server::start(&[]);
-    let mut keys = vec!["p0/x".to_string()];
-    keys.extend((0..3).flat_map(|c| (0..FILES).map(move |f| format!("p1/c{c}/f-{f:04}"))));
-    put_all(&client(&server.endpoint), &keys);
-    let m = mount(&server);
-    assert_eq!(ls(&m, ""), 2);
-    assert_eq!(ls(&m, "p0"), 1);
+    let m = walked_to_p1(&server, 3);
     // p1 after p0: a walk, which goes down into p1's first subdirectories
     // next. c0 and c1 are listed ahead; c2 is not.
     assert_eq!(ls(&m, "p1"), 3);
@@ -158,12 +149,7 @@ fn a_walker_entering_a_directory_finds_its_first_subdirectories_listed_ahead() {
 #[test]
 fn an_unmount_ends_the_listings_ahead_after_their_current_page() {
     let server = Server::start(&[]);
-    let mut keys = vec!["p0/x".to_string()];
-    keys.extend((0..2).flat_map(|c| (0..FILES).map(move |f| format!("p1/c{c}/f-{f:04}"))));
-    put_all(&client(&server.endpoint), &keys);
-    let m = mount(&server);
-    assert_eq!(ls(&m, ""), 2);
-    assert_eq!(ls(&m, "p0"), 1);
+    let m = walked_to_p1(&server, 2);
     // Each page takes 2 s from now on: c0 and c1, listed ahead once p1 is,
     // are on their first page when the mount is told to go.
     server.set_faults("GetCoffer:slow=2s:1");

@@ -46,19 +46,24 @@ impl Fs {
 
     /// After evictions: says how many entries left and how many stay, and
     /// gives the freed memory back (glibc keeps freed small blocks in its
-    /// arenas otherwise). Called periodically and after large evictions.
+    /// arenas otherwise); after listings, what their pages held. Called
+    /// periodically and after large evictions.
     pub(crate) fn settle_memory(&self) {
         let evicted = self.evicted.swap(0, Ordering::Relaxed);
-        if evicted == 0 {
-            return;
+        let pages = self.listed_pages.swap(0, Ordering::Relaxed);
+        if evicted > 0 {
+            let held = {
+                let mut t = lock(&self.table);
+                t.shrink();
+                t.len()
+            };
+            log::info!(
+                "memory: {evicted} entries the kernel forgot left the table; it holds {held}"
+            );
         }
-        let held = {
-            let mut t = lock(&self.table);
-            t.shrink();
-            t.len()
-        };
-        log::info!("memory: {evicted} entries the kernel forgot left the table; it holds {held}");
-        trim();
+        if evicted > 0 || pages > 0 {
+            trim();
+        }
     }
 
     /// Entries in the inode table (the root included).

@@ -210,6 +210,9 @@ pub struct Fs {
     stopping: AtomicBool,
     /// Entries evicted from the table since memory was last given back.
     evicted: std::sync::atomic::AtomicUsize,
+    /// Listing pages applied since the last `settle_memory`: what they held
+    /// while applied goes back to the system too.
+    listed_pages: std::sync::atomic::AtomicUsize,
     /// Held while the namespace changes shape: a rename's records, and the
     /// creation or settling of a file, are made under it, so a file made in a
     /// directory that is being renamed lands at one path or the other, whole.
@@ -334,6 +337,7 @@ impl Fs {
             handles: Handles::new(),
             stopping: AtomicBool::new(false),
             evicted: std::sync::atomic::AtomicUsize::new(0),
+            listed_pages: std::sync::atomic::AtomicUsize::new(0),
             ns: Mutex::new(()),
             versions_there: Mutex::new(HashMap::new()),
         });

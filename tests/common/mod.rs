@@ -474,6 +474,21 @@ pub fn client(endpoint: &str) -> cofferfs::client::CdcsClient {
     cofferfs::client::CdcsClient::new(cfg, COFFER).expect("client")
 }
 
+/// Puts a one-byte object at each key, eight at a time.
+pub fn put_all(c: &cofferfs::client::CdcsClient, keys: &[String]) {
+    use cofferfs::store::ObjectStore;
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let c = c.clone();
+            s.spawn(move || {
+                for k in keys.iter().skip(t).step_by(8) {
+                    c.put(k, bytes::Bytes::from_static(b"x")).expect("put");
+                }
+            });
+        }
+    });
+}
+
 /// Shell-quotes a path.
 pub fn q(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))

@@ -11,6 +11,7 @@ use crate::fs::{from_timestamp, lock, name_str, Attr, Fs, FsStats, BLOCK_SIZE};
 use crate::protocol::rules;
 use crate::store::{Child, KeyView, ListAll, ListChildren, ObjectMeta};
 use std::ffi::OsStr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a caller waits for another's listing of the same directory
@@ -349,6 +350,7 @@ impl Fs {
                 self.journal
                     .with_overlay(|o| t.apply_children_page(&mut listing, &page, o));
                 page.clear();
+                self.listed_pages.fetch_add(1, Ordering::Relaxed);
             }
         }
         let mut t = lock(&self.table);

@@ -179,18 +179,20 @@ mod tests {
     use crate::store::ObjectMeta;
     use std::time::{Duration, Instant};
 
-    fn listed(keys: &[&str]) -> Table {
-        let objs: Vec<ObjectMeta> = keys
-            .iter()
+    fn objects(keys: &[&str]) -> Vec<ObjectMeta> {
+        keys.iter()
             .map(|k| ObjectMeta {
                 key: k.to_string(),
                 size: 1,
                 etag: "e".into(),
                 last_modified: None,
             })
-            .collect();
+            .collect()
+    }
+
+    fn listed(keys: &[&str]) -> Table {
         let mut t = Table::new();
-        t.apply_listing(ROOT, &objs, &Overlay::default(), Instant::now());
+        t.apply_listing(ROOT, &objects(keys), &Overlay::default(), Instant::now());
         t
     }
 
@@ -222,20 +224,7 @@ mod tests {
         assert!(t.listed_within(ROOT, Duration::from_secs(60)));
         // A new listing gives every entry its number again.
         let again = listed(KEYS);
-        t.apply_listing(
-            ROOT,
-            &KEYS
-                .iter()
-                .map(|k| ObjectMeta {
-                    key: k.to_string(),
-                    size: 1,
-                    etag: "e".into(),
-                    last_modified: None,
-                })
-                .collect::<Vec<_>>(),
-            &Overlay::default(),
-            Instant::now(),
-        );
+        t.apply_listing(ROOT, &objects(KEYS), &Overlay::default(), Instant::now());
         assert_eq!(ino(&t, "a/b/1"), Some(b1));
         assert_eq!(ino(&again, "a/b/1"), Some(b1));
     }
@@ -284,16 +273,7 @@ mod tests {
         assert!(!t.forget(top, 1));
         // The same path again: the same number, and the kernel's reference.
         let again = listed(KEYS);
-        let objs: Vec<ObjectMeta> = KEYS
-            .iter()
-            .map(|k| ObjectMeta {
-                key: k.to_string(),
-                size: 1,
-                etag: "e".into(),
-                last_modified: None,
-            })
-            .collect();
-        t.apply_listing(ROOT, &objs, &Overlay::default(), Instant::now());
+        t.apply_listing(ROOT, &objects(KEYS), &Overlay::default(), Instant::now());
         assert_eq!(ino(&t, "top"), ino(&again, "top"));
         assert_eq!(t.kernel_refs(top), 1);
         let a = ino(&t, "a").expect("a");
