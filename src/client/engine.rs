@@ -272,10 +272,17 @@ impl Engine {
         if ok_status && req.data_answer {
             return Ok(a);
         }
-        let parsed: Option<ErrorBody> = from_body::<serde_json::Value>(&a.body)
+        // Whether the top level names a `Code`, skipping the rest unbuilt (a
+        // listing page is 1000 objects): only an error body is read whole.
+        #[derive(serde::Deserialize)]
+        struct CodeProbe {
+            #[serde(rename = "Code")]
+            code: Option<serde::de::IgnoredAny>,
+        }
+        let parsed: Option<ErrorBody> = from_body::<CodeProbe>(&a.body)
             .ok()
-            .filter(|v| v.get("Code").is_some())
-            .and_then(|v| serde_json::from_value(v).ok());
+            .filter(|p| p.code.is_some())
+            .and_then(|_| from_body::<ErrorBody>(&a.body).ok());
         if ok_status && parsed.is_none() {
             return Ok(a);
         }
