@@ -4,6 +4,7 @@
 
 use super::flight::Claim;
 use super::node::{Kind, Node, Origin, ViewEntry, RESERVED, ROOT};
+use super::table::ChildListing;
 use super::Table;
 use crate::fs::error::{FsError, FsResult};
 use crate::fs::journal::{Overlay, Shape, Touched};
@@ -318,7 +319,7 @@ impl Fs {
 
     /// Lists the directory's children (`ListChildren`: its objects, and its
     /// subdirectories' names, jumping past big ones) into the table.
-    /// Children go into the table a page at a time (`Table::begin_children`):
+    /// Children go into the table a page at a time (`ChildListing::begin`):
     /// a directory of a million names never holds them all in a `Vec`.
     pub(in crate::fs) fn list_dir(&self, dir: &Node) -> FsResult<()> {
         self.list_dir_unless(dir, || false)
@@ -334,7 +335,7 @@ impl Fs {
         const PAGE: usize = 1000;
         let prefix = dir.prefix();
         let view = |page: &[ObjectMeta]| self.key_views(page);
-        let mut listing = lock(&self.table).begin_children(dir.ino, Instant::now());
+        let mut listing = ChildListing::begin(dir.ino, Instant::now());
         let mut page: Vec<Child> = Vec::with_capacity(PAGE);
         let mut children = ListChildren::new(self.store.as_ref(), &prefix, view).peekable();
         while let Some(c) = children.next() {

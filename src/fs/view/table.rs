@@ -761,7 +761,7 @@ impl Table {
     /// holds one), and marks `dir` alone as listed. Subdirectories keep their
     /// own entries and listings; one whose every key the listing held
     /// (`Child::Dir::keys`) is filled whole (`apply_listing`). All at once:
-    /// `begin_children` and what follows apply a listing page by page.
+    /// `ChildListing::begin` and what follows apply a listing page by page.
     pub fn apply_children(
         &mut self,
         dir: u64,
@@ -769,18 +769,9 @@ impl Table {
         overlay: &Overlay,
         now: Instant,
     ) {
-        let mut l = self.begin_children(dir, now);
+        let mut l = ChildListing::begin(dir, now);
         self.apply_children_page(&mut l, children, overlay);
         self.finish_children(l, overlay);
-    }
-
-    /// Starts applying a listing of `dir`'s children made from `now` on.
-    pub fn begin_children(&self, dir: u64, now: Instant) -> ChildListing {
-        ChildListing {
-            dir,
-            now,
-            shown: HashSet::new(),
-        }
     }
 
     /// Applies one page of a child listing: the objects and subdirectories
@@ -826,14 +817,24 @@ impl Table {
                 }
             }
         }
+        // Once a listing, not once an object: the children the journal shows
+        // paths beneath (`finish_children` merges the journal as it is then).
+        let journal_dirs = l.journal_dirs.take().unwrap_or_else(|| {
+            overlay
+                .children_under(&prefix)
+                .filter(|&(_, _, below)| below)
+                .map(|(name, _, _)| name.to_string())
+                .collect()
+        });
         for (name, entry) in files {
             // A directory of the same name wins: on this page, or in the journal.
-            if dirs.contains_key(name) || overlay.has_entries_under(&format!("{prefix}{name}")) {
+            if dirs.contains_key(name) || journal_dirs.contains(name) {
                 log::warn!("{prefix}{name:?} is hidden by the directory of the same name");
                 continue;
             }
             self.place_file(l, name, entry);
         }
+        l.journal_dirs = Some(journal_dirs);
         for (name, (entry, keys)) in dirs {
             let ino = self.upsert(dir, name, entry, Origin::Stored, now);
             self.mark_shown(l, name);
@@ -1092,7 +1093,8 @@ impl Table {
     }
 }
 
-/// A child listing being applied page by page (`Table::begin_children`).
+/// A child listing being applied page by page (`ChildListing::begin`,
+/// `Table::apply_children_page`, `Table::finish_children`).
 pub struct ChildListing {
     dir: u64,
     /// When the listing began: what it shows is confirmed from then.
@@ -1100,6 +1102,20 @@ pub struct ChildListing {
     /// The names it showed, shared with their entries: one page at a time,
     /// only these stay of the whole listing.
     shown: HashSet<Arc<str>>,
+    /// Children the journal shows paths beneath, read at the first page.
+    journal_dirs: Option<HashSet<String>>,
+}
+
+impl ChildListing {
+    /// Starts a listing of directory `dir`'s children made from `now` on.
+    pub fn begin(dir: u64, now: Instant) -> ChildListing {
+        ChildListing {
+            dir,
+            now,
+            shown: HashSet::new(),
+            journal_dirs: None,
+        }
+    }
 }
 
 /// The kernel's count of references as a node keeps it (see `Node::kernel`).
@@ -1188,6 +1204,34 @@ mod tests {
         let none = Overlay::default();
         t.apply_listing(ROOT, &[obj("a", 1), obj("a/b", 2)], &none, Instant::now());
         assert_eq!(t.child(ROOT, "a").map(|n| n.kind), Some(Kind::Dir));
+    }
+
+    #[test]
+    fn a_directory_only_the_journal_shows_paths_beneath_keeps_its_entries_over_an_object() {
+        let mut t = Table::new();
+        let now = Instant::now();
+        let keys = vec![obj("x/k", 1)];
+        t.apply_children(
+            ROOT,
+            &[dir_child("x", Some(keys))],
+            &Overlay::default(),
+            now,
+        );
+        // Now the listing shows only an object `x`; the journal has `x/y`.
+        let mut o = Overlay::default();
+        o.apply(&Record::Mkdir {
+            path: "x/y".into(),
+            attrs: Attrs::default(),
+        });
+        let later = now + std::time::Duration::from_millis(100);
+        t.apply_children(ROOT, &[Child::Object(obj("x", 1))], &o, later);
+        let x = t.child(ROOT, "x").expect("x");
+        assert_eq!(x.kind, Kind::Dir);
+        assert_eq!(
+            names(&t, x.ino),
+            ["k"],
+            "its entries stay until it is listed"
+        );
     }
 
     #[test]
@@ -1375,7 +1419,7 @@ mod tests {
         let now = Instant::now();
         t.apply_children(ROOT, &first, &none, now);
         // Again in two pages, without f1 and d, with a new g.
-        let mut l = t.begin_children(ROOT, now + std::time::Duration::from_millis(100));
+        let mut l = ChildListing::begin(ROOT, now + std::time::Duration::from_millis(100));
         let page1 = [Child::Object(obj("f0", 1)), Child::Object(obj("f2", 1))];
         t.apply_children_page(&mut l, &page1, &none);
         assert_eq!(
@@ -1396,7 +1440,7 @@ mod tests {
         // An entry confirmed since a listing began (a file this mount stored
         // while the pages were read) stays, though no page showed it.
         let began = Instant::now() + std::time::Duration::from_millis(200);
-        let l = t.begin_children(ROOT, began);
+        let l = ChildListing::begin(ROOT, began);
         let g = t.child(ROOT, "g").expect("g").ino;
         t.mark_stored(g, began + std::time::Duration::from_millis(100));
         t.finish_children(l, &none);
