@@ -20,12 +20,7 @@ size_mib=${1:-1024}
 runs=3
 small_files=1000
 ensure_deps
-if [ -n "${BENCH_BIN:-}" ]; then
-    bin=$(realpath "$BENCH_BIN")
-else
-    cargo build --release --quiet
-    bin=$PWD/target/release/cofferfs
-fi
+bin=$(cofferfs_bin "${BENCH_BIN:-}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/cofferfs-bench.XXXXXX")
 coffer=bench-1250000000
 cleanup() {

@@ -20,6 +20,16 @@ ensure_deps() {
     fi
 }
 
+# cofferfs_bin [FILE]: prints FILE's full path, or, without one, builds this
+# tree's release binary and prints its path.
+cofferfs_bin() {
+    if [ -n "${1:-}" ]; then
+        realpath "$1"
+    else
+        cargo build --release --quiet && echo "$PWD/target/release/cofferfs"
+    fi
+}
+
 # start_server BIN ROOT COFFER [SERVE-ARGS...]: starts `cofferfs serve` in the background
 # and sets $server_pid and $endpoint once it listens.
 start_server() {

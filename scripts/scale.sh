@@ -24,12 +24,7 @@ ttl=${SCALE_TTL:-10}
 settle=${SCALE_SETTLE:-60}
 threads=${SCALE_THREADS:-32}
 ensure_deps
-if [ -n "${SCALE_BIN:-}" ]; then
-    bin=$(realpath "$SCALE_BIN")
-else
-    cargo build --release --quiet
-    bin=$PWD/target/release/cofferfs
-fi
+bin=$(cofferfs_bin "${SCALE_BIN:-}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/cofferfs-scale.XXXXXX")
 coffer=scale-1250000000
 cleanup() {

@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_deps
-cargo build --release --quiet
-bin=$PWD/target/release/cofferfs
+bin=$(cofferfs_bin)
 base=/tmp/cofferfs-try
 mnt=${1:-$base/mnt}
 coffer=demo-1250000000
